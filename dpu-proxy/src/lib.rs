@@ -1,0 +1,1 @@
+//! dpu-proxy

@@ -1,0 +1,1 @@
+//! The dpumesh simulator (see docs/simulator.md).
