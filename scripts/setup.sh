@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything dpumesh needs on a fresh Debian 12 machine (run as root).
+# Idempotent: packages already present are not reinstalled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  # eBPF build and inspection
+  clang llvm libbpf-dev bpftool libclang-dev
+  # gRPC code generation
+  protobuf-compiler
+  # namespaces, links, steering
+  iproute2 nftables iptables
+  # CNI reference plugins (host-local IPAM) and a real container runtime
+  containernetworking-plugins containerd runc busybox-static
+  # peers and load generators for tests and benchmarks
+  nginx haproxy wrk nghttp2-client iperf3
+  # process inspection used by the simulator and tests
+  procps psmisc
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: cargo not found; this machine kind ships Rust 1.95 via rustup" >&2
+    exit 1
+  fi
+fi
+
+# bpffs for pinned maps and links (see docs/dataplane.md).
+mkdir -p /run/dpumesh/bpf
+mountpoint -q /run/dpumesh/bpf || mount -t bpf bpf /run/dpumesh/bpf
+echo "setup: ok"
