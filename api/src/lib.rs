@@ -4,9 +4,11 @@
 //! * [`config`]: the node-level mesh config ([`config::NodeConfig`]) that the
 //!   adapter pushes to one node's DPU, and its validation;
 //! * [`proto`]: the gRPC control APIs (adapter → dpu-proxy, CNI → dataplane,
-//!   status of every component), generated from `proto/dpumesh/v1/control.proto`.
+//!   status of every component), generated from `proto/dpumesh/v1/control.proto`;
+//! * [`client`]: connecting to those APIs (addresses, timeouts, small call helpers).
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod proto;
 

@@ -1,1 +1,4 @@
 //! dpumesh-dataplane
+
+pub mod control;
+pub mod registry;

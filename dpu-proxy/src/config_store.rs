@@ -1,0 +1,169 @@
+//! The config the proxy serves: one immutable [`NodeConfig`] snapshot, swapped whole.
+//!
+//! The data path reads the current snapshot with [`ConfigStore::load`] (an
+//! atomic pointer load, no lock); the control path offers new versions with
+//! [`ConfigStore::offer_json`], which validates and either swaps the snapshot
+//! in or refuses it and keeps the previous one. Whoever must react to a swap
+//! (listeners to rebuild, caches to drop) holds a [`ConfigStore::subscribe`]
+//! receiver.
+//!
+//! Version rules (a push carries `NodeConfig.version`):
+//! * greater than the served version: swapped in (ACK, changed);
+//! * equal, and the same content: nothing to do (ACK, unchanged) — a
+//!   retried push after a lost answer;
+//! * equal with different content, or lower: refused (NACK) — a config that
+//!   changed must carry a new version, and an older one must never replace a
+//!   newer one;
+//! * version 0 is refused: 0 means "nothing served".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwapOption, Guard};
+use dpumesh_api::NodeConfig;
+use tokio::sync::watch;
+
+/// The served snapshot: `None` until a first config was accepted.
+pub type Snapshot = Option<Arc<NodeConfig>>;
+
+/// The answer to an offered config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// `version` is served now; `changed` is false when it already was.
+    Accepted { version: u64, changed: bool },
+    /// Refused; `serving` (0 = none) keeps being served. Every reason, each
+    /// "<path>: <what is wrong>".
+    Rejected { serving: u64, errors: Vec<String> },
+}
+
+/// See the module docs.
+pub struct ConfigStore {
+    current: ArcSwapOption<NodeConfig>,
+    /// Serialises offers so that "compare versions, then swap" is one step.
+    /// Only the control path takes it; readers never do.
+    offers: Mutex<()>,
+    changes: watch::Sender<Snapshot>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Default for ConfigStore {
+    fn default() -> Self {
+        ConfigStore {
+            current: ArcSwapOption::empty(),
+            offers: Mutex::new(()),
+            changes: watch::Sender::new(None),
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConfigStore {
+    pub fn new() -> Arc<ConfigStore> {
+        Arc::new(ConfigStore::default())
+    }
+
+    /// The served snapshot, for the data path: lock-free, cheap enough per
+    /// request. Hold the guard only briefly; use [`ConfigStore::current`] to
+    /// keep a snapshot across awaits.
+    pub fn load(&self) -> Guard<Snapshot> {
+        self.current.load()
+    }
+
+    /// The served snapshot as an owned `Arc`.
+    pub fn current(&self) -> Snapshot {
+        self.current.load_full()
+    }
+
+    /// Version being served, 0 when none.
+    pub fn serving_version(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |c| c.version)
+    }
+
+    /// A receiver that sees every swapped-in snapshot (the latest one when
+    /// several swaps happen between two looks).
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.changes.subscribe()
+    }
+
+    /// Number of accepted and of refused offers since start.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.accepted.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Offers a NodeConfig in its JSON form: parsed, validated, version-checked,
+    /// and swapped in only when all of that passed.
+    pub fn offer_json(&self, json: &[u8]) -> Offer {
+        match NodeConfig::from_json(json) {
+            Ok(config) => self.offer(config),
+            Err(e) => self.reject(self.serving_version(), vec![e.to_string()]),
+        }
+    }
+
+    /// Offers an already parsed NodeConfig (validated here).
+    pub fn offer(&self, config: NodeConfig) -> Offer {
+        let mut errors = match config.validate() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.messages(),
+        };
+        // A poisoned lock only means another offer panicked mid-way; the swap
+        // itself is a single atomic store, so the state is still consistent.
+        let _offering = self.offers.lock().unwrap_or_else(|p| p.into_inner());
+        let serving = self.current.load_full();
+        let serving_version = serving.as_ref().map_or(0, |c| c.version);
+
+        let version_error = if config.version == 0 {
+            Some("version: 0 is not a config version (versions start at 1)".to_string())
+        } else if config.version < serving_version {
+            Some(format!(
+                "version: {} is older than the served version {serving_version}",
+                config.version
+            ))
+        } else if config.version == serving_version
+            && serving.as_deref().is_some_and(|s| *s != config)
+        {
+            Some(format!(
+                "version: {} is already served with different content; a changed config needs a higher version",
+                config.version
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = version_error {
+            if !errors.iter().any(|x| x.starts_with("version:")) {
+                errors.push(e);
+            }
+        }
+        if !errors.is_empty() {
+            return self.reject(serving_version, errors);
+        }
+
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        if config.version == serving_version {
+            tracing::debug!(version = serving_version, "config re-pushed, unchanged");
+            return Offer::Accepted {
+                version: serving_version,
+                changed: false,
+            };
+        }
+        let version = config.version;
+        let config = Arc::new(config);
+        self.current.store(Some(Arc::clone(&config)));
+        self.changes.send_replace(Some(config));
+        tracing::info!(version, previous = serving_version, "config swapped in");
+        Offer::Accepted {
+            version,
+            changed: true,
+        }
+    }
+
+    fn reject(&self, serving: u64, errors: Vec<String>) -> Offer {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(serving, ?errors, "config refused, keeping the served one");
+        Offer::Rejected { serving, errors }
+    }
+}
