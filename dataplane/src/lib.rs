@@ -1,4 +1,5 @@
 //! dpumesh-dataplane
 
+pub mod bpf;
 pub mod control;
 pub mod registry;

@@ -1,0 +1,646 @@
+//! Loads the TC programs with aya, pins and reuses their maps, attaches them
+//! to representors and the uplink, and turns desired pod/network state into
+//! map entries (plus the few routes the programs rely on, see netcfg.rs).
+//!
+//! Restart without interruption: maps are pinned under the node's pin dir and
+//! reopened as they are; the TC filters are attached through netlink (clsact,
+//! fixed priority/handle) so they stay in the kernel when the process exits,
+//! and a new process replaces them in place. Nothing is flushed: [`BpfDataplane::reconcile`]
+//! adopts entries that match the desired state and removes only the rest.
+use std::collections::{BTreeSet, HashMap as StdHashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use ipnet::Ipv4Net;
+
+use super::maps::{
+    self, CidrData, CidrValue, Endpoint, NodeConfig, PodCounters, CIDR_CAPTURE, CIDR_EXCLUDE,
+    COUNTER_SLOTS, MAX_PODS,
+};
+use super::netcfg::{self, NetCfgError};
+use super::spec::{NetworkSpec, PodSpec};
+use super::{
+    DM_TC_OBJ, GATEWAY_MAC, INBOUND_PORT, OUTBOUND_PORT, PROG_REP_EGRESS, PROG_REP_INGRESS,
+    PROG_UPLINK_INGRESS, STEER_MARK,
+};
+
+/// Where bpffs is mounted for dpumesh (not /sys/fs/bpf: `ip netns exec`
+/// remounts /sys).
+pub const BPFFS_ROOT: &str = "/run/dpumesh/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Our TC filters: clsact, this priority and handle, on ingress and egress.
+pub const TC_PRIORITY: u16 = 1;
+pub const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF map: {0}")]
+    Map(#[from] MapError),
+    #[error("eBPF program: {0}")]
+    Program(#[from] ProgramError),
+    #[error(transparent)]
+    NetCfg(#[from] NetCfgError),
+    #[error("{what} {path}: {error}")]
+    Io {
+        what: &'static str,
+        path: String,
+        error: String,
+    },
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("representor {0:?} does not exist in this netns")]
+    UnknownRepresentor(String),
+    #[error("interface {0:?} does not exist in this netns")]
+    UnknownInterface(String),
+    #[error("all {MAX_PODS} pod slots are in use")]
+    Full,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The node's pin directory, `/run/dpumesh/bpf/<node-id>/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn for_node(node_id: &str) -> Result<PinDir, BpfError> {
+        let ok = !node_id.is_empty()
+            && node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && node_id != "."
+            && node_id != "..";
+        if !ok {
+            return Err(BpfError::Invalid(format!(
+                "node id {node_id:?}: must be non-empty [A-Za-z0-9._-]"
+            )));
+        }
+        Ok(PinDir(Path::new(BPFFS_ROOT).join(node_id)))
+    }
+
+    /// Mounts bpffs at [`BPFFS_ROOT`] if it is not one yet, and creates the dir.
+    pub fn ensure(&self) -> Result<(), BpfError> {
+        ensure_bpffs(Path::new(BPFFS_ROOT))?;
+        std::fs::create_dir_all(&self.0).map_err(|e| io_err("creating", &self.0, e))
+    }
+
+    /// Removes the pins (the maps live on while programs use them).
+    pub fn remove(&self) -> Result<(), BpfError> {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &self.0, e)),
+        }
+    }
+}
+
+fn io_err(what: &'static str, path: &Path, e: impl std::fmt::Display) -> BpfError {
+    BpfError::Io {
+        what,
+        path: path.display().to_string(),
+        error: e.to_string(),
+    }
+}
+
+fn ensure_bpffs(root: &Path) -> Result<(), BpfError> {
+    std::fs::create_dir_all(root).map_err(|e| io_err("creating", root, e))?;
+    let fs = nix::sys::statfs::statfs(root).map_err(|e| io_err("statfs", root, e))?;
+    #[allow(clippy::unnecessary_cast)]
+    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| io_err("mounting bpffs at", root, e))
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// A pod as installed in the maps.
+#[derive(Clone)]
+struct Installed {
+    spec: PodSpec,
+    ifindex: u32,
+    slot: u32,
+    cidrs: Vec<(Key<CidrData>, CidrValue)>,
+}
+
+/// Sizes of the per-pod state in the maps (for tests and status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapUsage {
+    pub endpoints_by_ifindex: usize,
+    pub endpoints_by_ip: usize,
+    /// Per-pod outbound CIDR entries (scope != 0).
+    pub pod_cidrs: usize,
+    /// Node-wide captured CIDRs (scope 0).
+    pub node_cidrs: usize,
+    /// Counter slots with any non-zero value.
+    pub used_counter_slots: usize,
+}
+
+/// The loaded programs and their maps.
+pub struct BpfDataplane {
+    ebpf: Ebpf,
+    /// Attach programs and install routes; off for `BPF_PROG_TEST_RUN` tests,
+    /// which only need the programs and maps.
+    kernel: bool,
+    ep_ifindex: HashMap<MapData, u32, Endpoint>,
+    ep_ip: HashMap<MapData, u32, Endpoint>,
+    node: Array<MapData, NodeConfig>,
+    out_cidrs: LpmTrie<MapData, CidrData, CidrValue>,
+    counters: PerCpuArray<MapData, PodCounters>,
+    pods: StdHashMap<String, Installed>,
+    free_slots: BTreeSet<u32>,
+    attached: HashSet<(String, bool)>,
+    network: Option<NetworkSpec>,
+}
+
+impl BpfDataplane {
+    /// Loads the programs with maps pinned in (and reused from) `pin`, ready
+    /// to attach. Call [`BpfDataplane::reconcile`] next.
+    pub fn load(pin: &PinDir) -> Result<BpfDataplane, BpfError> {
+        pin.ensure()?;
+        let mut loader = EbpfLoader::new();
+        for name in maps::ALL_MAPS {
+            loader.map_pin_path(name, pin.0.join(name));
+        }
+        let ebpf = loader.load(DM_TC_OBJ)?;
+        BpfDataplane::from_ebpf(ebpf, true)
+    }
+
+    /// Loads the programs with private, unpinned maps and never touches
+    /// links or routes: for running the programs with `BPF_PROG_TEST_RUN`.
+    pub fn load_detached() -> Result<BpfDataplane, BpfError> {
+        let ebpf = EbpfLoader::new().load(DM_TC_OBJ)?;
+        BpfDataplane::from_ebpf(ebpf, false)
+    }
+
+    fn from_ebpf(mut ebpf: Ebpf, kernel: bool) -> Result<BpfDataplane, BpfError> {
+        for name in [PROG_REP_INGRESS, PROG_REP_EGRESS, PROG_UPLINK_INGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Missing("TC program"))?
+                .try_into()?;
+            prog.load()?;
+        }
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(BpfError::Missing("map"));
+        let ep_ifindex = HashMap::try_from(take(maps::MAP_EP_IFINDEX)?)?;
+        let ep_ip = HashMap::try_from(take(maps::MAP_EP_IP)?)?;
+        let node = Array::try_from(take(maps::MAP_NODE)?)?;
+        let out_cidrs = LpmTrie::try_from(take(maps::MAP_OUT_CIDRS)?)?;
+        let counters = PerCpuArray::try_from(take(maps::MAP_COUNTERS)?)?;
+        Ok(BpfDataplane {
+            ebpf,
+            kernel,
+            ep_ifindex,
+            ep_ip,
+            node,
+            out_cidrs,
+            counters,
+            pods: StdHashMap::new(),
+            free_slots: (0..MAX_PODS).collect(),
+            attached: HashSet::new(),
+            network: None,
+        })
+    }
+
+    /// One of the loaded programs (e.g. for `BPF_PROG_TEST_RUN`).
+    pub fn program(&self, name: &str) -> Result<&SchedClassifier, BpfError> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .ok_or(BpfError::Missing("TC program"))?
+            .try_into()?)
+    }
+
+    /// Attaches `prog` to `ifname` as our clsact filter, replacing the one a
+    /// previous run left there (atomically, so no packet sees no program).
+    /// The filter stays attached after this process exits.
+    fn attach(&mut self, prog: &str, ifname: &str, ty: TcAttachType) -> Result<(), BpfError> {
+        let key = (ifname.to_string(), ty == TcAttachType::Ingress);
+        if !self.kernel || self.attached.contains(&key) {
+            return Ok(());
+        }
+        // Fails with EEXIST when the qdisc is there already, which is fine;
+        // a real problem shows up in the attach below.
+        let _ = aya::programs::tc::qdisc_add_clsact(ifname);
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or(BpfError::Missing("TC program"))?
+            .try_into()?;
+        let opts = || {
+            TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                handle: TC_HANDLE,
+                ..Default::default()
+            })
+        };
+        let id = match p.attach_with_options(ifname, ty, opts()) {
+            Ok(id) => id,
+            Err(create_err) => {
+                let link = SchedClassifierLink::attached(ifname, ty, TC_PRIORITY, TC_HANDLE, None)
+                    .map_err(|_| BpfError::UnknownInterface(ifname.to_string()))?;
+                p.attach_to_link(link).map_err(|_| create_err)?
+            }
+        };
+        let link = p.take_link(id)?;
+        // Dropping the link would detach it; the filter must outlive us.
+        std::mem::forget(link);
+        self.attached.insert(key);
+        Ok(())
+    }
+
+    /// Sets the node's network: node config map, node-wide captured CIDRs,
+    /// and (kernel mode) sysctls, steering rule, peer routes, uplink program.
+    pub fn apply_network(&mut self, net: &NetworkSpec) -> Result<(), BpfError> {
+        if net.mode != maps::MODE_UNDERLAY && net.mode != maps::MODE_OVERLAY {
+            return Err(BpfError::Invalid(format!("unknown mode {}", net.mode)));
+        }
+        if net.mode == maps::MODE_OVERLAY {
+            return Err(BpfError::Unsupported(
+                "overlay (VXLAN) forwarding is not implemented by the eBPF backend yet".into(),
+            ));
+        }
+        let uplink_ifindex = match ifindex(&net.uplink) {
+            Some(i) => i,
+            None if !self.kernel => 0,
+            None => return Err(BpfError::UnknownInterface(net.uplink.clone())),
+        };
+        if self.kernel {
+            netcfg::prepare_node()?;
+            netcfg::prepare_link(&net.uplink)?;
+            let peers: Vec<(Ipv4Net, Ipv4Addr)> =
+                net.peers.iter().map(|p| (p.pod_cidr, p.underlay_ip)).collect();
+            netcfg::sync_peer_routes(&net.uplink, &peers)?;
+        }
+
+        // Node-wide captured destinations: services and every pod CIDR.
+        let mut want: StdHashMap<(u32, u32), CidrValue> = StdHashMap::new();
+        let capture = CidrValue {
+            action: CIDR_CAPTURE,
+        };
+        for c in net
+            .service_cidrs
+            .iter()
+            .chain(std::iter::once(&net.pod_cidr))
+            .chain(net.peers.iter().map(|p| &p.pod_cidr))
+        {
+            want.insert((u32::from(c.prefix_len()), maps::ipv4_be(c.network())), capture);
+        }
+        let have: Vec<Key<CidrData>> = self
+            .out_cidrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().scope == 0)
+            .collect();
+        for (&(plen, addr), v) in &want {
+            self.out_cidrs.insert(&cidr_key(0, plen, addr), *v, 0)?;
+        }
+        for k in have {
+            let plen = k.prefix_len() - 32;
+            if !want.contains_key(&(plen, k.data().addr)) {
+                remove_ok(self.out_cidrs.remove(&k))?;
+            }
+        }
+
+        let cfg = NodeConfig {
+            gateway_ipv4: maps::ipv4_be(net.gateway()),
+            pod_cidr_ipv4: maps::ipv4_be(net.pod_cidr.network()),
+            pod_cidr_prefix: u32::from(net.pod_cidr.prefix_len()),
+            gateway_mac: GATEWAY_MAC,
+            mode: net.mode,
+            ready: 1,
+            uplink_ifindex,
+            underlay_ipv4: maps::ipv4_be(net.underlay_ip),
+            outbound_port: maps::port_be(OUTBOUND_PORT),
+            inbound_port: maps::port_be(INBOUND_PORT),
+            steer_mark: STEER_MARK,
+            vni: net.vni,
+            tunnel_ifindex: 0,
+        };
+        self.node.set(0, cfg, 0)?;
+        if self.kernel {
+            self.attach(PROG_UPLINK_INGRESS, &net.uplink, TcAttachType::Ingress)?;
+        }
+        self.network = Some(net.clone());
+        Ok(())
+    }
+
+    /// Attaches the representor programs to `ifname` without a pod behind it:
+    /// everything it sends is dropped (unknown VF) until a pod is applied.
+    pub fn attach_representor(&mut self, ifname: &str) -> Result<(), BpfError> {
+        if ifindex(ifname).is_none() {
+            return Err(BpfError::UnknownRepresentor(ifname.to_string()));
+        }
+        if self.kernel {
+            netcfg::prepare_link(ifname)?;
+        }
+        self.attach(PROG_REP_INGRESS, ifname, TcAttachType::Ingress)?;
+        self.attach(PROG_REP_EGRESS, ifname, TcAttachType::Egress)
+    }
+
+    /// Installs or updates one pod. Same spec again = no change.
+    pub fn apply_pod(&mut self, spec: &PodSpec) -> Result<(), BpfError> {
+        let ifx = ifindex(&spec.representor)
+            .ok_or_else(|| BpfError::UnknownRepresentor(spec.representor.clone()))?;
+        for (uid, other) in &self.pods {
+            if uid == &spec.uid {
+                continue;
+            }
+            if other.ifindex == ifx {
+                return Err(BpfError::Conflict(format!(
+                    "representor {} is held by pod {uid}",
+                    spec.representor
+                )));
+            }
+            if other.spec.ipv4 == spec.ipv4 {
+                return Err(BpfError::Conflict(format!(
+                    "IP {} is held by pod {uid}",
+                    spec.ipv4
+                )));
+            }
+        }
+        let i = &spec.interception;
+        let too_many = |what: &str| BpfError::Invalid(format!("more than {} {what}", maps::MAX_PORTS));
+        let in_capture = maps::port_list(&i.capture_inbound_ports).ok_or_else(|| too_many("capture_inbound_ports"))?;
+        let in_exclude = maps::port_list(&i.exclude_inbound_ports).ok_or_else(|| too_many("exclude_inbound_ports"))?;
+        let out_exclude = maps::port_list(&i.exclude_outbound_ports).ok_or_else(|| too_many("exclude_outbound_ports"))?;
+
+        let old = self.pods.get(&spec.uid).cloned();
+        let slot = match &old {
+            Some(o) => o.slot,
+            None => {
+                let slot = self.free_slots.pop_first().ok_or(BpfError::Full)?;
+                self.zero_counters(slot)?;
+                slot
+            }
+        };
+        let mut flags = 0u16;
+        if spec.meshed {
+            flags |= maps::EP_MESHED;
+        }
+        if !i.capture_outbound_cidrs.is_empty() {
+            flags |= maps::EP_CUSTOM_OUT_CIDRS;
+        }
+        if !i.capture_inbound_ports.is_empty() {
+            flags |= maps::EP_IN_PORT_LIST;
+        }
+        let ep = Endpoint {
+            ifindex: ifx,
+            ipv4: maps::ipv4_be(spec.ipv4),
+            mac: spec.mac,
+            flags,
+            slot,
+            vf_index: spec.vf_index,
+            in_capture_ports: in_capture,
+            in_exclude_ports: in_exclude,
+            out_exclude_ports: out_exclude,
+        };
+
+        // Per-pod CIDRs; the longest prefix decides, an exclude beats an
+        // equal capture.
+        let scope = slot + 1;
+        let mut cidrs: StdHashMap<(u32, u32), CidrValue> = StdHashMap::new();
+        for c in &i.capture_outbound_cidrs {
+            cidrs.insert(
+                (u32::from(c.prefix_len()), maps::ipv4_be(c.network())),
+                CidrValue {
+                    action: CIDR_CAPTURE,
+                },
+            );
+        }
+        for c in &i.exclude_outbound_cidrs {
+            cidrs.insert(
+                (u32::from(c.prefix_len()), maps::ipv4_be(c.network())),
+                CidrValue {
+                    action: CIDR_EXCLUDE,
+                },
+            );
+        }
+        let cidrs: Vec<(Key<CidrData>, CidrValue)> = cidrs
+            .into_iter()
+            .map(|((plen, addr), v)| (cidr_key(scope, plen, addr), v))
+            .collect();
+
+        // Order: the IP entry and CIDRs first, the ifindex entry (which makes
+        // the pod's own packets pass) last; stale parts of an older spec after.
+        self.ep_ip.insert(ep.ipv4, ep, 0)?;
+        for (k, v) in &cidrs {
+            self.out_cidrs.insert(k, *v, 0)?;
+        }
+        self.ep_ifindex.insert(ifx, ep, 0)?;
+        if let Some(o) = &old {
+            if o.spec.ipv4 != spec.ipv4 {
+                remove_ok(self.ep_ip.remove(&maps::ipv4_be(o.spec.ipv4)))?;
+                if self.kernel {
+                    netcfg::remove_pod_route(o.spec.ipv4, &o.spec.representor);
+                }
+            }
+            if o.ifindex != ifx {
+                remove_ok(self.ep_ifindex.remove(&o.ifindex))?;
+            }
+            for (k, _) in &o.cidrs {
+                if !cidrs.iter().any(|(n, _)| same_key(n, k)) {
+                    remove_ok(self.out_cidrs.remove(k))?;
+                }
+            }
+        }
+        self.pods.insert(
+            spec.uid.clone(),
+            Installed {
+                spec: spec.clone(),
+                ifindex: ifx,
+                slot,
+                cidrs,
+            },
+        );
+        if self.kernel {
+            self.attach_representor(&spec.representor)?;
+            netcfg::add_pod_route(spec.ipv4, &spec.representor, spec.mac)?;
+        }
+        Ok(())
+    }
+
+    /// Removes exactly this pod's entries. False when it was not installed.
+    pub fn remove_pod(&mut self, uid: &str) -> Result<bool, BpfError> {
+        let Some(p) = self.pods.remove(uid) else {
+            return Ok(false);
+        };
+        // The ifindex entry first: from then on the VF's packets are dropped.
+        remove_ok(self.ep_ifindex.remove(&p.ifindex))?;
+        remove_ok(self.ep_ip.remove(&maps::ipv4_be(p.spec.ipv4)))?;
+        for (k, _) in &p.cidrs {
+            remove_ok(self.out_cidrs.remove(k))?;
+        }
+        self.zero_counters(p.slot)?;
+        self.free_slots.insert(p.slot);
+        if self.kernel {
+            netcfg::remove_pod_route(p.spec.ipv4, &p.spec.representor);
+        }
+        Ok(true)
+    }
+
+    /// Makes the maps hold exactly `desired` (plus what apply_network
+    /// writes), keeping entries that already match, so established flows
+    /// never see a gap. Call once after [`BpfDataplane::load`].
+    pub fn reconcile(&mut self, desired: &[PodSpec]) -> Result<(), BpfError> {
+        let existing: Vec<(u32, Endpoint)> =
+            self.ep_ifindex.iter().filter_map(Result::ok).collect();
+        let all_cidrs: Vec<(Key<CidrData>, CidrValue)> =
+            self.out_cidrs.iter().filter_map(Result::ok).collect();
+        let mut adopted_slots = HashSet::new();
+        for (ifx, ep) in existing {
+            let matching = desired.iter().find(|d| {
+                ifindex(&d.representor) == Some(ifx)
+                    && maps::ipv4_be(d.ipv4) == ep.ipv4
+                    && d.mac == ep.mac
+            });
+            match matching {
+                Some(d) if ep.slot < MAX_PODS && self.free_slots.remove(&ep.slot) => {
+                    adopted_slots.insert(ep.slot);
+                    let cidrs = all_cidrs
+                        .iter()
+                        .filter(|(k, _)| k.data().scope == ep.slot + 1)
+                        .copied()
+                        .collect();
+                    self.pods.insert(
+                        d.uid.clone(),
+                        Installed {
+                            spec: d.clone(),
+                            ifindex: ifx,
+                            slot: ep.slot,
+                            cidrs,
+                        },
+                    );
+                }
+                _ => {
+                    remove_ok(self.ep_ifindex.remove(&ifx))?;
+                    if self.kernel {
+                        netcfg::remove_pod_route(maps::ipv4_from_be(ep.ipv4), "");
+                    }
+                }
+            }
+        }
+        // Whatever is not adopted goes: IP entries, per-pod CIDRs, counters.
+        let desired_ips: HashSet<u32> = desired.iter().map(|d| maps::ipv4_be(d.ipv4)).collect();
+        let ips: Vec<u32> = self.ep_ip.keys().filter_map(Result::ok).collect();
+        for ip in ips {
+            if !desired_ips.contains(&ip) {
+                remove_ok(self.ep_ip.remove(&ip))?;
+            }
+        }
+        for (k, _) in &all_cidrs {
+            let scope = k.data().scope;
+            if scope != 0 && !adopted_slots.contains(&(scope - 1)) {
+                remove_ok(self.out_cidrs.remove(k))?;
+            }
+        }
+        for slot in self.free_slots.clone() {
+            self.zero_counters(slot)?;
+        }
+        for d in desired {
+            self.apply_pod(d)?;
+        }
+        Ok(())
+    }
+
+    fn zero_counters(&mut self, slot: u32) -> Result<(), BpfError> {
+        let n = aya::util::nr_cpus().map_err(|(what, e)| io_err("reading", Path::new(what), e))?;
+        let zero = PerCpuValues::try_from(vec![PodCounters::default(); n])
+            .map_err(|e| io_err("sizing per-CPU values for", Path::new(maps::MAP_COUNTERS), e))?;
+        self.counters.set(slot, zero, 0)?;
+        Ok(())
+    }
+
+    /// Counters of a counter slot, summed over CPUs.
+    pub fn slot_counters(&self, slot: u32) -> Result<PodCounters, BpfError> {
+        if slot >= COUNTER_SLOTS {
+            return Err(BpfError::Invalid(format!("counter slot {slot} out of range")));
+        }
+        let v = self.counters.get(&slot, 0)?;
+        Ok(PodCounters::sum(v.iter()))
+    }
+
+    /// A pod's counters (None when it is not installed).
+    pub fn pod_counters(&self, uid: &str) -> Result<Option<PodCounters>, BpfError> {
+        match self.pods.get(uid) {
+            Some(p) => self.slot_counters(p.slot).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Traffic that no pod can be charged with (unknown VFs).
+    pub fn unattributed_counters(&self) -> Result<PodCounters, BpfError> {
+        self.slot_counters(maps::SLOT_UNATTRIBUTED)
+    }
+
+    /// The counter slot of an installed pod.
+    pub fn pod_slot(&self, uid: &str) -> Option<u32> {
+        self.pods.get(uid).map(|p| p.slot)
+    }
+
+    pub fn pod_uids(&self) -> Vec<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    /// What the per-pod maps hold right now, read from the kernel.
+    pub fn usage(&self) -> Result<MapUsage, BpfError> {
+        let cidr_keys: Vec<Key<CidrData>> = self.out_cidrs.keys().filter_map(Result::ok).collect();
+        let mut used = 0;
+        for slot in 0..COUNTER_SLOTS {
+            if self.slot_counters(slot)? != PodCounters::default() {
+                used += 1;
+            }
+        }
+        Ok(MapUsage {
+            endpoints_by_ifindex: self.ep_ifindex.keys().count(),
+            endpoints_by_ip: self.ep_ip.keys().count(),
+            pod_cidrs: cidr_keys.iter().filter(|k| k.data().scope != 0).count(),
+            node_cidrs: cidr_keys.iter().filter(|k| k.data().scope == 0).count(),
+            used_counter_slots: used,
+        })
+    }
+
+    /// The node config as the programs see it.
+    pub fn node_config(&self) -> Result<NodeConfig, BpfError> {
+        Ok(self.node.get(&0, 0)?)
+    }
+}
+
+fn cidr_key(scope: u32, plen: u32, addr: u32) -> Key<CidrData> {
+    Key::new(32 + plen, CidrData { scope, addr })
+}
+
+fn same_key(a: &Key<CidrData>, b: &Key<CidrData>) -> bool {
+    a.prefix_len() == b.prefix_len() && a.data() == b.data()
+}
+
+/// Removing what is already gone is success.
+fn remove_ok(r: Result<(), MapError>) -> Result<(), BpfError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,286 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * dpumesh dataplane: TC programs on the DPU.
+ *
+ *   dm_rep_ingress    representor ingress = packets FROM a pod
+ *   dm_rep_egress     representor egress  = packets TO a pod (counting only)
+ *   dm_uplink_ingress uplink (p0) ingress = packets from the fabric
+ *
+ * Maps and layouts: include/dm_maps.h, include/dm_layout.h.
+ * Steering mechanism: include/dm_steer.h and docs/dataplane.md.
+ */
+#include "include/dm_pkt.h"
+#include "include/dm_maps.h"
+#include "include/dm_steer.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int dm_drop(struct dm_pod_counters *c, enum dm_drop_reason r)
+{
+	dm_count_drop(c, r);
+	return TC_ACT_SHOT;
+}
+
+/* Answer an ARP request from a pod for any address but its own (proxy ARP):
+ * every off-pod address, the gateway included, resolves to the gateway MAC,
+ * so a pod needs no route beyond its VF, whatever prefix it was given. */
+static __always_inline int dm_arp_reply(struct __sk_buff *skb, const struct dm_endpoint *ep,
+					const struct dm_node_config *cfg,
+					struct dm_pod_counters *c)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct dm_arp *arp = (void *)(eth + 1);
+	__u8 tpa[4];
+	__be32 spa;
+
+	if ((void *)(arp + 1) > end)
+		return dm_drop(c, DM_DROP_MALFORMED);
+	if (arp->hrd != bpf_htons(1) || arp->pro != bpf_htons(ETH_P_IP) || arp->hln != ETH_ALEN ||
+	    arp->pln != 4)
+		return dm_drop(c, DM_DROP_MALFORMED);
+	__builtin_memcpy(&spa, arp->spa, 4);
+	/* Probes (sender 0.0.0.0, duplicate address detection) get no answer:
+	 * no one else may hold the pod's address. */
+	if (spa == 0)
+		return TC_ACT_SHOT;
+	if (spa != ep->ipv4 || !dm_mac_eq(arp->sha, ep->mac))
+		return dm_drop(c, DM_DROP_SPOOF_IP);
+	if (arp->op != bpf_htons(DM_ARP_REQUEST))
+		return TC_ACT_SHOT;
+	__builtin_memcpy(tpa, arp->tpa, 4);
+	if (__builtin_memcmp(tpa, arp->spa, 4) == 0)
+		return TC_ACT_SHOT; /* gratuitous ARP */
+
+	arp->op = bpf_htons(DM_ARP_REPLY);
+	dm_mac_copy(arp->tha, arp->sha);
+	__builtin_memcpy(arp->tpa, arp->spa, 4);
+	dm_mac_copy(arp->sha, cfg->gateway_mac);
+	__builtin_memcpy(arp->spa, tpa, 4);
+	dm_mac_copy(eth->h_dest, eth->h_source);
+	dm_mac_copy(eth->h_source, cfg->gateway_mac);
+	c->arp_replies++;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* Outbound capture: a meshed pod's TCP to a captured destination. */
+static __always_inline int dm_out_captured(const struct dm_endpoint *ep, const struct dm_ip4 *p)
+{
+	struct dm_cidr_key k = {};
+	struct dm_cidr_value *v;
+
+	if (!(ep->flags & DM_EP_MESHED))
+		return 0;
+	if (dm_port_in(ep->out_exclude_ports, p->tcp->dest))
+		return 0;
+	k.prefixlen = 64;
+	k.scope = ep->slot + 1;
+	k.addr = p->ip->daddr;
+	v = bpf_map_lookup_elem(&dm_out_cidrs, &k);
+	if (v)
+		return v->action == DM_CIDR_CAPTURE;
+	if (ep->flags & DM_EP_CUSTOM_OUT_CIDRS)
+		return 0;
+	k.scope = 0;
+	v = bpf_map_lookup_elem(&dm_out_cidrs, &k);
+	return v && v->action == DM_CIDR_CAPTURE;
+}
+
+/* Inbound capture: TCP to a meshed local pod on a captured port. */
+static __always_inline int dm_in_captured(const struct dm_endpoint *ep, __be16 port)
+{
+	if (!(ep->flags & DM_EP_MESHED))
+		return 0;
+	if (dm_port_in(ep->in_exclude_ports, port))
+		return 0;
+	if (ep->flags & DM_EP_IN_PORT_LIST)
+		return dm_port_in(ep->in_capture_ports, port);
+	return 1;
+}
+
+/* Hand a packet to a local pod's representor, as its gateway would. */
+static __always_inline int dm_to_pod(struct dm_ip4 *p, const struct dm_endpoint *dst,
+				     const struct dm_node_config *cfg)
+{
+	dm_mac_copy(p->eth->h_dest, dst->mac);
+	dm_mac_copy(p->eth->h_source, cfg->gateway_mac);
+	return bpf_redirect(dst->ifindex, 0);
+}
+
+/* Route a pod's packet: to a local pod directly, elsewhere by the FIB
+ * (peers' pod CIDRs are routed via p0 by the dataplane). */
+static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
+				      const struct dm_node_config *cfg,
+				      struct dm_pod_counters *c)
+{
+	struct bpf_fib_lookup fib = {};
+	struct dm_endpoint *dst;
+	__be32 daddr = p->ip->daddr;
+	long rc;
+
+	dst = bpf_map_lookup_elem(&dm_ep_ip, &daddr);
+	if (dst) {
+		c->bypassed++;
+		return dm_to_pod(p, dst, cfg);
+	}
+
+	fib.family = AF_INET;
+	fib.tos = p->ip->tos;
+	fib.l4_protocol = p->ip->protocol;
+	fib.tot_len = bpf_ntohs(p->ip->tot_len);
+	fib.ipv4_src = p->ip->saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+		struct ethhdr *eth = data;
+
+		if ((void *)(eth + 1) > end)
+			return dm_drop(c, DM_DROP_MALFORMED);
+		dm_mac_copy(eth->h_dest, fib.dmac);
+		dm_mac_copy(eth->h_source, fib.smac);
+		c->bypassed++;
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = {};
+
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = fib.ipv4_dst;
+		c->bypassed++;
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return dm_drop(c, DM_DROP_LOCAL_DST);
+	return dm_drop(c, DM_DROP_NO_ROUTE);
+}
+
+SEC("classifier")
+int dm_rep_ingress(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct dm_endpoint *ep;
+	struct dm_node_config *cfg;
+	struct dm_pod_counters *c;
+	struct dm_ip4 p;
+	struct ethhdr *eth;
+	void *data, *end;
+
+	ep = bpf_map_lookup_elem(&dm_ep_ifindex, &ifindex);
+	if (!ep)
+		return dm_drop(dm_counters_of(DM_SLOT_UNATTRIBUTED), DM_DROP_UNKNOWN_VF);
+	c = dm_counters_of(ep->slot);
+	if (!c)
+		return TC_ACT_SHOT;
+	c->packets_out++;
+	c->bytes_out += skb->len;
+
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return dm_drop(c, DM_DROP_MALFORMED);
+	if (!dm_mac_eq(eth->h_source, ep->mac))
+		return dm_drop(c, DM_DROP_SPOOF_MAC);
+	cfg = dm_node_config();
+	if (!cfg || !cfg->ready)
+		return dm_drop(c, DM_DROP_NOT_READY);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return dm_arp_reply(skb, ep, cfg, c);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return dm_drop(c, DM_DROP_UNSUPPORTED);
+	if (dm_parse_ip4(skb, &p))
+		return dm_drop(c, DM_DROP_MALFORMED);
+	if (p.ip->saddr != ep->ipv4)
+		return dm_drop(c, DM_DROP_SPOOF_IP);
+
+	if (p.tcp) {
+		if (dm_local_tcp_socket(skb, &p)) {
+			skb->mark = cfg->steer_mark;
+			c->to_proxy_socket++;
+			return TC_ACT_OK;
+		}
+		if (dm_is_syn(p.tcp) && dm_out_captured(ep, &p)) {
+			if (dm_assign_listener(skb, &p, cfg->outbound_port))
+				return dm_drop(c, DM_DROP_NO_PROXY);
+			skb->mark = cfg->steer_mark;
+			c->steered_outbound++;
+			return TC_ACT_OK;
+		}
+	}
+	return dm_forward(skb, &p, cfg, c);
+}
+
+SEC("classifier")
+int dm_rep_egress(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct dm_endpoint *ep;
+	struct dm_pod_counters *c;
+
+	ep = bpf_map_lookup_elem(&dm_ep_ifindex, &ifindex);
+	if (!ep)
+		return TC_ACT_OK;
+	c = dm_counters_of(ep->slot);
+	if (c) {
+		c->packets_in++;
+		c->bytes_in += skb->len;
+	}
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int dm_uplink_ingress(struct __sk_buff *skb)
+{
+	struct dm_endpoint *dst;
+	struct dm_node_config *cfg;
+	struct dm_pod_counters *c;
+	struct dm_ip4 p;
+	struct ethhdr *eth;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__be32 daddr;
+
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_OK;
+	/* ARP and everything not for a local pod is the DPU's own business. */
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (dm_parse_ip4(skb, &p))
+		return TC_ACT_OK;
+	daddr = p.ip->daddr;
+	dst = bpf_map_lookup_elem(&dm_ep_ip, &daddr);
+	if (!dst)
+		return TC_ACT_OK;
+	cfg = dm_node_config();
+	if (!cfg || !cfg->ready)
+		return TC_ACT_OK;
+	c = dm_counters_of(dst->slot);
+	if (!c)
+		return TC_ACT_SHOT;
+
+	if (p.tcp) {
+		if (dm_local_tcp_socket(skb, &p)) {
+			skb->mark = cfg->steer_mark;
+			c->to_proxy_socket++;
+			return TC_ACT_OK;
+		}
+		if (dm_is_syn(p.tcp) && dm_in_captured(dst, p.tcp->dest)) {
+			if (dm_assign_listener(skb, &p, cfg->inbound_port))
+				return dm_drop(c, DM_DROP_NO_PROXY);
+			skb->mark = cfg->steer_mark;
+			c->steered_inbound++;
+			return TC_ACT_OK;
+		}
+	}
+	c->bypassed++;
+	return dm_to_pod(&p, dst, cfg);
+}

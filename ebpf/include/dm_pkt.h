@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Packet parsing and small rewrite helpers for the TC programs. */
+#ifndef DM_PKT_H
+#define DM_PKT_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "dm_layout.h"
+
+/* IPv4 over Ethernet ARP, as on the wire. */
+struct dm_arp {
+	__be16 hrd;
+	__be16 pro;
+	__u8 hln;
+	__u8 pln;
+	__be16 op;
+	__u8 sha[ETH_ALEN];
+	__u8 spa[4];
+	__u8 tha[ETH_ALEN];
+	__u8 tpa[4];
+} __attribute__((packed));
+
+#define DM_ARP_REQUEST 1
+#define DM_ARP_REPLY 2
+
+/* The parsed view of one IPv4 packet; pointers are into the skb's linear data. */
+struct dm_ip4 {
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct tcphdr *tcp; /* NULL unless TCP with a complete header */
+};
+
+static __always_inline int dm_mac_eq(const __u8 *a, const __u8 *b)
+{
+	/* Byte compare: the verifier rejects unaligned wide loads on packet data. */
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __always_inline void dm_mac_copy(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, ETH_ALEN);
+}
+
+/* Parse Ethernet + IPv4 (+ TCP). Returns 0 on success, -1 when truncated or
+ * malformed; the caller has already checked the ethertype. */
+static __always_inline int dm_parse_ip4(struct __sk_buff *skb, struct dm_ip4 *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > end)
+		return -1;
+	if (ip->ihl < 5 || ip->version != 4)
+		return -1;
+	p->eth = eth;
+	p->ip = ip;
+	p->tcp = NULL;
+	if (ip->protocol == IPPROTO_TCP) {
+		/* Fragments other than the first carry no TCP header: leave tcp NULL,
+		 * they are forwarded like any non-TCP packet. */
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return 0;
+		struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
+		if ((void *)(tcp + 1) > end)
+			return -1;
+		p->tcp = tcp;
+	}
+	return 0;
+}
+
+static __always_inline int dm_is_syn(const struct tcphdr *tcp)
+{
+	return tcp->syn && !tcp->ack;
+}
+
+static __always_inline int dm_port_in(const __be16 *list, __be16 port)
+{
+#pragma unroll
+	for (int i = 0; i < DM_MAX_PORTS; i++)
+		if (list[i] && list[i] == port)
+			return 1;
+	return 0;
+}
+
+#endif /* DM_PKT_H */
