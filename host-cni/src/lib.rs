@@ -1,1 +1,7 @@
-//! dpumesh-cni
+//! dpumesh-cni: the CNI plugin that gives each pod a DPU VF.
+//! Contract: docs/host-cni.md.
+#![forbid(unsafe_code)]
+
+pub mod netlink;
+pub mod spec;
+pub mod state;
