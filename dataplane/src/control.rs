@@ -154,7 +154,10 @@ pub fn status(state: &ControlState) -> ComponentStatus {
         Err(e) => details.insert("representors".to_string(), format!("error: {e}")),
     };
     if let Some(n) = &network {
-        details.insert("network_mode".to_string(), format!("{:?}", n.mode).to_lowercase());
+        details.insert(
+            "network_mode".to_string(),
+            format!("{:?}", n.mode).to_lowercase(),
+        );
         details.insert("pod_cidr".to_string(), n.pod_cidr.to_string());
         details.insert("peers".to_string(), n.peers.len().to_string());
     }

@@ -9,7 +9,11 @@ use dpumesh_dataplane::control::{self, ControlState};
 use dpumesh_dataplane::registry::{MemoryBackend, PodRegistry, Representors};
 
 #[derive(Debug, Parser)]
-#[command(name = "dpumesh-dataplane", version, about = "The dpumesh forwarding engine on the DPU")]
+#[command(
+    name = "dpumesh-dataplane",
+    version,
+    about = "The dpumesh forwarding engine on the DPU"
+)]
 struct Args {
     /// Name of the node this DPU belongs to (default: the hostname).
     #[arg(long, env = "DPUMESH_NODE")]
@@ -40,7 +44,11 @@ fn main() -> anyhow::Result<()> {
         "auto" => Representors::Discover,
         list => Representors::fixed(list.split(',').map(str::trim).filter(|s| !s.is_empty())),
     };
-    let registry = Arc::new(PodRegistry::new(node.clone(), representors, MemoryBackend::new()));
+    let registry = Arc::new(PodRegistry::new(
+        node.clone(),
+        representors,
+        MemoryBackend::new(),
+    ));
 
     // The control path runs on its own current-thread runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -52,9 +60,13 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the control address {}", args.mgmt_addr))?;
         tracing::info!(addr = %args.mgmt_addr, %node, "control gRPC listening");
-        control::serve(listener, ControlState::new(registry), control::shutdown_signal())
-            .await
-            .context("control gRPC server")
+        control::serve(
+            listener,
+            ControlState::new(registry),
+            control::shutdown_signal(),
+        )
+        .await
+        .context("control gRPC server")
     })?;
     tracing::info!("stopped");
     Ok(())

@@ -385,9 +385,7 @@ impl PodRegistry {
     /// Every registered pod, sorted by namespace, name, uid.
     pub fn pods(&self) -> Vec<PodEntry> {
         let mut pods: Vec<PodEntry> = self.lock().pods.values().cloned().collect();
-        pods.sort_by(|a, b| {
-            (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid))
-        });
+        pods.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
         pods
     }
 
@@ -397,7 +395,10 @@ impl PodRegistry {
     }
 
     /// Sets the node network. `Ok(false)`: exactly this network was already set.
-    pub fn set_node_network(&self, network: Option<&pb::NodeNetwork>) -> Result<bool, RegistryError> {
+    pub fn set_node_network(
+        &self,
+        network: Option<&pb::NodeNetwork>,
+    ) -> Result<bool, RegistryError> {
         let spec = parse_network(network, &self.node)?;
         let mut state = self.lock();
         if state.network.as_ref() == Some(&spec) {
@@ -446,10 +447,7 @@ impl PodRegistry {
         if !errors.is_empty() {
             return Err(RegistryError::InvalidArgument(errors));
         }
-        let present = self
-            .representors
-            .list()
-            .map_err(RegistryError::Backend)?;
+        let present = self.representors.list().map_err(RegistryError::Backend)?;
         if !present.contains(&entry.representor) {
             return Err(RegistryError::NotFound(format!(
                 "pod.representor: {:?} (VF {}) is not a representor on this DPU (present: {})",
@@ -609,7 +607,10 @@ impl Problems {
             Ok(net) if net.trunc() != net => {
                 self.push(
                     path,
-                    format_args!("{value:?} has host bits set (did you mean {}?)", net.trunc()),
+                    format_args!(
+                        "{value:?} has host bits set (did you mean {}?)",
+                        net.trunc()
+                    ),
                 );
                 None
             }
@@ -628,7 +629,10 @@ impl Problems {
             .filter_map(|(i, &p)| match u16::try_from(p) {
                 Ok(port) if port != 0 => Some(port),
                 _ => {
-                    self.push(format_args!("{path}[{i}]"), format_args!("{p} is not a port (1-65535)"));
+                    self.push(
+                        format_args!("{path}[{i}]"),
+                        format_args!("{p} is not a port (1-65535)"),
+                    );
                     None
                 }
             })
@@ -684,7 +688,9 @@ fn parse_network(
     our_node: &str,
 ) -> Result<NodeNetworkSpec, RegistryError> {
     let Some(n) = network else {
-        return Err(RegistryError::InvalidArgument(vec!["network: required".into()]));
+        return Err(RegistryError::InvalidArgument(vec![
+            "network: required".into()
+        ]));
     };
     let mut p = Problems::default();
     if n.node_name.is_empty() {
@@ -692,7 +698,10 @@ fn parse_network(
     } else if !our_node.is_empty() && n.node_name != our_node {
         p.push(
             "network.node_name",
-            format_args!("{:?} is not this dataplane's node {our_node:?}", n.node_name),
+            format_args!(
+                "{:?} is not this dataplane's node {our_node:?}",
+                n.node_name
+            ),
         );
     }
     let mode = match pb::NetworkMode::try_from(n.mode) {
@@ -702,7 +711,10 @@ fn parse_network(
         }
         Ok(m) => NetworkMode::try_from(m).ok(),
         Err(_) => {
-            p.push("network.mode", format_args!("unknown network mode {}", n.mode));
+            p.push(
+                "network.mode",
+                format_args!("unknown network mode {}", n.mode),
+            );
             None
         }
     };
@@ -746,7 +758,10 @@ fn parse_network(
     let vni = match n.vni {
         0 => DEFAULT_VNI,
         v if v > MAX_VNI => {
-            p.push("network.vni", format_args!("{v} is not a VXLAN id (1-{MAX_VNI})"));
+            p.push(
+                "network.vni",
+                format_args!("{v} is not a VXLAN id (1-{MAX_VNI})"),
+            );
             0
         }
         v => v,
@@ -764,7 +779,10 @@ fn parse_network(
                 format_args!("{:?} is also network.peers[{j}]", peer.name),
             );
         } else if peer.name == n.node_name {
-            p.push(format_args!("{path}.name"), format_args!("{:?} is this node", peer.name));
+            p.push(
+                format_args!("{path}.name"),
+                format_args!("{:?} is this node", peer.name),
+            );
         }
         let peer_cidr = p.cidr(&format!("{path}.pod_cidr"), &peer.pod_cidr);
         if let Some(pc) = peer_cidr {
@@ -778,7 +796,9 @@ fn parse_network(
                 if overlaps(q, &pc) {
                     p.push(
                         format_args!("{path}.pod_cidr"),
-                        format_args!("{pc} overlaps network.peers[{j}].pod_cidr {q} (node {name:?})"),
+                        format_args!(
+                            "{pc} overlaps network.peers[{j}].pod_cidr {q} (node {name:?})"
+                        ),
                     );
                 }
             }
@@ -855,7 +875,10 @@ fn parse_pod(pod: Option<&pb::PodSteering>) -> Result<PodEntry, RegistryError> {
     for (i, ip) in pod.ips.iter().enumerate() {
         if let Some(ip) = p.ip(&format!("pod.ips[{i}]"), ip) {
             if let Some(j) = ips.iter().position(|x| *x == ip) {
-                p.push(format_args!("pod.ips[{i}]"), format_args!("{ip} repeats pod.ips[{j}]"));
+                p.push(
+                    format_args!("pod.ips[{i}]"),
+                    format_args!("{ip} repeats pod.ips[{j}]"),
+                );
             } else {
                 ips.push(ip);
             }
@@ -867,18 +890,27 @@ fn parse_pod(pod: Option<&pb::PodSteering>) -> Result<PodEntry, RegistryError> {
     } else {
         match pod.mac.parse::<MacAddr>() {
             Ok(m) if m.is_multicast() => {
-                p.push("pod.mac", format_args!("{:?} is a multicast MAC address", pod.mac));
+                p.push(
+                    "pod.mac",
+                    format_args!("{:?} is a multicast MAC address", pod.mac),
+                );
                 None
             }
             Ok(m) if m.0 == [0; 6] => {
-                p.push("pod.mac", format_args!("{:?} is the all-zero MAC address", pod.mac));
+                p.push(
+                    "pod.mac",
+                    format_args!("{:?} is the all-zero MAC address", pod.mac),
+                );
                 None
             }
             Ok(m) => Some(m),
             Err(()) => {
                 p.push(
                     "pod.mac",
-                    format_args!("{:?} is not a MAC address (want aa:bb:cc:dd:ee:ff)", pod.mac),
+                    format_args!(
+                        "{:?} is not a MAC address (want aa:bb:cc:dd:ee:ff)",
+                        pod.mac
+                    ),
                 );
                 None
             }
@@ -886,11 +918,26 @@ fn parse_pod(pod: Option<&pb::PodSteering>) -> Result<PodEntry, RegistryError> {
     };
     let i = pod.interception.clone().unwrap_or_default();
     let interception = InterceptionSpec {
-        capture_inbound_ports: p.ports("pod.interception.capture_inbound_ports", &i.capture_inbound_ports),
-        exclude_inbound_ports: p.ports("pod.interception.exclude_inbound_ports", &i.exclude_inbound_ports),
-        capture_outbound_cidrs: p.cidrs("pod.interception.capture_outbound_cidrs", &i.capture_outbound_cidrs),
-        exclude_outbound_cidrs: p.cidrs("pod.interception.exclude_outbound_cidrs", &i.exclude_outbound_cidrs),
-        exclude_outbound_ports: p.ports("pod.interception.exclude_outbound_ports", &i.exclude_outbound_ports),
+        capture_inbound_ports: p.ports(
+            "pod.interception.capture_inbound_ports",
+            &i.capture_inbound_ports,
+        ),
+        exclude_inbound_ports: p.ports(
+            "pod.interception.exclude_inbound_ports",
+            &i.exclude_inbound_ports,
+        ),
+        capture_outbound_cidrs: p.cidrs(
+            "pod.interception.capture_outbound_cidrs",
+            &i.capture_outbound_cidrs,
+        ),
+        exclude_outbound_cidrs: p.cidrs(
+            "pod.interception.exclude_outbound_cidrs",
+            &i.exclude_outbound_cidrs,
+        ),
+        exclude_outbound_ports: p.ports(
+            "pod.interception.exclude_outbound_ports",
+            &i.exclude_outbound_ports,
+        ),
     };
     let entry = mac.map(|mac| PodEntry {
         uid: pod.pod_uid.clone(),
@@ -970,31 +1017,58 @@ mod tests {
     fn macs() {
         let m: MacAddr = "02:00:0A:f4:01:05".parse().unwrap();
         assert_eq!(m.to_string(), "02:00:0a:f4:01:05");
-        for bad in ["", "02:00:0a:f4:01", "02:00:0a:f4:01:05:06", "02-00-0a-f4-01-05", "0g:00:0a:f4:01:05", "2:00:0a:f4:01:05"] {
+        for bad in [
+            "",
+            "02:00:0a:f4:01",
+            "02:00:0a:f4:01:05:06",
+            "02-00-0a-f4-01-05",
+            "0g:00:0a:f4:01:05",
+            "2:00:0a:f4:01:05",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
-        assert!("01:00:5e:00:00:01".parse::<MacAddr>().unwrap().is_multicast());
+        assert!("01:00:5e:00:00:01"
+            .parse::<MacAddr>()
+            .unwrap()
+            .is_multicast());
     }
 
     #[test]
     fn representor_names() {
         assert_eq!(representor_vf("pf0vf3"), Some(3));
         assert_eq!(representor_vf("pf1vf12"), Some(12));
-        for other in ["pf0vf", "pfvf1", "p0", "vf3", "pf0hpf", "pf0vf3x", "tmfifo_net0"] {
+        for other in [
+            "pf0vf",
+            "pfvf1",
+            "p0",
+            "vf3",
+            "pf0hpf",
+            "pf0vf3x",
+            "tmfifo_net0",
+        ] {
             assert_eq!(representor_vf(other), None, "{other}");
         }
     }
 
     #[test]
     fn gateways() {
-        assert_eq!(first_host(&"10.244.1.0/24".parse().unwrap()).to_string(), "10.244.1.1");
-        assert_eq!(first_host(&"fd00:1::/64".parse().unwrap()).to_string(), "fd00:1::1");
+        assert_eq!(
+            first_host(&"10.244.1.0/24".parse().unwrap()).to_string(),
+            "10.244.1.1"
+        );
+        assert_eq!(
+            first_host(&"fd00:1::/64".parse().unwrap()).to_string(),
+            "fd00:1::1"
+        );
     }
 
     #[test]
     fn discovery_lists_only_representors() {
         // The test process's netns has at least "lo", which is no representor.
         let found = Representors::Discover.list().unwrap();
-        assert!(found.iter().all(|n| representor_vf(n).is_some()), "{found:?}");
+        assert!(
+            found.iter().all(|n| representor_vf(n).is_some()),
+            "{found:?}"
+        );
     }
 }

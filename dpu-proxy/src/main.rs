@@ -9,7 +9,11 @@ use dpu_proxy::config_store::ConfigStore;
 use dpu_proxy::control::{self, ControlState};
 
 #[derive(Debug, Parser)]
-#[command(name = "dpu-proxy", version, about = "The shared per-node service mesh proxy on the DPU")]
+#[command(
+    name = "dpu-proxy",
+    version,
+    about = "The shared per-node service mesh proxy on the DPU"
+)]
 struct Args {
     /// Name of the node this DPU belongs to (default: the hostname).
     #[arg(long, env = "DPUMESH_NODE")]
