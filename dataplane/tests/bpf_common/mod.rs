@@ -1,0 +1,106 @@
+//! Shared by the bpf_* tests: packet builders and namespace guards.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+
+use dpumesh_sim::Netns;
+
+/// A bare network namespace of our own (`dm-` prefix), deleted on drop.
+pub struct NsGuard(pub Netns);
+
+impl NsGuard {
+    pub fn new(tag: &str) -> NsGuard {
+        let name = format!("dm-{}-{tag}", dpumesh_sim::unique_cluster("bpft"));
+        NsGuard(Netns::create(name).expect("create netns"))
+    }
+}
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        let _ = self.0.delete();
+    }
+}
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+pub fn eth(dst: [u8; 6], src: [u8; 6], proto: u16) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    v.extend_from_slice(&dst);
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&proto.to_be_bytes());
+    v
+}
+
+pub fn arp_request(mac: [u8; 6], ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut v = eth([0xff; 6], mac, ETH_P_ARP);
+    v.extend_from_slice(&1u16.to_be_bytes()); // Ethernet
+    v.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    v.push(6);
+    v.push(4);
+    v.extend_from_slice(&1u16.to_be_bytes()); // request
+    v.extend_from_slice(&mac);
+    v.extend_from_slice(&ip.octets());
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&target.octets());
+    v.resize(60, 0);
+    v
+}
+
+fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize) -> Vec<u8> {
+    let total = (20 + payload_len) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let mut sum: u32 = 0;
+    for c in h.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !(sum as u16);
+    h[10..12].copy_from_slice(&csum.to_be_bytes());
+    h
+}
+
+pub fn udp(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut v = eth(dst_mac, src_mac, ETH_P_IP);
+    let payload = b"hello";
+    v.extend(ipv4_header(src, dst, 17, 8 + payload.len()));
+    v.extend_from_slice(&sport.to_be_bytes());
+    v.extend_from_slice(&dport.to_be_bytes());
+    v.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(payload);
+    v
+}
+
+pub fn tcp_syn(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut v = eth(dst_mac, src_mac, ETH_P_IP);
+    v.extend(ipv4_header(src, dst, 6, 20));
+    v.extend_from_slice(&sport.to_be_bytes());
+    v.extend_from_slice(&dport.to_be_bytes());
+    v.extend_from_slice(&1000u32.to_be_bytes()); // seq
+    v.extend_from_slice(&0u32.to_be_bytes()); // ack
+    v.extend_from_slice(&[0x50, 0x02]); // data offset 5, SYN
+    v.extend_from_slice(&64240u16.to_be_bytes());
+    v.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+    v
+}
