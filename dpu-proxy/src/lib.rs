@@ -1,5 +1,8 @@
 //! dpu-proxy: the shared per-node L4/L7 proxy running on the DPU.
 #![forbid(unsafe_code)]
 
+pub mod compiled;
 pub mod config_store;
 pub mod control;
+pub mod lb;
+pub mod proxy;

@@ -1,0 +1,313 @@
+//! The data path: transparent listeners, protocol detection, HTTP proxying
+//! (HTTP/1.1, h2c, gRPC) and plain TCP proxying. Contract: `docs/dpu-proxy.md`.
+//!
+//! Every connection and every request reads the current config snapshot
+//! through [`ConfigSource`] (an atomic load); a request keeps the snapshot it
+//! started with until it ends.
+
+mod flags;
+mod http;
+mod tcp;
+pub mod upstream;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use flags::{Flag, Flags};
+
+use crate::compiled::CompiledConfig;
+use upstream::Pool;
+
+/// Where the data path gets its config snapshot from.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// The snapshot to serve with now; `None` before the first config.
+    fn snapshot(&self) -> Option<Arc<CompiledConfig>>;
+}
+
+impl ConfigSource for ArcSwapOption<CompiledConfig> {
+    fn snapshot(&self) -> Option<Arc<CompiledConfig>> {
+        self.load_full()
+    }
+}
+
+/// Which way connections on a listener go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From a local pod to a service or pod (port 15001): routed by the config.
+    Outbound,
+    /// From another node to a local pod (port 15006): delivered to the original destination.
+    Inbound,
+}
+
+/// How a listener learns a connection's original destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginalDst {
+    /// The accepted socket's local address (IP_TRANSPARENT listener that the
+    /// dataplane steers connections to without rewriting them). The real path.
+    LocalAddr,
+    /// TEST SEAM: every connection on this listener is for this destination.
+    /// Lets tests on loopback stand in for the dataplane's steering.
+    Fixed(SocketAddr),
+}
+
+/// One listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub bind: SocketAddr,
+    pub direction: Direction,
+    pub original_dst: OriginalDst,
+    /// Set IP_TRANSPARENT on the listening socket (needed to accept steered
+    /// connections for foreign addresses; needs CAP_NET_ADMIN).
+    pub transparent: bool,
+}
+
+/// How the proxy binds its upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamSource {
+    /// From the client's own IP with IP_TRANSPARENT, so the destination sees
+    /// the client (the DPU path).
+    ClientIp,
+    /// From whatever address the kernel picks.
+    Kernel,
+}
+
+/// Limits and knobs of the data path.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Request line + headers of an HTTP/1.1 request (larger: 431). Envoy: 60 KiB.
+    pub max_header_bytes: usize,
+    /// Number of headers of an HTTP/1.1 request.
+    pub max_headers: usize,
+    /// Request bodies up to this size are buffered so retries can replay them.
+    pub retry_buffer_bytes: usize,
+    pub upstream_source: UpstreamSource,
+    /// How long to wait for a client's first bytes to sniff its protocol when
+    /// the port does not declare one; silent clients get plain TCP after it.
+    pub sniff_timeout: Duration,
+    /// Base interval of the jittered exponential retry back-off (Envoy: 25 ms).
+    pub retry_backoff: Duration,
+    /// Idle timeout of plain TCP connections that match no cluster (passthrough).
+    pub passthrough_idle_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            max_header_bytes: 60 * 1024,
+            max_headers: 100,
+            retry_buffer_bytes: 64 * 1024,
+            upstream_source: UpstreamSource::ClientIp,
+            sniff_timeout: Duration::from_millis(500),
+            retry_backoff: Duration::from_millis(25),
+            passthrough_idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Counters of the data path (the metrics module will export them).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+    /// Outbound connections from an address that is no local pod: refused.
+    pub unknown_source: AtomicU64,
+    /// Connections refused because no config is served yet.
+    pub no_config: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub tcp_connections: AtomicU64,
+    pub tcp_bytes_to_upstream: AtomicU64,
+    pub tcp_bytes_to_downstream: AtomicU64,
+    /// TCP connections closed by the idle timeout.
+    pub tcp_idle_timeouts: AtomicU64,
+    /// Requests whose response carried each flag, indexed by [`Flag`].
+    pub flags: [AtomicU64; flags::COUNT],
+}
+
+impl Stats {
+    pub fn flag_count(&self, f: Flag) -> u64 {
+        self.flags[f as usize].load(Ordering::Relaxed)
+    }
+
+    fn count_flags(&self, f: Flags) {
+        for flag in f.iter() {
+            self.flags[flag as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The proxy: shared by every listener and connection.
+pub struct Proxy {
+    config: Arc<dyn ConfigSource>,
+    pub settings: ProxySettings,
+    pub stats: Stats,
+    pool: Arc<Pool>,
+}
+
+/// What is known about a downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnCtx {
+    pub peer: SocketAddr,
+    pub dst: SocketAddr,
+    pub direction: Direction,
+}
+
+impl Proxy {
+    pub fn new(config: Arc<dyn ConfigSource>, settings: ProxySettings) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            config,
+            settings,
+            stats: Stats::default(),
+            pool: Arc::new(Pool::default()),
+        })
+    }
+
+    /// Binds a listener (IP_TRANSPARENT when asked). Serve it with [`Proxy::serve`].
+    pub fn bind(spec: &ListenerSpec) -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(spec.bind), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        if spec.transparent {
+            match spec.bind.ip() {
+                IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+                IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+            }
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&spec.bind.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    }
+
+    /// Accepts connections forever, each on its own task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, spec: ListenerSpec) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of fds or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let dst = match spec.original_dst {
+                OriginalDst::Fixed(d) => d,
+                OriginalDst::LocalAddr => match stream.local_addr() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+            };
+            let ctx = ConnCtx {
+                peer: normalize(peer),
+                dst: normalize(dst),
+                direction: spec.direction,
+            };
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                proxy
+                    .stats
+                    .connections_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                proxy.clone().serve_connection(stream, ctx).await;
+                proxy
+                    .stats
+                    .connections_closed
+                    .fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Option<Arc<CompiledConfig>> {
+        self.config.snapshot()
+    }
+
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, ctx: ConnCtx) {
+        let _ = stream.set_nodelay(true);
+        let Some(cfg) = self.snapshot() else {
+            self.stats.no_config.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let declared = match ctx.direction {
+            Direction::Outbound => {
+                if cfg.pod_by_ip(ctx.peer.ip()).is_none() {
+                    self.stats.unknown_source.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %ctx.peer, "outbound connection from an unknown source refused");
+                    return;
+                }
+                cfg.service_for(ctx.dst).map(|s| s.protocol)
+            }
+            Direction::Inbound => cfg.service_for(ctx.dst).map(|s| s.protocol),
+        };
+        drop(cfg);
+        let is_http = match declared.flatten() {
+            Some(p) => p.is_http(),
+            None => sniff_http(&stream, self.settings.sniff_timeout).await,
+        };
+        if is_http {
+            self.serve_http(stream, ctx).await;
+        } else {
+            self.stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+            self.proxy_tcp(stream, ctx).await;
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) as plain IPv4.
+fn normalize(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+];
+
+/// Peeks at the client's first bytes: an HTTP/1.x method or the h2 preface
+/// means HTTP. Nothing within `timeout` (a server-first protocol) means TCP.
+async fn sniff_http(stream: &TcpStream, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    let mut last = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        let seen = &buf[..n];
+        if H2_PREFACE.starts_with(seen) && n < H2_PREFACE.len() {
+            // Could still become the preface (or "PRI" of nothing): wait for more.
+        } else if seen.starts_with(H2_PREFACE) || METHODS.iter().any(|m| seen.starts_with(m)) {
+            return true;
+        } else if !METHODS.iter().any(|m| m.starts_with(seen)) {
+            return false;
+        }
+        if n == last {
+            // No new bytes yet: peek returns at once while data is queued.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        last = n;
+    }
+}

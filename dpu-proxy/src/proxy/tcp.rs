@@ -1,0 +1,159 @@
+//! Plain TCP proxying with an idle timeout.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use dpumesh_api::config::LbKind;
+
+use super::upstream::connect;
+use super::{ConnCtx, Direction, Flag, Proxy, UpstreamSource};
+use crate::lb;
+
+/// Bytes copied each way, and why the copy ended.
+#[derive(Debug)]
+pub struct TcpOutcome {
+    pub to_upstream: u64,
+    pub to_downstream: u64,
+    pub idle_timeout: bool,
+}
+
+impl Proxy {
+    pub(super) async fn proxy_tcp(&self, mut downstream: TcpStream, ctx: ConnCtx) {
+        let Some(cfg) = self.snapshot() else {
+            return;
+        };
+        let src = match self.settings.upstream_source {
+            UpstreamSource::ClientIp => Some(ctx.peer.ip()),
+            UpstreamSource::Kernel => None,
+        };
+        let target = match (ctx.direction, cfg.service_for(ctx.dst)) {
+            (Direction::Outbound, Some(svc)) => {
+                let labels = cfg.pod_by_ip(ctx.peer.ip()).map(|p| &p.labels);
+                let Some(route) = svc.tcp_routes.select(labels) else {
+                    self.stats.flags[Flag::NoRoute as usize].fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let cluster = route.pick().cluster.clone();
+                let hash = (cluster.lb_kind == LbKind::ConsistentHash)
+                    .then(|| lb::stable_hash(&ctx.peer.ip()));
+                let Some(ep) = cluster.pick(hash) else {
+                    self.stats.flags[Flag::NoHealthyUpstream as usize]
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                (ep.addr, cluster.connect_timeout, cluster.idle_timeout)
+            }
+            _ => (
+                ctx.dst,
+                Duration::from_secs(10),
+                self.settings.passthrough_idle_timeout,
+            ),
+        };
+        drop(cfg);
+        let (addr, connect_timeout, idle) = target;
+        let mut upstream = match connect(src, addr, connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(upstream = %addr, error = %e, "tcp upstream connect failed");
+                self.stats.flags[Flag::UpstreamConnectionFailure as usize]
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let outcome = copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
+        let s = &self.stats;
+        s.tcp_bytes_to_upstream
+            .fetch_add(outcome.to_upstream, Ordering::Relaxed);
+        s.tcp_bytes_to_downstream
+            .fetch_add(outcome.to_downstream, Ordering::Relaxed);
+        if outcome.idle_timeout {
+            s.tcp_idle_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Copies both ways until both sides close, an error, or `idle` passes
+/// without a byte in either direction.
+pub async fn copy_with_idle_timeout(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    idle: Duration,
+) -> TcpOutcome {
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut ta = Activity {
+        inner: a,
+        start,
+        last: last.clone(),
+    };
+    let mut tb = Activity {
+        inner: b,
+        start,
+        last: last.clone(),
+    };
+    let watchdog = async {
+        loop {
+            let seen = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = start + seen + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut ta, &mut tb) => {
+            let (up, down) = r.unwrap_or((0, 0));
+            TcpOutcome { to_upstream: up, to_downstream: down, idle_timeout: false }
+        }
+        _ = watchdog => TcpOutcome { to_upstream: 0, to_downstream: 0, idle_timeout: true },
+    }
+}
+
+/// Stamps the time of the last byte read.
+struct Activity<'a> {
+    inner: &'a mut TcpStream,
+    start: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Activity<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.last.store(ms, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Activity<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}

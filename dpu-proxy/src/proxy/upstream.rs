@@ -1,0 +1,370 @@
+//! Upstream side: transparent connects, and a connection pool keyed by
+//! (client IP, endpoint, protocol) so that one pod's connections are never
+//! reused for another pod (the upstream sees each client's own IP).
+//!
+//! HTTP/1.1 connections are checked out exclusively and come back when the
+//! response body has been read to its end; an HTTP/2 connection is shared by
+//! every request with the same key. The pool's maps are sharded and locked
+//! only for a push or pop, never across an await.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::compiled::ActiveRequest;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects to `dst`; with `src`, from that (possibly foreign) address using
+/// IP_TRANSPARENT, so the destination sees the original client's IP.
+pub async fn connect(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(src) = src {
+        match src {
+            IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+            IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+        }
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+    }
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    match tokio::time::timeout(timeout, socket.connect(dst)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+    }
+}
+
+/// A request body towards the upstream.
+pub enum ReqBody {
+    /// Fully buffered (replayable for retries).
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    /// Frames already read (while trying to buffer), then the rest of the stream.
+    Prefixed {
+        prefix: std::collections::VecDeque<Frame<Bytes>>,
+        rest: Incoming,
+    },
+    Streaming(Incoming),
+}
+
+impl ReqBody {
+    pub fn empty() -> ReqBody {
+        ReqBody::Buffered {
+            data: None,
+            trailers: None,
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Buffered { data, trailers } => {
+                if let Some(d) = data.take().filter(|d| !d.is_empty()) {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            ReqBody::Prefixed { prefix, rest } => {
+                if let Some(f) = prefix.pop_front() {
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                Pin::new(rest).poll_frame(cx).map_err(Into::into)
+            }
+            ReqBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Buffered { data, trailers } => {
+                data.as_ref().is_none_or(|d| d.is_empty()) && trailers.is_none()
+            }
+            ReqBody::Prefixed { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+            ReqBody::Streaming(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ReqBody::Prefixed { .. } => SizeHint::default(),
+            ReqBody::Streaming(b) => b.size_hint(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub src: Option<IpAddr>,
+    pub dst: SocketAddr,
+    pub h2: bool,
+}
+
+/// Why an upstream exchange failed before response headers arrived.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// TCP connect (or the HTTP handshake) failed: Envoy's UF.
+    Connect(io::Error),
+    /// The connection or stream broke before the response: Envoy's UR/UC.
+    Reset(hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the peer refused the stream (h2 REFUSED_STREAM): safe to retry.
+    pub fn is_refused_stream(&self) -> bool {
+        let UpstreamError::Reset(e) = self else {
+            return false;
+        };
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+                return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+            }
+            source = s.source();
+        }
+        false
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "connection failure: {e}"),
+            UpstreamError::Reset(e) => write!(f, "reset before headers: {e}"),
+        }
+    }
+}
+
+enum Idle {
+    H1(Vec<http1::SendRequest<ReqBody>>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+const SHARDS: usize = 16;
+/// Idle HTTP/1.1 connections kept per key.
+const MAX_IDLE_PER_KEY: usize = 64;
+
+pub struct Pool {
+    shards: Vec<Mutex<HashMap<PoolKey, Idle>>>,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl Pool {
+    fn shard(&self, key: &PoolKey) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Idle>> {
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        let i = (h.finish() as usize) % SHARDS;
+        // The maps hold no invariants a panic could break.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_h1(&self, key: &PoolKey) -> Option<http1::SendRequest<ReqBody>> {
+        let mut shard = self.shard(key);
+        match shard.get_mut(key) {
+            Some(Idle::H1(list)) => {
+                while let Some(s) = list.pop() {
+                    if !s.is_closed() {
+                        return Some(s);
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn put_h1(&self, key: PoolKey, sender: http1::SendRequest<ReqBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut shard = self.shard(&key);
+        match shard.entry(key).or_insert_with(|| Idle::H1(Vec::new())) {
+            Idle::H1(list) if list.len() < MAX_IDLE_PER_KEY => list.push(sender),
+            _ => {}
+        }
+    }
+
+    fn get_h2(&self, key: &PoolKey) -> Option<http2::SendRequest<ReqBody>> {
+        let shard = self.shard(key);
+        match shard.get(key) {
+            Some(Idle::H2(s)) if !s.is_closed() => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// Sends one request to `key.dst`, connecting (from `key.src`) when no
+    /// pooled connection is usable. `active` is held until the response body ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        key: PoolKey,
+        mut req: Request<ReqBody>,
+        connect_timeout: Duration,
+        active: Option<ActiveRequest>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if key.h2 {
+            *req.version_mut() = http::Version::HTTP_2;
+            let mut sender = match self.get_h2(&key) {
+                Some(s) => s,
+                None => {
+                    let stream = connect(key.src, key.dst, connect_timeout)
+                        .await
+                        .map_err(UpstreamError::Connect)?;
+                    let (s, conn) = http2::Builder::new(TokioExecutor::new())
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
+                    tokio::spawn(conn);
+                    self.shard(&key).insert(key, Idle::H2(s.clone()));
+                    s
+                }
+            };
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(UpstreamError::Reset)?;
+            return Ok(resp.map(|b| UpstreamBody::new(b, None, active)));
+        }
+
+        *req.version_mut() = http::Version::HTTP_11;
+        // A pooled connection may have been closed by the server while idle:
+        // when the request was not sent on it, try the next one.
+        while let Some(mut sender) = self.take_h1(&key) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap_h1(key, sender, resp, active)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(UpstreamError::Reset(e.into_error())),
+                },
+            }
+        }
+        let stream = connect(key.src, key.dst, connect_timeout)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Reset)?;
+        Ok(self.wrap_h1(key, sender, resp, active))
+    }
+
+    fn wrap_h1(
+        self: &Arc<Self>,
+        key: PoolKey,
+        sender: http1::SendRequest<ReqBody>,
+        resp: Response<Incoming>,
+        active: Option<ActiveRequest>,
+    ) -> Response<UpstreamBody> {
+        let ret = Some(Return {
+            pool: self.clone(),
+            key,
+            sender,
+        });
+        resp.map(|b| UpstreamBody::new(b, ret, active))
+    }
+}
+
+struct Return {
+    pool: Arc<Pool>,
+    key: PoolKey,
+    sender: http1::SendRequest<ReqBody>,
+}
+
+/// A response body from the upstream. Gives its HTTP/1.1 connection back to
+/// the pool once read to the end (dropped early, the connection is closed).
+pub struct UpstreamBody {
+    inner: Incoming,
+    ret: Option<Return>,
+    _active: Option<ActiveRequest>,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, ret: Option<Return>, active: Option<ActiveRequest>) -> UpstreamBody {
+        let mut b = UpstreamBody {
+            inner,
+            ret,
+            _active: active,
+        };
+        if b.inner.is_end_stream() {
+            b.give_back();
+        }
+        b
+    }
+
+    fn give_back(&mut self) {
+        if let Some(r) = self.ret.take() {
+            r.pool.put_h1(r.key, r.sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.give_back(),
+            // A server stops polling once the body says it has ended.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
