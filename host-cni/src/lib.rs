@@ -5,3 +5,4 @@
 pub mod netlink;
 pub mod spec;
 pub mod state;
+pub mod vf;
