@@ -189,3 +189,26 @@ pub fn down_all() -> Result<DownReport> {
         )))
     }
 }
+
+/// What of cluster `cluster` still exists: `dm-<c>-*` namespaces, the state
+/// dir, pin dirs. Empty after a successful [`down`]. For tests and `status`.
+pub fn leftovers(cluster: &str) -> Result<Vec<String>> {
+    validate_cluster(cluster)?;
+    let prefix = cluster_prefix(cluster);
+    let mut left: Vec<String> = list_netns()?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .map(|n| format!("netns {n}"))
+        .collect();
+    let dir = state_dir(cluster);
+    if dir.exists() {
+        left.push(format!("dir {}", dir.display()));
+    }
+    for i in 1..=crate::config::MAX_NODES {
+        let p = bpf_pin_dir(cluster, i);
+        if p.exists() {
+            left.push(format!("dir {}", p.display()));
+        }
+    }
+    Ok(left)
+}

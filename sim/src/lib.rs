@@ -22,7 +22,7 @@ mod up;
 use std::path::PathBuf;
 
 pub use config::SimConfig;
-pub use down::{down, down_all, DownReport};
+pub use down::{down, down_all, leftovers, DownReport};
 pub use error::{Result, SimError};
 pub use guard::{unique_cluster, SimGuard};
 pub use netns::{list_netns, Netns};

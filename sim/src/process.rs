@@ -123,6 +123,7 @@ pub(crate) fn start(spec: &SpawnSpec, log: PathBuf) -> Result<ProcessRecord> {
     let pid = child.id();
     // Read before the reaper can reap it; the start time survives exec.
     let start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+    wait_until_in_netns(pid, start_time, &spec.netns);
     std::thread::Builder::new()
         .name(format!("reap-{pid}"))
         .spawn(move || {
@@ -141,6 +142,23 @@ pub(crate) fn start(spec: &SpawnSpec, log: PathBuf) -> Result<ProcessRecord> {
         log,
         health: spec.health.clone(),
     })
+}
+
+/// Waits (up to 2 s) until `pid` has entered `netns`, so that when `spawn`
+/// returns the process is where it belongs (or already dead).
+fn wait_until_in_netns(pid: u32, start_time: u64, netns: &Netns) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(netns.path()).map(|m| (m.dev(), m.ino())) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && is_same_process_alive(pid, start_time) {
+        let here = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()));
+        if here.is_ok_and(|h| h == target) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 pub(crate) struct ProcStat {
