@@ -228,7 +228,8 @@ impl ServicePort {
     /// The protocol this port speaks: the declared one, or the one Istio infers from
     /// the port name prefix, or `None` (sniff).
     pub fn effective_protocol(&self) -> Option<Protocol> {
-        self.protocol.or_else(|| Protocol::from_port_name(&self.name))
+        self.protocol
+            .or_else(|| Protocol::from_port_name(&self.name))
     }
 }
 
@@ -249,7 +250,11 @@ pub enum Protocol {
 impl Protocol {
     /// Istio's port naming convention: `<protocol>[-<suffix>]`.
     pub fn from_port_name(name: &str) -> Option<Protocol> {
-        let prefix = name.split('-').next().unwrap_or_default().to_ascii_lowercase();
+        let prefix = name
+            .split('-')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         match prefix.as_str() {
             "http" => Some(Protocol::Http),
             "http2" => Some(Protocol::Http2),
@@ -646,9 +651,15 @@ pub struct RetryPolicy {
 
 fn default_retry_on() -> Vec<String> {
     // Istio's default retryOn.
-    ["connect-failure", "refused-stream", "unavailable", "cancelled", "503"]
-        .map(String::from)
-        .to_vec()
+    [
+        "connect-failure",
+        "refused-stream",
+        "unavailable",
+        "cancelled",
+        "503",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -854,8 +865,14 @@ impl NodeConfig {
     }
 
     /// Parses YAML without validating.
+    ///
+    /// Enums are written as single-key maps (`action: {forward: ...}`,
+    /// `path: {prefix: /}`), the same shape as in JSON, not as YAML tags
+    /// (`!forward`): use this rather than `serde_yaml::from_str`.
     pub fn from_yaml(text: &str) -> Result<NodeConfig, ParseError> {
-        Ok(serde_yaml::from_str(text)?)
+        Ok(serde_yaml::with::singleton_map_recursive::deserialize(
+            serde_yaml::Deserializer::from_str(text),
+        )?)
     }
 
     /// Parses JSON and validates: the one entry point for config from outside.
@@ -874,7 +891,13 @@ impl NodeConfig {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// YAML with enums as single-key maps, like the JSON (see [`NodeConfig::from_yaml`]).
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+        let mut out = Vec::new();
+        let mut serializer = serde_yaml::Serializer::new(&mut out);
+        if serde_yaml::with::singleton_map_recursive::serialize(self, &mut serializer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
     }
 }
