@@ -3,7 +3,6 @@
 //! tonic client. Every refused request must leave the registry and the
 //! backend exactly as they were.
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,7 +69,6 @@ impl SteeringBackend for FlakyBackend {
 
 /// An in-process control server; stops when dropped.
 struct Server {
-    addr: SocketAddr,
     backend: Arc<FlakyBackend>,
     dp: DataplaneClient<Channel>,
     status: StatusClient<Channel>,
@@ -108,7 +106,6 @@ async fn start() -> Server {
     });
     let channel = client::connect(&addr.to_string()).await.unwrap();
     Server {
-        addr,
         backend,
         dp: DataplaneClient::new(channel.clone()),
         status: StatusClient::new(channel),
