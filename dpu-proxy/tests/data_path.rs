@@ -619,3 +619,65 @@ async fn consistent_hash_by_header_is_sticky() {
     }
     assert!(seen.len() >= 2, "keys spread over endpoints: {seen:?}");
 }
+
+#[tokio::test]
+async fn follows_the_config_store_and_swaps_routes() {
+    use dpu_proxy::config_store::{ConfigStore, Offer};
+    let (v1, v2) = (
+        Upstream::start("v1", Behaviour::Echo).await,
+        Upstream::start("v2", Behaviour::Echo).await,
+    );
+    let make = |version: u64, to: &str| {
+        let mut c = node_config(
+            json!([service(
+                "reviews",
+                "10.96.0.10",
+                9080,
+                "http",
+                Some("9080"),
+                &[
+                    (&v1, json!({"version": "v1"})),
+                    (&v2, json!({"version": "v2"}))
+                ]
+            )]),
+            json!([
+                cluster(V1, "v1", json!({"version": "v1"})),
+                cluster(V2, "v2", json!({"version": "v2"}))
+            ]),
+            table(json!([{"action": fwd(to)}])),
+        );
+        c["version"] = version.into();
+        serde_json::from_value::<dpumesh_api::NodeConfig>(c).expect("config")
+    };
+    let store = ConfigStore::new();
+    let p = TestProxy::start(node_config(json!([]), json!([]), json!([])), &[VIP]).await;
+    p.config.store(None);
+    tokio::spawn(dpu_proxy::proxy::follow_store(
+        store.clone(),
+        p.config.clone(),
+    ));
+    assert!(matches!(store.offer(make(1, V1)), Offer::Accepted { .. }));
+    let a = p.addr(VIP);
+    let mut served = String::new();
+    for _ in 0..100 {
+        if p.config.load().is_some() {
+            served = get(a, "reviews", "/", &[]).await.server();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(served, "v1");
+    // A keep-alive connection sees the new routes on its next request.
+    let mut c = Client::connect(a, false).await.expect("connect");
+    assert_eq!(c.get("reviews", "/", &[]).await.server(), "v1");
+    assert!(matches!(store.offer(make(2, V2)), Offer::Accepted { .. }));
+    let mut now = String::new();
+    for _ in 0..100 {
+        now = c.get("reviews", "/", &[]).await.server();
+        if now == "v2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(now, "v2");
+}
