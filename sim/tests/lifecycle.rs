@@ -230,7 +230,7 @@ fn down_without_state_file_sweeps_by_prefix() {
     let c = unique_cluster("ns");
     let sim = Sim::up(SimConfig::new(&c).with_nodes(1).with_vfs(2)).expect("up");
     let _guard = SimGuard::adopt(sim.clone());
-    let stray = sim
+    let mut stray = sim
         .node(1)
         .unwrap()
         .dpu
@@ -245,6 +245,7 @@ fn down_without_state_file_sweeps_by_prefix() {
     assert_eq!(st.nodes[0].vfs_free, 2, "VFs derived from representors");
     let report = down(&c).unwrap();
     assert!(report.pids_killed.contains(&stray.id()));
+    let _ = stray.wait();
     assert_clean(&c, &[stray.id()]);
 }
 

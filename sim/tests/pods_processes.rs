@@ -68,10 +68,11 @@ fn down_removes_pods_with_vfs_inside() {
         .host
         .exec("ip", ["link", "set", "vf0", "netns", pod.name()])
         .unwrap();
-    let stray = pod.command("sleep").arg("300").spawn().unwrap();
+    let mut stray = pod.command("sleep").arg("300").spawn().unwrap();
     let report = sim.down().unwrap();
     assert!(report.netns_deleted.contains(&pod.name().to_string()));
     assert!(report.pids_killed.contains(&stray.id()));
+    let _ = stray.wait();
     drop(sim);
     assert_clean(&c, &[stray.id()]);
 }
