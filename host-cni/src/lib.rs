@@ -2,6 +2,9 @@
 //! Contract: docs/host-cni.md.
 #![forbid(unsafe_code)]
 
+pub mod commands;
+pub mod dataplane;
+pub mod ipam;
 pub mod netlink;
 pub mod spec;
 pub mod state;

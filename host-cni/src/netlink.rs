@@ -185,7 +185,9 @@ impl Netlink {
     pub fn rename(&self, index: u32, name: &str) -> CniResult<()> {
         self.set(
             format!("renaming link {index} to {name}"),
-            LinkUnspec::new_with_index(index).name(name.to_string()).build(),
+            LinkUnspec::new_with_index(index)
+                .name(name.to_string())
+                .build(),
         )
     }
 
@@ -199,7 +201,9 @@ impl Netlink {
     pub fn set_mac(&self, index: u32, mac: &[u8; 6]) -> CniResult<()> {
         self.set(
             format!("setting MAC {} on link {index}", format_mac(mac)),
-            LinkUnspec::new_with_index(index).address(mac.to_vec()).build(),
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
         )
     }
 
@@ -364,13 +368,13 @@ impl Netlink {
                             _ => {}
                         }
                     }
-                    let dst = dst.unwrap_or(if m.header.address_family
-                        == netlink_packet_route::AddressFamily::Inet6
-                    {
-                        IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
-                    } else {
-                        IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
-                    });
+                    let dst = dst.unwrap_or(
+                        if m.header.address_family == netlink_packet_route::AddressFamily::Inet6 {
+                            IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+                        } else {
+                            IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
+                        },
+                    );
                     if let Ok(dst) = IpNet::new(dst, m.header.destination_prefix_length) {
                         out.push(RouteInfo { dst, gw, oif });
                     }

@@ -104,7 +104,9 @@ pub struct Lock {
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> CniError {
     CniError::io(
         format!("state dir: {what} {}", path.display()),
-        format!("{e}; check that the state dir (config \"stateDir\") is a writable local directory"),
+        format!(
+            "{e}; check that the state dir (config \"stateDir\") is a writable local directory"
+        ),
     )
 }
 
@@ -220,9 +222,10 @@ impl StateDir {
         container_id: &str,
         ifname: &str,
     ) -> CniResult<Option<Claim>> {
-        Ok(self.claims(pool)?.into_iter().find(|c| {
-            c.network == network && c.container_id == container_id && c.ifname == ifname
-        }))
+        Ok(self
+            .claims(pool)?
+            .into_iter()
+            .find(|c| c.network == network && c.container_id == container_id && c.ifname == ifname))
     }
 
     fn pending_path(&self, container_id: &str, ifname: &str) -> PathBuf {
@@ -322,9 +325,16 @@ mod tests {
         s.write_claim("sim", &claim(1, "b")).unwrap();
         s.write_claim("other", &claim(2, "c")).unwrap();
         let all = s.claims("sim").unwrap();
-        assert_eq!(all.iter().map(|c| c.vf.index).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(
-            s.find_claim("sim", "net", "a", "eth0").unwrap().unwrap().vf.index,
+            all.iter().map(|c| c.vf.index).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(
+            s.find_claim("sim", "net", "a", "eth0")
+                .unwrap()
+                .unwrap()
+                .vf
+                .index,
             3
         );
         assert!(s.find_claim("sim", "net", "a", "eth1").unwrap().is_none());

@@ -201,7 +201,10 @@ impl NetConf {
                 "set \"name\" to the network name (letters, digits, '_', '.', '-')",
             )
         })?;
-        let name_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        let name_ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -281,7 +284,9 @@ impl NetConf {
                 "\"dataplane\" must be HOST:PORT of the dataplane control API, e.g. \"192.168.100.2:15081\"",
             ));
         }
-        let timeout_ms = w.dataplane_timeout_ms.unwrap_or(DEFAULT_DATAPLANE_TIMEOUT_MS);
+        let timeout_ms = w
+            .dataplane_timeout_ms
+            .unwrap_or(DEFAULT_DATAPLANE_TIMEOUT_MS);
         if !(1..=60_000).contains(&timeout_ms) {
             return Err(invalid(
                 "dataplaneTimeoutMs",
@@ -296,9 +301,18 @@ impl NetConf {
         }
         let interception = w.interception.unwrap_or_default();
         for (field, ports) in [
-            ("interception.captureInboundPorts", &interception.capture_inbound_ports),
-            ("interception.excludeInboundPorts", &interception.exclude_inbound_ports),
-            ("interception.excludeOutboundPorts", &interception.exclude_outbound_ports),
+            (
+                "interception.captureInboundPorts",
+                &interception.capture_inbound_ports,
+            ),
+            (
+                "interception.excludeInboundPorts",
+                &interception.exclude_inbound_ports,
+            ),
+            (
+                "interception.excludeOutboundPorts",
+                &interception.exclude_outbound_ports,
+            ),
         ] {
             if ports.contains(&0) {
                 return Err(invalid(field, ports, "ports must be 1..=65535"));
@@ -306,7 +320,11 @@ impl NetConf {
         }
         let state_dir = w.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         if !state_dir.is_absolute() {
-            return Err(invalid("stateDir", &state_dir, "\"stateDir\" must be an absolute path"));
+            return Err(invalid(
+                "stateDir",
+                &state_dir,
+                "\"stateDir\" must be an absolute path",
+            ));
         }
 
         let device_id = w
@@ -401,7 +419,11 @@ mod tests {
         let no_pf = SIM.replace("\"vfBackend\":\"sim\",", "");
         assert!(e(&no_pf, Command::Add).details.contains("\"pf\""));
         assert_eq!(
-            e(&SIM.replace("\"vfBackend\"", "\"mtu\":\"x\",\"vfBackend\""), Command::Add).code,
+            e(
+                &SIM.replace("\"vfBackend\"", "\"mtu\":\"x\",\"vfBackend\""),
+                Command::Add
+            )
+            .code,
             code::INVALID_CONFIG
         );
         let gc04 = SIM.replace("1.1.0", "1.0.0");

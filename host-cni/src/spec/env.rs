@@ -126,7 +126,12 @@ impl CniEnv {
                     .collect()
             })
             .unwrap_or_default();
-        if path.is_empty() && matches!(command, Command::Add | Command::Del | Command::Check | Command::Gc) {
+        if path.is_empty()
+            && matches!(
+                command,
+                Command::Add | Command::Del | Command::Check | Command::Gc
+            )
+        {
             return Err(CniError::env(
                 "CNI_PATH is not set",
                 format!(
@@ -219,7 +224,9 @@ pub fn validate_ifname(name: &str) -> CniResult<()> {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok {
         Ok(())
     } else {
@@ -281,7 +288,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        assert_eq!(parse_args("FOO=1").unwrap_err().code, code::UNSUPPORTED_FIELD);
+        assert_eq!(
+            parse_args("FOO=1").unwrap_err().code,
+            code::UNSUPPORTED_FIELD
+        );
         assert_eq!(parse_args("garbage").unwrap_err().code, code::INVALID_ENV);
         assert!(validate_container_id("../etc").is_err());
         assert!(validate_container_id("a/b").is_err());

@@ -13,6 +13,9 @@ use crate::netlink::{open_netns, parse_mac, LinkInfo, Netlink};
 use crate::spec::{code, CniError, CniResult};
 use crate::state::VfRecord;
 
+/// 50 ms apart: up to 3 s for the kernel to finish a netns cleanup.
+const RECREATE_TRIES: u32 = 60;
+
 pub struct SimPool {
     /// Overrides the DPU netns derived from the VF alias.
     dpu_netns: Option<String>,
@@ -105,14 +108,38 @@ impl VfPool for SimPool {
             CniError::new(
                 code::VF_BACKEND,
                 "corrupt VF record",
-                format!("recorded MAC {:?} of VF {} is not a MAC", rec.mac, rec.index),
+                format!(
+                    "recorded MAC {:?} of VF {} is not a MAC",
+                    rec.mac, rec.index
+                ),
             )
         })?;
         let rep_mac = MacAddr::for_representor(node, k).0;
-        nl.add_veth(&rec.netdev, &mac, &rec.representor, &rep_mac, &dpu_ns)?;
-        let link = nl.link(&rec.netdev)?.ok_or_else(|| {
-            CniError::netlink("re-created VF vanished", rec.netdev.clone())
-        })?;
+        // The kernel destroys a dead netns's veths asynchronously (cleanup_net
+        // workqueue): the old representor may linger for a moment.
+        let mut tries = 0;
+        loop {
+            match nl.add_veth(&rec.netdev, &mac, &rec.representor, &rep_mac, &dpu_ns) {
+                Ok(()) => break,
+                Err(e) if e.details.contains("File exists") && tries < RECREATE_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) if e.details.contains("File exists") => {
+                    return Err(CniError::try_later(
+                        format!(
+                            "cannot re-create VF {}: {} still exists",
+                            rec.netdev, rec.representor
+                        ),
+                        "the old veth pair is still being destroyed; retry DEL",
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let link = nl
+            .link(&rec.netdev)?
+            .ok_or_else(|| CniError::netlink("re-created VF vanished", rec.netdev.clone()))?;
         if let Some(alias) = &rec.alias {
             nl.set_alias(link.index, alias)?;
         }

@@ -311,7 +311,9 @@ mod tests {
         assert_eq!(p.num_vfs().unwrap(), 3);
         let vfs = p.sysfs_host_vfs().unwrap();
         assert_eq!(
-            vfs.iter().map(|v| (v.index, v.netdev.as_str())).collect::<Vec<_>>(),
+            vfs.iter()
+                .map(|v| (v.index, v.netdev.as_str()))
+                .collect::<Vec<_>>(),
             vec![(0, "enp3s0f0v0"), (2, "enp3s0f0v2")]
         );
         assert_eq!(vfs[0].pci.as_deref(), Some("0000:03:00.2"));
@@ -358,7 +360,10 @@ mod tests {
         assert_eq!((last.1, last.2.vlan, last.2.mac), (2, 0, v2.mac));
 
         // a VF that came back from a dead pod netns under another name is found by PCI.
-        assert_eq!(p.sysfs_netdev_of("0000:03:00.2").as_deref(), Some("enp3s0f0v0"));
+        assert_eq!(
+            p.sysfs_netdev_of("0000:03:00.2").as_deref(),
+            Some("enp3s0f0v0")
+        );
         assert_eq!(p.sysfs_netdev_of("0000:03:00.3"), None);
     }
 
