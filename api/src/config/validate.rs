@@ -61,7 +61,8 @@ impl ValidationErrors {
     }
 }
 
-/// The `retryOn` conditions understood besides bare status codes (Istio's set).
+/// The `retryOn` conditions understood besides bare status codes: Istio's set
+/// (Envoy's `x-envoy-retry-on` and `x-envoy-retry-grpc-on` values).
 pub const RETRY_ON_CONDITIONS: &[&str] = &[
     "5xx",
     "gateway-error",
@@ -74,6 +75,10 @@ pub const RETRY_ON_CONDITIONS: &[&str] = &[
     "deadline-exceeded",
     "resource-exhausted",
     "retriable-4xx",
+    "internal",
+    "retriable-headers",
+    "envoy-ratelimited",
+    "http3-post-connect-failure",
 ];
 
 /// The plain `when` keys of an authorization rule (Istio's supported set);
@@ -1044,13 +1049,13 @@ impl<'c> Checker<'c> {
                 if let Some(rw) = &fw.rewrite {
                     let rp = fp.f("rewrite");
                     self.uri(&rp.f("uri"), rw.uri.as_deref(), true);
-                    self.set_non_empty(&rp.f("authority"), rw.authority.as_deref());
+                    self.authority(&rp.f("authority"), rw.authority.as_deref());
                 }
             }
             RouteAction::Redirect(r) => {
                 let rp = ap.f("redirect");
                 self.uri(&rp.f("uri"), r.uri.as_deref(), false);
-                self.set_non_empty(&rp.f("authority"), r.authority.as_deref());
+                self.authority(&rp.f("authority"), r.authority.as_deref());
                 if let Some(scheme) = &r.scheme {
                     if scheme != "http" && scheme != "https" {
                         self.err(
@@ -1203,11 +1208,27 @@ impl<'c> Checker<'c> {
         }
     }
 
+    /// A cluster reference names an entry of `clusters`, or the implicit
+    /// default cluster `outbound|<port>||<hostname>` of a service port (which
+    /// consumers create with default settings when `clusters` has no entry).
     fn cluster_ref(&mut self, p: &Path<'_>, cluster: &str) {
-        if !self.clusters.contains_key(cluster) {
+        if self.clusters.contains_key(cluster) {
+            return;
+        }
+        let cfg = self.cfg;
+        let implicit = parse_cluster_name(cluster).is_some_and(|(port, subset, host)| {
+            subset.is_empty()
+                && self
+                    .services
+                    .get(host)
+                    .is_some_and(|&i| cfg.services[i].ports.iter().any(|sp| sp.port == port))
+        });
+        if !implicit {
             self.err(
                 p,
-                format!("{cluster:?} is not the name of any clusters entry"),
+                format!(
+                    "{cluster:?} is neither the name of a clusters entry nor the default cluster of a service port"
+                ),
             );
         }
     }
@@ -1224,9 +1245,14 @@ impl<'c> Checker<'c> {
         }
     }
 
-    fn set_non_empty(&mut self, p: &Path<'_>, value: Option<&str>) {
-        if value == Some("") {
-            self.err(p, "must not be empty when set");
+    /// A replacement `host[:port]`, when set.
+    fn authority(&mut self, p: &Path<'_>, value: Option<&str>) {
+        match value {
+            Some("") => self.err(p, "must not be empty when set"),
+            Some(a) if !is_authority(a) => {
+                self.err(p, format!("{a:?} is not a valid authority (host[:port])"))
+            }
+            _ => {}
         }
     }
 
@@ -1234,33 +1260,29 @@ impl<'c> Checker<'c> {
         if ops.is_empty() {
             return;
         }
-        let request = [
-            ("requestSet", ops.request_set.keys().collect::<Vec<_>>()),
-            ("requestAdd", ops.request_add.keys().collect()),
-        ];
-        let response = [
-            ("responseSet", ops.response_set.keys().collect::<Vec<_>>()),
-            ("responseAdd", ops.response_add.keys().collect()),
-        ];
-        for (field, names) in request {
+        for (field, map, request) in [
+            ("requestSet", &ops.request_set, true),
+            ("requestAdd", &ops.request_add, true),
+            ("responseSet", &ops.response_set, false),
+            ("responseAdd", &ops.response_add, false),
+        ] {
             let fp = p.f(field);
-            for name in names {
-                self.header_op_name(&fp.k(name), name, true);
+            for (name, value) in map {
+                let path = fp.k(name);
+                self.header_op_name(&path, name, request);
+                if !is_header_value(value) {
+                    self.err(&path, format!("{value:?} is not a valid HTTP header value"));
+                }
             }
         }
-        let rp = p.f("requestRemove");
-        for (j, name) in ops.request_remove.iter().enumerate() {
-            self.header_op_name(&rp.i(j), name, true);
-        }
-        for (field, names) in response {
+        for (field, names, request) in [
+            ("requestRemove", &ops.request_remove, true),
+            ("responseRemove", &ops.response_remove, false),
+        ] {
             let fp = p.f(field);
-            for name in names {
-                self.header_op_name(&fp.k(name), name, false);
+            for (j, name) in names.iter().enumerate() {
+                self.header_op_name(&fp.i(j), name, request);
             }
-        }
-        let rp = p.f("responseRemove");
-        for (j, name) in ops.response_remove.iter().enumerate() {
-            self.header_op_name(&rp.i(j), name, false);
         }
     }
 
@@ -1296,12 +1318,18 @@ impl<'c> Checker<'c> {
             }
         }
         let codes = p.f("retriableStatusCodes");
+        // Bare codes in retryOn are retriable status codes too (Istio).
+        let bare_codes = r
+            .retry_on
+            .iter()
+            .any(|c| c.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c)));
         if r.retry_on.iter().any(|c| c == "retriable-status-codes")
             && r.retriable_status_codes.is_empty()
+            && !bare_codes
         {
             self.err(
                 &codes,
-                "must not be empty when retryOn contains \"retriable-status-codes\"",
+                "must not be empty when retryOn contains \"retriable-status-codes\" and no status code",
             );
         }
         for (j, code) in r.retriable_status_codes.iter().enumerate() {
@@ -1619,6 +1647,39 @@ fn is_domain_pattern(s: &str) -> bool {
         c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b':' | b'[' | b']' | b'*')
     });
     chars_ok && (stars == 0 || (stars == 1 && (s.starts_with('*') || s.ends_with('*'))))
+}
+
+/// A header value: visible ASCII, spaces, tabs and obs-text; no control characters.
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|c| c == b'\t' || (c >= 0x20 && c != 0x7f))
+}
+
+/// `host[:port]` as an HTTP authority (no userinfo, path, query or whitespace).
+fn is_authority(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b':'
+                        | b'['
+                        | b']'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        })
 }
 
 fn is_ip_or_cidr(s: &str) -> bool {
