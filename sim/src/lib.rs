@@ -218,6 +218,18 @@ impl Sim {
             .unwrap_or_default())
     }
 
+    /// The VFs of node `node` whose `vf<k>` end is in the host netns now
+    /// (derived from the kernel, not stored).
+    pub fn free_vfs(&self, node: usize) -> Result<Vec<Vf>> {
+        let n = self.node(node)?;
+        let links: std::collections::HashSet<String> = n.host.links()?.into_iter().collect();
+        Ok(n.vfs
+            .iter()
+            .filter(|v| links.contains(&v.host_ifname))
+            .cloned()
+            .collect())
+    }
+
     /// Status of this cluster (see [`status`]).
     pub fn status(&self) -> Result<Status> {
         status::status_of(self.cluster(), Some(&self.config))

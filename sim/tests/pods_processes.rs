@@ -33,6 +33,9 @@ fn pods_and_vf_accounting() {
     assert_eq!(node2.vfs[2].pod.as_deref(), Some("web-1"));
     assert_eq!((st.nodes[0].vfs_free, st.nodes[0].vfs_used), (4, 0));
     assert_eq!(st.pods[0].vfs, vec![format!("dm-{c}-n2-vf2")]);
+    let free: Vec<usize> = sim.free_vfs(2).unwrap().iter().map(|v| v.index).collect();
+    assert_eq!(free, vec![0, 1, 3]);
+    assert_eq!(sim.free_vfs(1).unwrap().len(), 4);
     let table = st.render_table();
     assert!(table.contains("vf2→web-1"), "{table}");
 
