@@ -158,6 +158,8 @@ impl Node {
             self.teardown(&old, self.netns()?.as_ref(), &self.env)?;
         }
 
+        // Find the IPAM plugin before taking a VF: a config error costs nothing.
+        let ipam = Ipam::new(&self.conf, &self.env)?;
         let (mut vf, _vf_lock) = self.allocate()?;
         self.pool.prepare(&mut vf)?;
         let mut claim = Claim {
@@ -175,7 +177,7 @@ impl Node {
         };
         self.state.write_claim(&self.pool_id, &claim)?;
 
-        match self.setup(&vf, &mut claim, &pod_ns) {
+        match self.setup(&vf, &mut claim, &pod_ns, &ipam) {
             Ok(r) => Ok(r),
             Err(e) => {
                 tracing::warn!(error = %e, "ADD failed, rolling back");
@@ -222,7 +224,13 @@ impl Node {
         ))
     }
 
-    fn setup(&self, vf: &Vf, claim: &mut Claim, pod_ns: &File) -> CniResult<AddResult> {
+    fn setup(
+        &self,
+        vf: &Vf,
+        claim: &mut Claim,
+        pod_ns: &File,
+        ipam: &Ipam,
+    ) -> CniResult<AddResult> {
         // Into the pod netns.
         let link = self.nl.link(&vf.netdev)?.ok_or_else(|| {
             CniError::try_later(
@@ -265,7 +273,6 @@ impl Node {
         // IPAM.
         claim.ipam_allocated = true;
         self.state.write_claim(&self.pool_id, claim)?;
-        let ipam = Ipam::new(&self.conf, &self.env)?;
         let ipr = ipam.add(&self.conf, &self.env)?;
         if ipr.ips.is_empty() {
             return Err(CniError::new(
@@ -434,8 +441,10 @@ impl Node {
     fn teardown(&self, claim: &Claim, pod_ns: Option<&File>, env: &CniEnv) -> CniResult<()> {
         self.deregister(&claim.container_id, &claim.ifname);
         let ipam = match &self.conf.ipam {
-            Some(_) => Ipam::new(&self.conf, env).and_then(|i| i.del(&self.conf, env)),
-            None => Ok(()),
+            Some(_) if claim.ipam_allocated => {
+                Ipam::new(&self.conf, env).and_then(|i| i.del(&self.conf, env))
+            }
+            _ => Ok(()),
         };
         self.return_vf(claim, pod_ns)?;
         self.pool.reset(&claim.vf)?;

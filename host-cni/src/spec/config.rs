@@ -165,10 +165,25 @@ impl NetConf {
             ));
         }
         let w: Wire = serde_json::from_value(raw.clone()).map_err(|e| {
-            CniError::config(
-                "invalid network config",
-                format!("{e} (fields and types: docs/host-cni.md)"),
-            )
+            // serde does not say which field: find it by decoding each alone.
+            let field = raw.as_object().and_then(|o| {
+                o.iter()
+                    .find(|(k, v)| {
+                        let one = serde_json::json!({ (*k).clone(): (*v).clone() });
+                        serde_json::from_value::<Wire>(one).is_err()
+                    })
+                    .map(|(k, _)| k.clone())
+            });
+            match field {
+                Some(f) => CniError::config(
+                    format!("invalid network config: field {f:?}"),
+                    format!("{e} (fields and types: docs/host-cni.md)"),
+                ),
+                None => CniError::config(
+                    "invalid network config",
+                    format!("{e} (fields and types: docs/host-cni.md)"),
+                ),
+            }
         })?;
 
         let cni_version = w.cni_version.ok_or_else(|| {

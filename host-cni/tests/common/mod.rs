@@ -33,6 +33,11 @@ impl DataplaneServer {
             Representors::Discover,
             MemoryBackend::new(),
         ));
+        Self::start_with(dpu, pod_cidr, registry)
+    }
+
+    /// Serves `registry` (e.g. the one of a server that was stopped: a restart).
+    pub fn start_with(dpu: &Netns, pod_cidr: &str, registry: Arc<PodRegistry>) -> DataplaneServer {
         registry
             .set_node_network(Some(&NodeNetwork {
                 node_name: "node1".into(),
@@ -76,6 +81,27 @@ impl DataplaneServer {
 
     pub fn pods(&self) -> Vec<PodEntry> {
         self.registry.pods()
+    }
+}
+
+impl Cluster {
+    /// Starts the dataplane server (again), keeping `registry` if given.
+    pub fn start_dataplane(&mut self, registry: Option<Arc<PodRegistry>>) {
+        let n = self.sim.node(1).expect("node 1");
+        let cidr = n.pod_cidr.to_string();
+        self.dataplane = Some(match registry {
+            Some(r) => DataplaneServer::start_with(&n.dpu, &cidr, r),
+            None => DataplaneServer::start(&n.dpu, &cidr),
+        });
+    }
+
+    /// Stops the dataplane server, returning its registry.
+    pub fn stop_dataplane(&mut self) -> Option<Arc<PodRegistry>> {
+        self.dataplane.take().map(|d| d.registry.clone())
+    }
+
+    pub fn dp_pods(&self) -> Vec<PodEntry> {
+        self.dataplane.as_ref().expect("dataplane running").pods()
     }
 }
 
