@@ -204,14 +204,29 @@ impl Node {
             None => self.pool.host_vfs(&self.nl)?,
         };
         let seen = candidates.len();
+        let mut busy = Vec::new();
         for vf in candidates {
             let Some(lock) = self.state.try_lock_vf(&self.pool_id, vf.index)? else {
+                busy.push(vf);
                 continue;
             };
             if self.state.read_claim(&self.pool_id, vf.index)?.is_some() {
                 continue;
             }
             return Ok((vf, lock));
+        }
+        // Every unclaimed VF is locked by a command in flight; one releasing
+        // a VF (a DEL, a rolled-back ADD) leaves it free: wait for them.
+        for vf in busy {
+            if self.state.read_claim(&self.pool_id, vf.index)?.is_some() {
+                continue;
+            }
+            let lock = self.state.lock_vf(&self.pool_id, vf.index)?;
+            if self.state.read_claim(&self.pool_id, vf.index)?.is_none()
+                && self.nl.link(&vf.netdev)?.is_some()
+            {
+                return Ok((vf, lock));
+            }
         }
         let held = self.state.claims(&self.pool_id)?.len();
         Err(CniError::try_later(
