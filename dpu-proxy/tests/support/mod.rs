@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame};
@@ -22,7 +21,7 @@ use rand::Rng;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
-use dpu_proxy::compiled::CompiledConfig;
+use dpu_proxy::config_store::{ConfigStore, Offer};
 use dpu_proxy::proxy::{
     ConfigSource, Direction, ListenerSpec, OriginalDst, Proxy, ProxySettings, UpstreamSource,
 };
@@ -174,7 +173,8 @@ async fn answer(
 /// test seam standing in for the dataplane's steering).
 pub struct TestProxy {
     pub proxy: Arc<Proxy>,
-    pub config: Arc<ArcSwapOption<CompiledConfig>>,
+    /// The config store the proxy serves from (offer new configs here).
+    pub store: Arc<ConfigStore>,
     listeners: HashMap<SocketAddr, SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -206,10 +206,16 @@ impl TestProxy {
         settings: ProxySettings,
         direction: Direction,
     ) -> TestProxy {
-        let config: NodeConfig = serde_json::from_value(config).expect("test NodeConfig parses");
-        config.validate().expect("test NodeConfig validates");
-        let compiled = CompiledConfig::compile(&config).expect("test NodeConfig compiles");
-        let store = Arc::new(ArcSwapOption::from(Some(compiled)));
+        let store = ConfigStore::new();
+        if !config.is_null() {
+            let config: NodeConfig =
+                serde_json::from_value(config).expect("test NodeConfig parses");
+            let offer = store.offer(config);
+            assert!(
+                matches!(offer, Offer::Accepted { .. }),
+                "test NodeConfig accepted: {offer:?}"
+            );
+        }
         let source: Arc<dyn ConfigSource> = store.clone();
         let proxy = Proxy::new(source, settings);
         let mut listeners = HashMap::new();
@@ -228,7 +234,7 @@ impl TestProxy {
         }
         TestProxy {
             proxy,
-            config: store,
+            store,
             listeners,
             tasks,
         }
