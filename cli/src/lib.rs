@@ -1,6 +1,8 @@
 //! The `dpumesh` operator CLI. One module per subcommand.
 #![forbid(unsafe_code)]
 
+pub mod bench;
+pub mod demo;
 pub mod sim;
 
 use clap::{Parser, Subcommand};
@@ -16,10 +18,13 @@ pub struct Cli {
 pub enum Command {
     /// The local simulator: nodes, DPUs, VFs and a fabric made of network namespaces.
     Sim(sim::SimArgs),
+    /// The demo: a simulated cluster with DPUs, the mesh components, traffic and results.
+    Demo(demo::DemoArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(args) => sim::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

@@ -1,0 +1,7 @@
+//! `dpumesh bench <scenario>`: side-by-side benchmarks (see docs/benchmarks.md).
+//! This module holds the shared machinery: load generation, process accounting and
+//! the summary format of `shared/brief/bench-json.md`.
+
+pub mod load;
+pub mod procstat;
+pub mod report;
