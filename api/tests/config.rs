@@ -468,3 +468,55 @@ fn validating_a_large_config_is_fast() {
     );
     assert!(best < Duration::from_millis(100), "took {best:?}");
 }
+
+/// Maps whose keys are data (label names, ports, header names), not field names.
+const DATA_MAPS: &[&str] = &[
+    "sources",
+    "labels",
+    "routeOverrides",
+    "portModes",
+    "ports",
+    "subsetLabels",
+    "sourceLabels",
+    "requestSet",
+    "requestAdd",
+    "responseSet",
+    "responseAdd",
+];
+
+fn field_names(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                out.insert(key.clone());
+                if !(DATA_MAPS.contains(&key.as_str()) && child.is_object()) {
+                    field_names(child, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| field_names(v, out)),
+        _ => {}
+    }
+}
+
+/// Every field name used by any fixture (with defaults written out) is
+/// documented in docs/config-reference.md.
+#[test]
+fn reference_doc_names_every_field() {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config-reference.md");
+    let doc = fs::read_to_string(&doc_path).expect("docs/config-reference.md");
+    let mut names = std::collections::BTreeSet::new();
+    for path in yaml_files("good").into_iter().chain(yaml_files("bad")) {
+        let json = load(&path).to_json();
+        field_names(&serde_json::from_str(&json).expect("JSON"), &mut names);
+    }
+    assert!(names.len() > 80, "too few field names seen: {names:?}");
+    let undocumented: Vec<_> = names
+        .iter()
+        .filter(|n| !doc.contains(&format!("`{n}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in the reference: {undocumented:?}"
+    );
+}

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
-pub use validate::{ValidationError, ValidationErrors};
+pub use validate::{ValidationError, ValidationErrors, AUTHZ_CONDITION_KEYS, RETRY_ON_CONDITIONS};
 
 /// The schema version written in `apiVersion`.
 pub const API_VERSION: &str = "dpumesh.io/v1alpha1";
@@ -114,14 +114,14 @@ pub struct Pod {
     pub service_account: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// The pod's IP addresses (v4 and/or v6).
+    /// The pod's IP addresses, each inside `node.podCidr`.
     pub ips: Vec<String>,
     /// The VF's MAC, "aa:bb:cc:dd:ee:ff".
     pub mac: String,
     pub vf_index: u32,
     /// DPU-side representor netdev, e.g. "pf0vf3".
     pub representor: String,
-    /// "spiffe://<trust-domain>/ns/<ns>/sa/<sa>"; derived from the pod when empty.
+    /// `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`; derived from the pod when empty.
     #[serde(default)]
     pub spiffe_id: String,
     /// Whether the pod's traffic is steered into dpu-proxy.
@@ -319,7 +319,7 @@ pub enum EndpointHealth {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Cluster {
-    /// Istio's cluster name, "outbound|<port>|<subset>|<hostname>".
+    /// Istio's cluster name, `outbound|<port>|<subset>|<hostname>`.
     pub name: String,
     /// `hostname` of an entry of `services`.
     pub service: String,
@@ -562,7 +562,8 @@ pub struct ForwardAction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WeightedDestination {
-    /// Name of an entry of `clusters`.
+    /// Name of an entry of `clusters`, or the implicit default cluster
+    /// `outbound|<port>||<hostname>` of a service port.
     pub cluster: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -638,8 +639,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout_ms: Option<u64>,
-    /// Conditions: "5xx", "gateway-error", "connect-failure", "reset",
-    /// "retriable-status-codes", "refused-stream".
+    /// Conditions: one of [`RETRY_ON_CONDITIONS`] (Istio's: "5xx",
+    /// "gateway-error", "connect-failure", "reset", "retriable-status-codes",
+    /// "refused-stream", the gRPC ones, ...), or a bare status code ("503").
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -775,7 +777,7 @@ pub enum MtlsMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicy {
-    /// "<namespace>/<name>", used in metrics and logs.
+    /// `<namespace>/<name>`, used in metrics and logs.
     pub name: String,
     pub action: AuthzAction,
     /// Any rule matching triggers the action; no rules = matches nothing for

@@ -26,7 +26,7 @@ use super::{
 /// One problem found in a config, e.g. `pods[3].ips[0]: "10.0.0.300" is not an IP address`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
-    /// Path of the offending value, e.g. "pods[3].ips[0]".
+    /// Path of the offending value, e.g. `pods[3].ips[0]`.
     pub path: String,
     /// What is wrong with it, naming the value.
     pub message: String,
@@ -55,7 +55,7 @@ impl fmt::Display for ValidationErrors {
 impl std::error::Error for ValidationErrors {}
 
 impl ValidationErrors {
-    /// Each error as "<path>: <message>".
+    /// Each error as `<path>: <message>`.
     pub fn messages(&self) -> Vec<String> {
         self.0.iter().map(ToString::to_string).collect()
     }
