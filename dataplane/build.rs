@@ -14,7 +14,13 @@ fn main() {
     let multiarch = format!("/usr/include/{arch}-linux-gnu");
 
     println!("cargo:rerun-if-env-changed=CLANG");
-    for entry in ["dm_tc.c", "include/dm_layout.h", "include/dm_maps.h", "include/dm_pkt.h", "include/dm_steer.h"] {
+    for entry in [
+        "dm_tc.c",
+        "include/dm_layout.h",
+        "include/dm_maps.h",
+        "include/dm_pkt.h",
+        "include/dm_steer.h",
+    ] {
         println!("cargo:rerun-if-changed={}", ebpf.join(entry).display());
     }
 

@@ -203,16 +203,14 @@ int dm_rep_ingress(struct __sk_buff *skb)
 
 	if (p.tcp) {
 		if (dm_local_tcp_socket(skb, &p)) {
-			skb->mark = cfg->steer_mark;
 			c->to_proxy_socket++;
-			return TC_ACT_OK;
+			return dm_deliver_local(skb, cfg->steer_mark);
 		}
 		if (dm_is_syn(p.tcp) && dm_out_captured(ep, &p)) {
 			if (dm_assign_listener(skb, &p, cfg->outbound_port))
 				return dm_drop(c, DM_DROP_NO_PROXY);
-			skb->mark = cfg->steer_mark;
 			c->steered_outbound++;
-			return TC_ACT_OK;
+			return dm_deliver_local(skb, cfg->steer_mark);
 		}
 	}
 	return dm_forward(skb, &p, cfg, c);
@@ -269,16 +267,14 @@ int dm_uplink_ingress(struct __sk_buff *skb)
 
 	if (p.tcp) {
 		if (dm_local_tcp_socket(skb, &p)) {
-			skb->mark = cfg->steer_mark;
 			c->to_proxy_socket++;
-			return TC_ACT_OK;
+			return dm_deliver_local(skb, cfg->steer_mark);
 		}
 		if (dm_is_syn(p.tcp) && dm_in_captured(dst, p.tcp->dest)) {
 			if (dm_assign_listener(skb, &p, cfg->inbound_port))
 				return dm_drop(c, DM_DROP_NO_PROXY);
-			skb->mark = cfg->steer_mark;
 			c->steered_inbound++;
-			return TC_ACT_OK;
+			return dm_deliver_local(skb, cfg->steer_mark);
 		}
 	}
 	c->bypassed++;

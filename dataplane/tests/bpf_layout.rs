@@ -22,22 +22,71 @@ macro_rules! rust_layout {
 
 fn rust_side() -> HashMap<String, usize> {
     let mut m = HashMap::new();
-    rust_layout!(m, "dm_endpoint", Endpoint {
-        ifindex, ipv4, mac, flags, slot, vf_index, in_capture_ports, in_exclude_ports,
-        out_exclude_ports
-    });
-    rust_layout!(m, "dm_node_config", NodeConfig {
-        gateway_ipv4, pod_cidr_ipv4, pod_cidr_prefix, gateway_mac, mode, ready, uplink_ifindex,
-        underlay_ipv4, outbound_port, inbound_port, steer_mark, vni, tunnel_ifindex
-    });
-    rust_layout!(m, "dm_cidr_key", CidrKey { prefixlen, scope, addr });
+    rust_layout!(
+        m,
+        "dm_endpoint",
+        Endpoint {
+            ifindex,
+            ipv4,
+            mac,
+            flags,
+            slot,
+            vf_index,
+            in_capture_ports,
+            in_exclude_ports,
+            out_exclude_ports
+        }
+    );
+    rust_layout!(
+        m,
+        "dm_node_config",
+        NodeConfig {
+            gateway_ipv4,
+            pod_cidr_ipv4,
+            pod_cidr_prefix,
+            gateway_mac,
+            mode,
+            ready,
+            uplink_ifindex,
+            underlay_ipv4,
+            outbound_port,
+            inbound_port,
+            steer_mark,
+            vni,
+            tunnel_ifindex
+        }
+    );
+    rust_layout!(
+        m,
+        "dm_cidr_key",
+        CidrKey {
+            prefixlen,
+            scope,
+            addr
+        }
+    );
     rust_layout!(m, "dm_cidr_value", CidrValue { action });
-    rust_layout!(m, "dm_pod_counters", PodCounters {
-        packets_out, bytes_out, packets_in, bytes_in, steered_outbound, steered_inbound,
-        to_proxy_socket, bypassed, arp_replies, drops
-    });
+    rust_layout!(
+        m,
+        "dm_pod_counters",
+        PodCounters {
+            packets_out,
+            bytes_out,
+            packets_in,
+            bytes_in,
+            steered_outbound,
+            steered_inbound,
+            to_proxy_socket,
+            bypassed,
+            arp_replies,
+            drops
+        }
+    );
     m.insert("const.DM_MAX_PODS".into(), MAX_PODS as usize);
-    m.insert("const.DM_SLOT_UNATTRIBUTED".into(), SLOT_UNATTRIBUTED as usize);
+    m.insert(
+        "const.DM_SLOT_UNATTRIBUTED".into(),
+        SLOT_UNATTRIBUTED as usize,
+    );
     m.insert("const.DM_COUNTER_SLOTS".into(), COUNTER_SLOTS as usize);
     m.insert("const.DM_MAX_PORTS".into(), MAX_PORTS);
     m.insert("const.DM_DROP_MAX".into(), DROP_MAX);
@@ -105,7 +154,11 @@ fn map_layouts_match_the_c_header() {
             mismatches.push(format!("{k}: C {:?} vs Rust {:?}", c.get(k), rust.get(k)));
         }
     }
-    assert!(mismatches.is_empty(), "layout drift:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "layout drift:\n{}",
+        mismatches.join("\n")
+    );
     // And nothing was compared vacuously.
     assert!(c.len() > 30, "only {} entries compared", c.len());
 }

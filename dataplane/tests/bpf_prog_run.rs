@@ -70,88 +70,91 @@ fn run(dp: &BpfDataplane, pkt: &[u8]) -> Run {
 #[test]
 fn arp_for_the_gateway_is_answered_with_the_gateway_mac() {
     let ns = NsGuard::new("arp");
-    ns.0
-        .run(|| {
-            let mut dp = BpfDataplane::load_detached().expect("load");
-            dp.apply_network(&network()).expect("network");
-            dp.apply_pod(&pod(false)).expect("pod");
+    ns.0.run(|| {
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        dp.apply_network(&network()).expect("network");
+        dp.apply_pod(&pod(false)).expect("pod");
 
-            let r = run(&dp, &arp_request(POD_MAC, POD_IP, GATEWAY));
-            assert_eq!(r.ret, TC_ACT_REDIRECT, "reply goes back out of the representor");
-            let d = &r.data;
-            assert_eq!(&d[0..6], &POD_MAC, "eth dst = asker");
-            assert_eq!(&d[6..12], &GATEWAY_MAC, "eth src = gateway");
-            assert_eq!(u16::from_be_bytes([d[20], d[21]]), 2, "op = reply");
-            assert_eq!(&d[22..28], &GATEWAY_MAC, "sender hw = gateway MAC");
-            assert_eq!(&d[28..32], &GATEWAY.octets(), "sender ip = gateway");
-            assert_eq!(&d[32..38], &POD_MAC, "target hw = pod");
-            assert_eq!(&d[38..42], &POD_IP.octets(), "target ip = pod");
+        let r = run(&dp, &arp_request(POD_MAC, POD_IP, GATEWAY));
+        assert_eq!(
+            r.ret, TC_ACT_REDIRECT,
+            "reply goes back out of the representor"
+        );
+        let d = &r.data;
+        assert_eq!(&d[0..6], &POD_MAC, "eth dst = asker");
+        assert_eq!(&d[6..12], &GATEWAY_MAC, "eth src = gateway");
+        assert_eq!(u16::from_be_bytes([d[20], d[21]]), 2, "op = reply");
+        assert_eq!(&d[22..28], &GATEWAY_MAC, "sender hw = gateway MAC");
+        assert_eq!(&d[28..32], &GATEWAY.octets(), "sender ip = gateway");
+        assert_eq!(&d[32..38], &POD_MAC, "target hw = pod");
+        assert_eq!(&d[38..42], &POD_IP.octets(), "target ip = pod");
 
-            // Proxy ARP: any other address resolves to the gateway too.
-            let r = run(&dp, &arp_request(POD_MAC, POD_IP, Ipv4Addr::new(10, 244, 1, 9)));
-            assert_eq!(r.ret, TC_ACT_REDIRECT);
-            assert_eq!(&r.data[28..32], &[10, 244, 1, 9]);
-            // Gratuitous ARP for its own address: no answer.
-            let r = run(&dp, &arp_request(POD_MAC, POD_IP, POD_IP));
-            assert_eq!(r.ret, TC_ACT_SHOT);
+        // Proxy ARP: any other address resolves to the gateway too.
+        let r = run(
+            &dp,
+            &arp_request(POD_MAC, POD_IP, Ipv4Addr::new(10, 244, 1, 9)),
+        );
+        assert_eq!(r.ret, TC_ACT_REDIRECT);
+        assert_eq!(&r.data[28..32], &[10, 244, 1, 9]);
+        // Gratuitous ARP for its own address: no answer.
+        let r = run(&dp, &arp_request(POD_MAC, POD_IP, POD_IP));
+        assert_eq!(r.ret, TC_ACT_SHOT);
 
-            let c = dp.pod_counters("uid-a").unwrap().unwrap();
-            assert_eq!(c.arp_replies, 2);
-            assert_eq!(c.packets_out, 3);
-        })
-        .expect("netns");
+        let c = dp.pod_counters("uid-a").unwrap().unwrap();
+        assert_eq!(c.arp_replies, 2);
+        assert_eq!(c.packets_out, 3);
+    })
+    .expect("netns");
 }
 
 #[test]
 fn spoofed_sources_are_dropped_and_counted() {
     let ns = NsGuard::new("spoof");
-    ns.0
-        .run(|| {
-            let mut dp = BpfDataplane::load_detached().expect("load");
-            dp.apply_network(&network()).expect("network");
-            dp.apply_pod(&pod(false)).expect("pod");
-            let other_mac = [0x02, 0, 0, 0x01, 0, 0x06];
-            let other_ip = Ipv4Addr::new(10, 244, 1, 6);
-            let dst = Ipv4Addr::new(10, 244, 2, 7);
+    ns.0.run(|| {
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        dp.apply_network(&network()).expect("network");
+        dp.apply_pod(&pod(false)).expect("pod");
+        let other_mac = [0x02, 0, 0, 0x01, 0, 0x06];
+        let other_ip = Ipv4Addr::new(10, 244, 1, 6);
+        let dst = Ipv4Addr::new(10, 244, 2, 7);
 
-            let r = run(&dp, &udp(GATEWAY_MAC, other_mac, POD_IP, dst, 1000, 53));
-            assert_eq!(r.ret, TC_ACT_SHOT, "foreign source MAC");
-            for _ in 0..2 {
-                let r = run(&dp, &udp(GATEWAY_MAC, POD_MAC, other_ip, dst, 1000, 53));
-                assert_eq!(r.ret, TC_ACT_SHOT, "foreign source IP");
-            }
-            let r = run(&dp, &arp_request(POD_MAC, other_ip, GATEWAY));
-            assert_eq!(r.ret, TC_ACT_SHOT, "ARP as another IP");
+        let r = run(&dp, &udp(GATEWAY_MAC, other_mac, POD_IP, dst, 1000, 53));
+        assert_eq!(r.ret, TC_ACT_SHOT, "foreign source MAC");
+        for _ in 0..2 {
+            let r = run(&dp, &udp(GATEWAY_MAC, POD_MAC, other_ip, dst, 1000, 53));
+            assert_eq!(r.ret, TC_ACT_SHOT, "foreign source IP");
+        }
+        let r = run(&dp, &arp_request(POD_MAC, other_ip, GATEWAY));
+        assert_eq!(r.ret, TC_ACT_SHOT, "ARP as another IP");
 
-            let c = dp.pod_counters("uid-a").unwrap().unwrap();
-            assert_eq!(c.drop_count(DropReason::SpoofMac), 1);
-            assert_eq!(c.drop_count(DropReason::SpoofIp), 3);
-            assert_eq!(c.packets_out, 4);
-            assert_eq!(c.arp_replies, 0);
+        let c = dp.pod_counters("uid-a").unwrap().unwrap();
+        assert_eq!(c.drop_count(DropReason::SpoofMac), 1);
+        assert_eq!(c.drop_count(DropReason::SpoofIp), 3);
+        assert_eq!(c.packets_out, 4);
+        assert_eq!(c.arp_replies, 0);
 
-            // Once the pod is gone its VF is unknown: dropped, charged to no pod.
-            assert!(dp.remove_pod("uid-a").unwrap());
-            let r = run(&dp, &udp(GATEWAY_MAC, POD_MAC, POD_IP, dst, 1000, 53));
-            assert_eq!(r.ret, TC_ACT_SHOT);
-            let u = dp.unattributed_counters().unwrap();
-            assert_eq!(u.drop_count(DropReason::UnknownVf), 1);
-        })
-        .expect("netns");
+        // Once the pod is gone its VF is unknown: dropped, charged to no pod.
+        assert!(dp.remove_pod("uid-a").unwrap());
+        let r = run(&dp, &udp(GATEWAY_MAC, POD_MAC, POD_IP, dst, 1000, 53));
+        assert_eq!(r.ret, TC_ACT_SHOT);
+        let u = dp.unattributed_counters().unwrap();
+        assert_eq!(u.drop_count(DropReason::UnknownVf), 1);
+    })
+    .expect("netns");
 }
 
 #[test]
 fn nothing_passes_before_the_node_network_is_set() {
     let ns = NsGuard::new("notready");
-    ns.0
-        .run(|| {
-            let mut dp = BpfDataplane::load_detached().expect("load");
-            dp.apply_pod(&pod(false)).expect("pod");
-            let r = run(&dp, &arp_request(POD_MAC, POD_IP, GATEWAY));
-            assert_eq!(r.ret, TC_ACT_SHOT);
-            let c = dp.pod_counters("uid-a").unwrap().unwrap();
-            assert_eq!(c.drop_count(DropReason::NotReady), 1);
-        })
-        .expect("netns");
+    ns.0.run(|| {
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        dp.apply_pod(&pod(false)).expect("pod");
+        let r = run(&dp, &arp_request(POD_MAC, POD_IP, GATEWAY));
+        assert_eq!(r.ret, TC_ACT_SHOT);
+        let c = dp.pod_counters("uid-a").unwrap().unwrap();
+        assert_eq!(c.drop_count(DropReason::NotReady), 1);
+    })
+    .expect("netns");
 }
 
 /// The capture decision. (bpf_sk_assign only works at real TC ingress, not
@@ -161,58 +164,65 @@ fn nothing_passes_before_the_node_network_is_set() {
 #[test]
 fn capture_decision_follows_mesh_flag_cidrs_and_excluded_ports() {
     let ns = NsGuard::new("steer");
-    ns.0
-        .run(|| {
-            let mut dp = BpfDataplane::load_detached().expect("load");
-            dp.apply_network(&network()).expect("network");
-            dp.apply_pod(&pod(true)).expect("pod");
-            let syn = |dst: Ipv4Addr, port: u16| {
-                tcp_syn(GATEWAY_MAC, POD_MAC, POD_IP, dst, 40000, port)
-            };
-            let drops = |dp: &BpfDataplane| {
-                let c = dp.pod_counters("uid-a").unwrap().unwrap();
-                (c.drop_count(DropReason::NoProxy), c.drop_count(DropReason::NoRoute))
-            };
+    ns.0.run(|| {
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        dp.apply_network(&network()).expect("network");
+        dp.apply_pod(&pod(true)).expect("pod");
+        let syn =
+            |dst: Ipv4Addr, port: u16| tcp_syn(GATEWAY_MAC, POD_MAC, POD_IP, dst, 40000, port);
+        let drops = |dp: &BpfDataplane| {
+            let c = dp.pod_counters("uid-a").unwrap().unwrap();
+            (
+                c.drop_count(DropReason::NoProxy),
+                c.drop_count(DropReason::NoRoute),
+            )
+        };
 
-            // Service CIDR and pod CIDR are captured: no proxy, fail closed.
-            assert_eq!(run(&dp, &syn(SERVICE_IP, 80)).ret, TC_ACT_SHOT);
-            assert_eq!(run(&dp, &syn(Ipv4Addr::new(10, 244, 1, 77), 80)).ret, TC_ACT_SHOT);
-            assert_eq!(drops(&dp), (2, 0));
-            // Outside the captured set: bypass (and no route here).
-            assert_eq!(run(&dp, &syn(Ipv4Addr::new(8, 8, 8, 8), 80)).ret, TC_ACT_SHOT);
-            assert_eq!(drops(&dp), (2, 1));
-            // UDP is never captured.
-            let u = udp(GATEWAY_MAC, POD_MAC, POD_IP, SERVICE_IP, 40000, 53);
-            assert_eq!(run(&dp, &u).ret, TC_ACT_SHOT);
-            assert_eq!(drops(&dp), (2, 2));
+        // Service CIDR and pod CIDR are captured: no proxy, fail closed.
+        assert_eq!(run(&dp, &syn(SERVICE_IP, 80)).ret, TC_ACT_SHOT);
+        assert_eq!(
+            run(&dp, &syn(Ipv4Addr::new(10, 244, 1, 77), 80)).ret,
+            TC_ACT_SHOT
+        );
+        assert_eq!(drops(&dp), (2, 0));
+        // Outside the captured set: bypass (and no route here).
+        assert_eq!(
+            run(&dp, &syn(Ipv4Addr::new(8, 8, 8, 8), 80)).ret,
+            TC_ACT_SHOT
+        );
+        assert_eq!(drops(&dp), (2, 1));
+        // UDP is never captured.
+        let u = udp(GATEWAY_MAC, POD_MAC, POD_IP, SERVICE_IP, 40000, 53);
+        assert_eq!(run(&dp, &u).ret, TC_ACT_SHOT);
+        assert_eq!(drops(&dp), (2, 2));
 
-            // Excluded port and excluded CIDR are not captured.
-            let mut p = pod(true);
-            p.interception.exclude_outbound_ports = vec![80];
-            p.interception.exclude_outbound_cidrs = vec!["10.96.5.0/24".parse().unwrap()];
-            dp.apply_pod(&p).expect("pod update");
-            run(&dp, &syn(SERVICE_IP, 80));
-            run(&dp, &syn(Ipv4Addr::new(10, 96, 5, 1), 443));
-            assert_eq!(drops(&dp), (2, 4));
-            run(&dp, &syn(SERVICE_IP, 443));
-            assert_eq!(drops(&dp), (3, 4));
+        // Excluded port and excluded CIDR are not captured.
+        let mut p = pod(true);
+        p.interception.exclude_outbound_ports = vec![80];
+        p.interception.exclude_outbound_cidrs = vec!["10.96.5.0/24".parse().unwrap()];
+        dp.apply_pod(&p).expect("pod update");
+        run(&dp, &syn(SERVICE_IP, 80));
+        run(&dp, &syn(Ipv4Addr::new(10, 96, 5, 1), 443));
+        assert_eq!(drops(&dp), (2, 4));
+        run(&dp, &syn(SERVICE_IP, 443));
+        assert_eq!(drops(&dp), (3, 4));
 
-            // Custom capture list replaces the node-wide set.
-            let mut p = pod(true);
-            p.interception.capture_outbound_cidrs = vec!["8.8.8.0/24".parse().unwrap()];
-            dp.apply_pod(&p).expect("pod update");
-            run(&dp, &syn(Ipv4Addr::new(8, 8, 8, 8), 80));
-            run(&dp, &syn(SERVICE_IP, 80));
-            assert_eq!(drops(&dp), (4, 5));
+        // Custom capture list replaces the node-wide set.
+        let mut p = pod(true);
+        p.interception.capture_outbound_cidrs = vec!["8.8.8.0/24".parse().unwrap()];
+        dp.apply_pod(&p).expect("pod update");
+        run(&dp, &syn(Ipv4Addr::new(8, 8, 8, 8), 80));
+        run(&dp, &syn(SERVICE_IP, 80));
+        assert_eq!(drops(&dp), (4, 5));
 
-            // A non-meshed pod is never captured.
-            dp.apply_pod(&pod(false)).expect("pod update");
-            run(&dp, &syn(SERVICE_IP, 80));
-            assert_eq!(drops(&dp), (4, 6));
-            // And the per-pod CIDR entries of the older specs are gone.
-            let u = dp.usage().unwrap();
-            assert_eq!(u.pod_cidrs, 0);
-            assert_eq!(u.node_cidrs, 2);
-        })
-        .expect("netns");
+        // A non-meshed pod is never captured.
+        dp.apply_pod(&pod(false)).expect("pod update");
+        run(&dp, &syn(SERVICE_IP, 80));
+        assert_eq!(drops(&dp), (4, 6));
+        // And the per-pod CIDR entries of the older specs are gone.
+        let u = dp.usage().unwrap();
+        assert_eq!(u.pod_cidrs, 0);
+        assert_eq!(u.node_cidrs, 2);
+    })
+    .expect("netns");
 }

@@ -8,7 +8,8 @@
  *     The dataplane installs `ip rule fwmark <mark> lookup <table>` and
  *     `ip route local 0.0.0.0/0 dev lo table <table>`, so the stack delivers
  *     it locally whatever its destination address, and TCP's own lookup
- *     finds the socket. Listeners do not count: a pod must not reach a DPU
+ *     finds the socket. The packet type is set to PACKET_HOST (frames to
+ *     the gateway MAC arrive as PACKET_OTHERHOST, which ip_rcv drops). Listeners do not count: a pod must not reach a DPU
  *     service just by using its port.
  *  2. A SYN to a captured destination is assigned (bpf_sk_assign) to the
  *     proxy's listener (outbound 15001 / inbound 15006), found with the
@@ -33,6 +34,20 @@ static __always_inline void dm_tuple(struct bpf_sock_tuple *t, const struct dm_i
 	t->ipv4.daddr = p->ip->daddr;
 	t->ipv4.sport = p->tcp->source;
 	t->ipv4.dport = dport;
+}
+
+#ifndef PACKET_HOST
+#define PACKET_HOST 0
+#endif
+
+/* Let the stack deliver the packet to a local socket. A pod addresses its
+ * frames to the gateway MAC, which is not the representor's, so the kernel
+ * classified them PACKET_OTHERHOST and ip_rcv would drop them: reclassify. */
+static __always_inline int dm_deliver_local(struct __sk_buff *skb, __u32 mark)
+{
+	skb->mark = mark;
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
 }
 
 /* 1 when the packet belongs to a non-listening socket of the DPU netns. */

@@ -153,7 +153,7 @@ pub struct MapUsage {
     pub pod_cidrs: usize,
     /// Node-wide captured CIDRs (scope 0).
     pub node_cidrs: usize,
-    /// Counter slots with any non-zero value.
+    /// Pod counter slots with any non-zero value (the unattributed slot aside).
     pub used_counter_slots: usize,
 }
 
@@ -289,8 +289,11 @@ impl BpfDataplane {
         if self.kernel {
             netcfg::prepare_node()?;
             netcfg::prepare_link(&net.uplink)?;
-            let peers: Vec<(Ipv4Net, Ipv4Addr)> =
-                net.peers.iter().map(|p| (p.pod_cidr, p.underlay_ip)).collect();
+            let peers: Vec<(Ipv4Net, Ipv4Addr)> = net
+                .peers
+                .iter()
+                .map(|p| (p.pod_cidr, p.underlay_ip))
+                .collect();
             netcfg::sync_peer_routes(&net.uplink, &peers)?;
         }
 
@@ -305,7 +308,10 @@ impl BpfDataplane {
             .chain(std::iter::once(&net.pod_cidr))
             .chain(net.peers.iter().map(|p| &p.pod_cidr))
         {
-            want.insert((u32::from(c.prefix_len()), maps::ipv4_be(c.network())), capture);
+            want.insert(
+                (u32::from(c.prefix_len()), maps::ipv4_be(c.network())),
+                capture,
+            );
         }
         let have: Vec<Key<CidrData>> = self
             .out_cidrs
@@ -381,10 +387,14 @@ impl BpfDataplane {
             }
         }
         let i = &spec.interception;
-        let too_many = |what: &str| BpfError::Invalid(format!("more than {} {what}", maps::MAX_PORTS));
-        let in_capture = maps::port_list(&i.capture_inbound_ports).ok_or_else(|| too_many("capture_inbound_ports"))?;
-        let in_exclude = maps::port_list(&i.exclude_inbound_ports).ok_or_else(|| too_many("exclude_inbound_ports"))?;
-        let out_exclude = maps::port_list(&i.exclude_outbound_ports).ok_or_else(|| too_many("exclude_outbound_ports"))?;
+        let too_many =
+            |what: &str| BpfError::Invalid(format!("more than {} {what}", maps::MAX_PORTS));
+        let in_capture = maps::port_list(&i.capture_inbound_ports)
+            .ok_or_else(|| too_many("capture_inbound_ports"))?;
+        let in_exclude = maps::port_list(&i.exclude_inbound_ports)
+            .ok_or_else(|| too_many("exclude_inbound_ports"))?;
+        let out_exclude = maps::port_list(&i.exclude_outbound_ports)
+            .ok_or_else(|| too_many("exclude_outbound_ports"))?;
 
         let old = self.pods.get(&spec.uid).cloned();
         let slot = match &old {
@@ -566,8 +576,13 @@ impl BpfDataplane {
 
     fn zero_counters(&mut self, slot: u32) -> Result<(), BpfError> {
         let n = aya::util::nr_cpus().map_err(|(what, e)| io_err("reading", Path::new(what), e))?;
-        let zero = PerCpuValues::try_from(vec![PodCounters::default(); n])
-            .map_err(|e| io_err("sizing per-CPU values for", Path::new(maps::MAP_COUNTERS), e))?;
+        let zero = PerCpuValues::try_from(vec![PodCounters::default(); n]).map_err(|e| {
+            io_err(
+                "sizing per-CPU values for",
+                Path::new(maps::MAP_COUNTERS),
+                e,
+            )
+        })?;
         self.counters.set(slot, zero, 0)?;
         Ok(())
     }
@@ -575,7 +590,9 @@ impl BpfDataplane {
     /// Counters of a counter slot, summed over CPUs.
     pub fn slot_counters(&self, slot: u32) -> Result<PodCounters, BpfError> {
         if slot >= COUNTER_SLOTS {
-            return Err(BpfError::Invalid(format!("counter slot {slot} out of range")));
+            return Err(BpfError::Invalid(format!(
+                "counter slot {slot} out of range"
+            )));
         }
         let v = self.counters.get(&slot, 0)?;
         Ok(PodCounters::sum(v.iter()))
@@ -607,7 +624,7 @@ impl BpfDataplane {
     pub fn usage(&self) -> Result<MapUsage, BpfError> {
         let cidr_keys: Vec<Key<CidrData>> = self.out_cidrs.keys().filter_map(Result::ok).collect();
         let mut used = 0;
-        for slot in 0..COUNTER_SLOTS {
+        for slot in 0..MAX_PODS {
             if self.slot_counters(slot)? != PodCounters::default() {
                 used += 1;
             }

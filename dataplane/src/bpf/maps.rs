@@ -31,7 +31,13 @@ pub const MAP_EP_IP: &str = "dm_ep_ip";
 pub const MAP_NODE: &str = "dm_node";
 pub const MAP_OUT_CIDRS: &str = "dm_out_cidrs";
 pub const MAP_COUNTERS: &str = "dm_counters";
-pub const ALL_MAPS: [&str; 5] = [MAP_EP_IFINDEX, MAP_EP_IP, MAP_NODE, MAP_OUT_CIDRS, MAP_COUNTERS];
+pub const ALL_MAPS: [&str; 5] = [
+    MAP_EP_IFINDEX,
+    MAP_EP_IP,
+    MAP_NODE,
+    MAP_OUT_CIDRS,
+    MAP_COUNTERS,
+];
 
 /// `struct dm_endpoint`: a local pod.
 #[repr(C)]

@@ -21,8 +21,8 @@ pub const PROG_REP_EGRESS: &str = "dm_rep_egress";
 pub const PROG_UPLINK_INGRESS: &str = "dm_uplink_ingress";
 
 /// Locally administered MAC the dataplane answers ARP with for every pod's
-/// gateway (02:64:6d = "dm").
-pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x64, 0x6d, 0x00, 0x00, 0x01];
+/// gateway ("dgw"; outside the simulator's VF MAC range 02:64:6d:..).
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x64, 0x67, 0x77, 0x00, 0x01];
 /// dpu-proxy's transparent listeners.
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;

@@ -30,7 +30,9 @@ fn ip(args: &[&str]) -> Result<String, NetCfgError> {
         .output()
         .map_err(|e| fail(e.to_string()))?;
     if !out.status.success() {
-        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -55,10 +57,21 @@ pub fn prepare_node() -> Result<(), NetCfgError> {
     let pref = STEER_RULE_PREF.to_string();
     let rules = ip(&["-4", "rule", "show", "pref", &pref])?;
     if !rules.contains(&format!("fwmark {mark} lookup {table}")) {
-        ip(&["-4", "rule", "add", "pref", &pref, "fwmark", &mark, "lookup", &table])?;
+        ip(&[
+            "-4", "rule", "add", "pref", &pref, "fwmark", &mark, "lookup", &table,
+        ])?;
     }
     ip(&[
-        "-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &table, "proto",
+        "-4",
+        "route",
+        "replace",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+        "table",
+        &table,
+        "proto",
         RT_PROTO,
     ])?;
     Ok(())
@@ -75,8 +88,16 @@ pub fn prepare_link(ifname: &str) -> Result<(), NetCfgError> {
 pub fn sync_peer_routes(uplink: &str, peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<(), NetCfgError> {
     for (cidr, via) in peers {
         ip(&[
-            "-4", "route", "replace", &cidr.to_string(), "via", &via.to_string(), "dev", uplink,
-            "proto", RT_PROTO,
+            "-4",
+            "route",
+            "replace",
+            &cidr.to_string(),
+            "via",
+            &via.to_string(),
+            "dev",
+            uplink,
+            "proto",
+            RT_PROTO,
         ])?;
     }
     let shown = ip(&["-4", "route", "show", "proto", RT_PROTO])?;
@@ -105,10 +126,27 @@ pub fn add_pod_route(ip4: Ipv4Addr, representor: &str, mac: [u8; 6]) -> Result<(
         .collect::<Vec<_>>()
         .join(":");
     ip(&[
-        "-4", "route", "replace", &dst, "dev", representor, "scope", "link", "proto", RT_PROTO,
+        "-4",
+        "route",
+        "replace",
+        &dst,
+        "dev",
+        representor,
+        "scope",
+        "link",
+        "proto",
+        RT_PROTO,
     ])?;
     ip(&[
-        "-4", "neigh", "replace", &ip4.to_string(), "lladdr", &lladdr, "dev", representor, "nud",
+        "-4",
+        "neigh",
+        "replace",
+        &ip4.to_string(),
+        "lladdr",
+        &lladdr,
+        "dev",
+        representor,
+        "nud",
         "permanent",
     ])?;
     Ok(())
@@ -116,6 +154,13 @@ pub fn add_pod_route(ip4: Ipv4Addr, representor: &str, mac: [u8; 6]) -> Result<(
 
 /// Undoes [`add_pod_route`]; missing entries are fine.
 pub fn remove_pod_route(ip4: Ipv4Addr, representor: &str) {
-    let _ = ip(&["-4", "route", "del", &format!("{ip4}/32"), "proto", RT_PROTO]);
+    let _ = ip(&[
+        "-4",
+        "route",
+        "del",
+        &format!("{ip4}/32"),
+        "proto",
+        RT_PROTO,
+    ]);
     let _ = ip(&["-4", "neigh", "del", &ip4.to_string(), "dev", representor]);
 }

@@ -104,3 +104,58 @@ pub fn tcp_syn(
     v.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
     v
 }
+
+/// Runs `ip`/`ping`/... inside `ns`; Ok(stdout) or Err(stderr).
+pub fn exec(ns: &Netns, program: &str, args: &[&str]) -> Result<String, String> {
+    let out = ns
+        .command(program)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {args:?} in {ns}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// What the CNI will do (until host-cni lands): move VF `vf` of `node` from
+/// the host netns into the pod netns as eth0, give it `ip`/24 and a default
+/// route via `gateway`.
+pub fn cni_attach(
+    sim: &dpumesh_sim::Sim,
+    node: usize,
+    vf: usize,
+    pod: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> Netns {
+    let n = sim.node(node).expect("node");
+    let pod_ns = sim.pod_add(pod).expect("pod netns");
+    let vf_name = &n.vf(vf).expect("vf").host_ifname;
+    exec(
+        &n.host,
+        "ip",
+        &["link", "set", vf_name, "netns", pod_ns.name()],
+    )
+    .expect("move vf");
+    exec(&pod_ns, "ip", &["link", "set", vf_name, "name", "eth0"]).expect("rename");
+    exec(
+        &pod_ns,
+        "ip",
+        &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+    )
+    .expect("addr");
+    exec(&pod_ns, "ip", &["link", "set", "eth0", "up"]).expect("up");
+    exec(
+        &pod_ns,
+        "ip",
+        &["route", "add", "default", "via", &gateway.to_string()],
+    )
+    .expect("route");
+    pod_ns
+}
