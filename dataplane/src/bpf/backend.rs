@@ -1,0 +1,148 @@
+//! The registry's [`SteeringBackend`] implemented with the eBPF programs.
+//! Runs in the DPU netns (where the dataplane process lives), so map and
+//! link operations need no namespace switching.
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use ipnet::IpNet;
+
+use super::maps::{MODE_OVERLAY, MODE_UNDERLAY};
+use super::{BpfDataplane, InterceptionSpec, NetworkSpec, PodSpec, UnderlayPeer};
+use dpumesh_api::config::NetworkMode;
+
+use crate::registry::{BackendError, NodeNetworkSpec, PodEntry, SteeringBackend};
+
+pub struct EbpfBackend {
+    dp: Mutex<BpfDataplane>,
+    /// The uplink netdev ("p0").
+    uplink: String,
+}
+
+impl EbpfBackend {
+    pub fn new(dp: BpfDataplane, uplink: impl Into<String>) -> EbpfBackend {
+        EbpfBackend {
+            dp: Mutex::new(dp),
+            uplink: uplink.into(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BpfDataplane> {
+        self.dp.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn v4net(n: &IpNet, what: &str) -> Result<ipnet::Ipv4Net, BackendError> {
+    match n {
+        IpNet::V4(v) => Ok(*v),
+        IpNet::V6(_) => Err(BackendError(format!(
+            "{what} {n}: IPv6 is not supported by the eBPF backend yet"
+        ))),
+    }
+}
+
+fn v4nets(ns: &[IpNet], what: &str) -> Result<Vec<ipnet::Ipv4Net>, BackendError> {
+    ns.iter().map(|n| v4net(n, what)).collect()
+}
+
+pub fn pod_spec(p: &PodEntry) -> Result<PodSpec, BackendError> {
+    let ipv4 = p
+        .ips
+        .iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v) => Some(*v),
+            IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| BackendError(format!("pod {}: no IPv4 address", p.uid)))?;
+    let i = &p.interception;
+    Ok(PodSpec {
+        uid: p.uid.clone(),
+        representor: p.representor.clone(),
+        vf_index: p.vf_index,
+        ipv4,
+        mac: p.mac.0,
+        meshed: p.meshed,
+        interception: InterceptionSpec {
+            capture_inbound_ports: i.capture_inbound_ports.clone(),
+            exclude_inbound_ports: i.exclude_inbound_ports.clone(),
+            capture_outbound_cidrs: v4nets(&i.capture_outbound_cidrs, "capture_outbound_cidrs")?,
+            exclude_outbound_cidrs: v4nets(&i.exclude_outbound_cidrs, "exclude_outbound_cidrs")?,
+            exclude_outbound_ports: i.exclude_outbound_ports.clone(),
+        },
+    })
+}
+
+pub fn network_spec(n: &NodeNetworkSpec, uplink: &str) -> Result<NetworkSpec, BackendError> {
+    let underlay_ip = match n.underlay_ip {
+        IpAddr::V4(v) => v,
+        IpAddr::V6(_) => return Err(BackendError("IPv6 underlay is not supported yet".into())),
+    };
+    let mut peers = Vec::new();
+    for p in &n.peers {
+        let IpAddr::V4(ip) = p.underlay_ip else {
+            return Err(BackendError(format!(
+                "peer {}: IPv6 underlay is not supported yet",
+                p.name
+            )));
+        };
+        peers.push(UnderlayPeer {
+            pod_cidr: v4net(&p.pod_cidr, "peer pod_cidr")?,
+            underlay_ip: ip,
+        });
+    }
+    Ok(NetworkSpec {
+        mode: match n.mode {
+            NetworkMode::Overlay => MODE_OVERLAY,
+            NetworkMode::Underlay => MODE_UNDERLAY,
+        },
+        pod_cidr: v4net(&n.pod_cidr, "pod_cidr")?,
+        service_cidrs: v4nets(&n.service_cidrs, "service_cidrs")?,
+        uplink: uplink.to_string(),
+        underlay_ip,
+        vni: n.vni,
+        peers,
+    })
+}
+
+impl SteeringBackend for EbpfBackend {
+    fn name(&self) -> &str {
+        "ebpf"
+    }
+
+    fn apply_network(
+        &self,
+        network: &NodeNetworkSpec,
+        pods: &[PodEntry],
+    ) -> Result<(), BackendError> {
+        let net = network_spec(network, &self.uplink)?;
+        let specs = pods.iter().map(pod_spec).collect::<Result<Vec<_>, _>>()?;
+        let mut dp = self.lock();
+        dp.apply_network(&net)
+            .map_err(|e| BackendError(e.to_string()))?;
+        dp.reconcile(&specs)
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    fn apply_pod(
+        &self,
+        _network: &NodeNetworkSpec,
+        pod: &PodEntry,
+        _previous: Option<&PodEntry>,
+    ) -> Result<(), BackendError> {
+        let spec = pod_spec(pod)?;
+        self.lock()
+            .apply_pod(&spec)
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    fn remove_pod(&self, pod: &PodEntry) -> Result<(), BackendError> {
+        self.lock()
+            .remove_pod(&pod.uid)
+            .map(|_| ())
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    fn details(&self) -> Vec<(String, String)> {
+        let dp = self.lock();
+        vec![("bpf_pods".into(), dp.pod_uids().len().to_string())]
+    }
+}
