@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod dataplane;
+pub mod install;
 pub mod ipam;
 pub mod netlink;
 pub mod spec;
