@@ -1,12 +1,20 @@
 //! dpu-proxy: the shared per-node proxy on the DPU.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
-use dpu_proxy::config_store::ConfigStore;
+use dpu_proxy::access_log::{AccessLog, Sink};
+use dpu_proxy::admin::{self, Admin};
+use dpu_proxy::config_store::{ConfigStore, Offer};
 use dpu_proxy::control::{self, ControlState};
+use dpu_proxy::metrics::Metrics;
+use dpu_proxy::proxy::{self, ConfigSource, Proxy, ProxySettings};
+use dpumesh_api::NodeConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +29,28 @@ struct Args {
     /// Address of the control gRPC (ProxyConfig + Status): the DPU management address.
     #[arg(long, env = "DPU_PROXY_MGMT_ADDR", default_value = control::DEFAULT_ADDR)]
     mgmt_addr: SocketAddr,
+    /// Admin HTTP: /metrics, /ready, /config_dump, /stats.
+    #[arg(long, env = "DPU_PROXY_ADMIN_ADDR", default_value = admin::DEFAULT_ADDR)]
+    admin_addr: SocketAddr,
+    /// Address of the transparent listeners (outbound 15001, inbound 15006).
+    #[arg(long, env = "DPU_PROXY_LISTEN_IP", default_value = "0.0.0.0")]
+    listen_ip: IpAddr,
+    #[arg(long, default_value_t = proxy::OUTBOUND_PORT)]
+    outbound_port: u16,
+    #[arg(long, default_value_t = proxy::INBOUND_PORT)]
+    inbound_port: u16,
+    /// Initial NodeConfig (JSON, or YAML for .yaml/.yml), validated like a push.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// JSON access log: "off", "stdout", or a file to append to.
+    #[arg(long, env = "DPU_PROXY_ACCESS_LOG", default_value = "off")]
+    access_log: Sink,
+    /// Worker threads of the data path (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. "info" or "dpu_proxy=debug").
     #[arg(long, env = "DPUMESH_LOG", default_value = "info")]
     log_level: String,
@@ -35,26 +65,114 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let node = args.node.unwrap_or_else(hostname);
+    let node = args.node.clone().unwrap_or_else(hostname);
 
-    // The control path runs on its own current-thread runtime; the data path
-    // gets its own multi-thread runtime.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let store = ConfigStore::new();
+    if let Some(path) = &args.config {
+        load_initial(&store, path)?;
+    }
+    let access_log = AccessLog::open(&args.access_log)
+        .with_context(|| format!("--access-log {:?}", args.access_log))?;
+    let source: Arc<dyn ConfigSource> = store.clone();
+    let proxy = Proxy::with_telemetry(
+        source,
+        ProxySettings::default(),
+        Arc::new(Metrics::default()),
+        access_log,
+    );
+
+    // The data path: its own multi-thread runtime.
+    let mut data = tokio::runtime::Builder::new_multi_thread();
+    data.enable_all().thread_name("dpu-proxy-data");
+    if let Some(n) = args.workers {
+        data.worker_threads(n.max(1));
+    }
+    let data = data.build().context("data path runtime")?;
+    for spec in proxy::listeners_on(args.listen_ip, args.outbound_port, args.inbound_port) {
+        let listener = {
+            let _in_runtime = data.enter();
+            Proxy::bind(&spec).with_context(|| {
+                format!("binding the {:?} listener {}", spec.direction, spec.bind)
+            })?
+        };
+        tracing::info!(addr = %spec.bind, direction = ?spec.direction, "listening");
+        data.spawn(proxy.clone().serve(listener, spec));
+    }
+
+    // Control gRPC and admin: a current-thread runtime on this thread.
+    let control_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("control runtime")?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.mgmt_addr)
+    let drain = Duration::from_secs(args.drain_seconds);
+    control_rt.block_on(async {
+        let grpc = tokio::net::TcpListener::bind(args.mgmt_addr)
             .await
             .with_context(|| format!("binding the control address {}", args.mgmt_addr))?;
-        tracing::info!(addr = %args.mgmt_addr, %node, "control gRPC listening");
-        let state = ControlState::new(ConfigStore::new(), node);
-        control::serve(listener, state, control::shutdown_signal())
+        let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
             .await
-            .context("control gRPC server")
+            .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
+        tracing::info!(addr = %args.mgmt_addr, %node, "control gRPC listening");
+        tracing::info!(addr = %args.admin_addr, "admin HTTP listening");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let admin = Arc::new(Admin {
+            store: store.clone(),
+            proxy: proxy.clone(),
+        });
+        let mut admin_stop = stopped.clone();
+        let admin_task = tokio::spawn(admin::serve(admin_listener, admin, async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        }));
+        let state = ControlState::new(store.clone(), node);
+        let mut grpc_stop = stopped.clone();
+        let grpc_task = tokio::spawn(control::serve(grpc, state, async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        }));
+        control::shutdown_signal().await;
+        // Stop accepting; let in-flight requests finish, up to the drain time.
+        proxy.drain();
+        if !proxy.drained(drain).await {
+            tracing::warn!(
+                open = proxy.stats.active_connections(),
+                "drain time over, closing the remaining connections"
+            );
+        }
+        let _ = stop.send(true);
+        let _ = admin_task.await;
+        match grpc_task.await {
+            Ok(r) => r.context("control gRPC server"),
+            Err(e) => Err(e.into()),
+        }
     })?;
+    data.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads `--config` and offers it like a push: refused means exit.
+fn load_initial(store: &ConfigStore, path: &PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --config {}", path.display()))?;
+    let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    let config = if yaml {
+        NodeConfig::from_yaml(&text)
+    } else {
+        NodeConfig::from_json(text.as_bytes())
+    }
+    .with_context(|| format!("--config {}", path.display()))?;
+    match store.offer(config) {
+        Offer::Accepted { version, .. } => {
+            tracing::info!(version, path = %path.display(), "initial config loaded");
+            Ok(())
+        }
+        Offer::Rejected { errors, .. } => {
+            bail!(
+                "--config {} refused:\n  {}",
+                path.display(),
+                errors.join("\n  ")
+            )
+        }
+    }
 }
 
 fn hostname() -> String {

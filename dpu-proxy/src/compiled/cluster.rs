@@ -10,8 +10,10 @@ use dpumesh_api::config::{
     Cluster, EndpointHealth, HashKey, LbKind, Locality, Protocol, Service, TlsMode,
 };
 
-use super::Errors;
+use super::state::{now_ms, Carry, ClusterState, OutlierState};
+use super::{Errors, Workloads};
 use crate::lb::Picker;
+use crate::metrics::WorkloadLabels;
 
 /// One endpoint as the data path sees it.
 #[derive(Debug)]
@@ -21,6 +23,11 @@ pub struct EndpointRt {
     pub locality: Locality,
     /// Requests in flight to this endpoint (least-request LB).
     active: AtomicU32,
+    /// Who the endpoint is (metric labels) and its interned id.
+    pub workload: Arc<WorkloadLabels>,
+    pub workload_id: u32,
+    /// Outlier detection, carried across config swaps.
+    pub outlier: Arc<OutlierState>,
 }
 
 impl EndpointRt {
@@ -30,6 +37,9 @@ impl EndpointRt {
             weight,
             locality,
             active: AtomicU32::new(0),
+            workload: Arc::new(WorkloadLabels::unknown()),
+            workload_id: u32::MAX,
+            outlier: Arc::default(),
         }
     }
 
@@ -47,21 +57,56 @@ impl EndpointRt {
     }
 }
 
-/// A request in flight to an endpoint, counted until dropped.
+/// A request in flight to an endpoint (and its cluster), counted until dropped.
 #[derive(Debug)]
-pub struct ActiveRequest(Arc<EndpointRt>);
+pub struct ActiveRequest(Arc<EndpointRt>, Option<Arc<ClusterState>>);
 
 impl ActiveRequest {
-    pub fn new(ep: Arc<EndpointRt>) -> ActiveRequest {
+    pub fn new(ep: Arc<EndpointRt>, cluster: Option<Arc<ClusterState>>) -> ActiveRequest {
         ep.begin();
-        ActiveRequest(ep)
+        if let Some(c) = &cluster {
+            c.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        ActiveRequest(ep, cluster)
     }
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.end();
+        if let Some(c) = &self.1 {
+            c.requests.fetch_sub(1, Ordering::Relaxed);
+        }
     }
+}
+
+/// Istio `connectionPool` limits; 0 = unlimited.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolLimits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_requests_per_connection: u32,
+}
+
+/// Istio `outlierDetection`, compiled.
+#[derive(Debug, Clone, Copy)]
+pub struct OutlierRt {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway: u32,
+    pub interval_ms: u64,
+    pub base_ejection_ms: u64,
+    pub max_ejection_percent: u32,
+}
+
+/// How a try ended, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryOutcome {
+    /// Any response below 500.
+    Success,
+    /// A 5xx response, connect failure, reset or timeout; `gateway` for
+    /// 502/503/504, connect failures and timeouts.
+    Error { gateway: bool },
 }
 
 /// Endpoints of equal locality preference, with their picker.
@@ -86,14 +131,24 @@ pub struct ClusterRt {
     pub tls: TlsMode,
     /// Most preferred first; empty levels are left out.
     pub priorities: Vec<PriorityLevel>,
+    /// Index of the service in `NodeConfig.services` (metric pair keys).
+    pub service_index: u32,
+    pub namespace: String,
+    pub limits: PoolLimits,
+    pub outlier: Option<OutlierRt>,
+    /// Counters carried across config swaps.
+    pub state: Arc<ClusterState>,
 }
 
 impl ClusterRt {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn compile(
         c: &Cluster,
         svc: &Service,
         svc_index: usize,
         node_locality: &Locality,
+        workloads: &mut Workloads,
+        carry: &Carry,
         path: &str,
         errs: &mut Errors,
     ) -> Option<ClusterRt> {
@@ -131,11 +186,23 @@ impl ClusterRt {
                 continue;
             }
             let port = ep.ports.get(&port.name).copied().unwrap_or(target);
-            endpoints.push(Arc::new(EndpointRt::new(
-                SocketAddr::new(ip, port),
-                ep.weight,
-                ep.locality.clone(),
-            )));
+            let addr = SocketAddr::new(ip, port);
+            let principal = if ep.service_account.is_empty() {
+                String::new()
+            } else {
+                workloads.spiffe(&svc.namespace, &ep.service_account)
+            };
+            let (workload_id, workload) = workloads.intern(WorkloadLabels::derive(
+                None,
+                &svc.namespace,
+                &principal,
+                &ep.labels,
+            ));
+            let mut rt = EndpointRt::new(addr, ep.weight, ep.locality.clone());
+            rt.workload = workload;
+            rt.workload_id = workload_id;
+            rt.outlier = carry.endpoint(&c.name, addr);
+            endpoints.push(Arc::new(rt));
         }
         let groups = match &c.locality_lb {
             Some(l) if l.enabled => {
@@ -172,15 +239,119 @@ impl ClusterRt {
             idle_timeout: Duration::from_millis(idle_ms),
             tls: c.tls,
             priorities,
+            service_index: svc_index as u32,
+            namespace: svc.namespace.clone(),
+            limits: PoolLimits {
+                max_connections: c.connection_pool.max_connections,
+                max_pending_requests: c.connection_pool.max_pending_requests,
+                max_requests: c.connection_pool.max_requests,
+                max_requests_per_connection: c.connection_pool.max_requests_per_connection,
+            },
+            outlier: c.outlier_detection.as_ref().and_then(|o| {
+                (o.consecutive_5xx_errors > 0 || o.consecutive_gateway_errors > 0).then_some(
+                    OutlierRt {
+                        consecutive_5xx: o.consecutive_5xx_errors,
+                        consecutive_gateway: o.consecutive_gateway_errors,
+                        interval_ms: o.interval_ms.max(1),
+                        base_ejection_ms: o.base_ejection_time_ms.max(1),
+                        max_ejection_percent: o.max_ejection_percent.min(100),
+                    },
+                )
+            }),
+            state: carry.cluster(&c.name),
         })
     }
 
-    /// Picks an endpoint: from the most preferred locality level that has one.
-    /// `hash` feeds consistent hashing.
+    /// Picks an endpoint: from the most preferred locality level that has one
+    /// not ejected by outlier detection. `hash` feeds consistent hashing.
+    /// When every endpoint is ejected, the LB's pick in the first level
+    /// stands (Envoy's panic mode: better a suspect endpoint than none).
     pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<EndpointRt>> {
-        let level = self.priorities.first()?;
-        let i = level.picker.pick(&level.endpoints, hash);
-        level.endpoints.get(i)
+        let first = self.priorities.first()?;
+        if self.outlier.is_none() {
+            let i = first.picker.pick(&first.endpoints, hash);
+            return first.endpoints.get(i);
+        }
+        let now = now_ms();
+        for level in &self.priorities {
+            let n = level.endpoints.len();
+            let i = level.picker.pick(&level.endpoints, hash);
+            // The LB's choice if it is in; else the next endpoint that is.
+            if let Some(ep) = (0..n)
+                .map(|k| &level.endpoints[(i + k) % n])
+                .find(|e| !e.outlier.is_ejected(now))
+            {
+                return Some(ep);
+            }
+        }
+        let i = first.picker.pick(&first.endpoints, hash);
+        first.endpoints.get(i)
+    }
+
+    /// Feeds outlier detection with how a try on `ep` ended: consecutive
+    /// errors past the threshold eject the endpoint for
+    /// `base × ejections` (capped at 300 s or the base), unless
+    /// `max_ejection_percent` of the cluster is ejected already.
+    pub fn report(&self, ep: &EndpointRt, outcome: TryOutcome) {
+        let Some(od) = &self.outlier else {
+            return;
+        };
+        let o = &ep.outlier;
+        let (c5, cg) = match outcome {
+            TryOutcome::Success => {
+                // Load first: a write per request would bounce the cache line.
+                if o.consecutive_5xx.load(Ordering::Relaxed) != 0 {
+                    o.consecutive_5xx.store(0, Ordering::Relaxed);
+                }
+                if o.consecutive_gateway.load(Ordering::Relaxed) != 0 {
+                    o.consecutive_gateway.store(0, Ordering::Relaxed);
+                }
+                return;
+            }
+            TryOutcome::Error { gateway } => {
+                let c5 = o.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
+                let cg = if gateway {
+                    o.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1
+                } else {
+                    o.consecutive_gateway.store(0, Ordering::Relaxed);
+                    0
+                };
+                (c5, cg)
+            }
+        };
+        let tripped = (od.consecutive_5xx > 0 && c5 >= od.consecutive_5xx)
+            || (od.consecutive_gateway > 0 && cg >= od.consecutive_gateway);
+        let now = now_ms();
+        if !tripped || o.is_ejected(now) {
+            return;
+        }
+        let total = self.endpoint_count();
+        let ejected = self
+            .priorities
+            .iter()
+            .flat_map(|p| &p.endpoints)
+            .filter(|e| e.outlier.is_ejected(now))
+            .count();
+        if total == 0 || ejected * 100 >= od.max_ejection_percent as usize * total {
+            return;
+        }
+        // Healthy intervals since the last ejection ended pay back ejections.
+        let last_until = o.ejected_until.load(Ordering::Relaxed);
+        let healthy_intervals = if last_until == 0 {
+            0
+        } else {
+            (now.saturating_sub(last_until) / od.interval_ms) as u32
+        };
+        let prior = o.ejections.load(Ordering::Relaxed);
+        let n = prior.saturating_sub(healthy_intervals) + 1;
+        o.ejections.store(n, Ordering::Relaxed);
+        let cap = od.base_ejection_ms.max(300_000);
+        let time = od.base_ejection_ms.saturating_mul(n as u64).min(cap);
+        o.ejected_until.store(now + time, Ordering::Relaxed);
+        o.consecutive_5xx.store(0, Ordering::Relaxed);
+        o.consecutive_gateway.store(0, Ordering::Relaxed);
+        self.state.ejections_total.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(cluster = %self.name, endpoint = %ep.addr, ms = time, "outlier ejected");
     }
 
     pub fn endpoint_count(&self) -> usize {

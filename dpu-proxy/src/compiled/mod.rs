@@ -8,6 +8,7 @@
 
 mod cluster;
 mod routes;
+pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -17,16 +18,22 @@ use dpumesh_api::config::{
     cluster_name, Cluster, Locality, NodeConfig, Protocol, ValidationError, ValidationErrors,
 };
 
-pub use cluster::{ActiveRequest, ClusterRt, EndpointRt, PriorityLevel};
+pub use cluster::{
+    ActiveRequest, ClusterRt, EndpointRt, OutlierRt, PoolLimits, PriorityLevel, TryOutcome,
+};
+use state::{Carry, TokenBucket};
+
+use crate::metrics::{PairCache, PodCounters, WorkloadLabels};
 pub use routes::{
-    ActionRt, DestinationRt, FaultRt, ForwardRt, HeaderOpsRt, KeyMatcher, MatchRt, RedirectRt,
-    RequestView, RetryOn, RetryRt, RouteRt, RouteTableRt, StrMatcher, TcpRouteRt, TcpRouteTableRt,
-    VirtualHostRt,
+    ActionRt, DestinationRt, FaultRt, ForwardRt, HeaderOpsRt, KeyMatcher, MatchRt, MirrorRt,
+    RedirectRt, RequestView, RetryOn, RetryRt, RouteRt, RouteTableRt, StrMatcher, TcpRouteRt,
+    TcpRouteTableRt, VirtualHostRt,
 };
 
 /// A pod on this node, as the proxy needs it on the data path.
 #[derive(Debug)]
 pub struct PodRt {
+    pub uid: String,
     pub name: String,
     pub namespace: String,
     pub service_account: String,
@@ -34,12 +41,24 @@ pub struct PodRt {
     pub labels: BTreeMap<String, String>,
     /// Outbound route tables that replace the service port's table, by service port.
     pub route_overrides: HashMap<u16, Arc<RouteTableRt>>,
+    /// Metric labels of the pod's workload, and its interned id.
+    pub workload: Arc<WorkloadLabels>,
+    pub workload_id: u32,
+    /// Metrics of traffic from this pod (outbound) and to it (inbound), by peer.
+    pub outbound_pairs: PairCache,
+    pub inbound_pairs: PairCache,
+    /// Counters shown by `/stats`, carried across swaps by UID.
+    pub counters: Arc<PodCounters>,
+    /// Local rate limit on everything the pod sends.
+    pub rate_limit: Option<Arc<TokenBucket>>,
 }
 
 /// One port of one service: what a connection to `(VIP, port)` (or to an
 /// endpoint of the service on its target port) is governed by.
 #[derive(Debug)]
 pub struct ServicePortRt {
+    /// Index of the service in `NodeConfig.services`.
+    pub service_index: u32,
     pub hostname: String,
     pub namespace: String,
     pub port: u16,
@@ -64,6 +83,29 @@ pub struct CompiledConfig {
     services_by_vip: HashMap<SocketAddr, Arc<ServicePortRt>>,
     services_by_endpoint: HashMap<SocketAddr, Arc<ServicePortRt>>,
     clusters: HashMap<String, Arc<ClusterRt>>,
+    /// Who is behind an IP (local pods and endpoints), for inbound metrics.
+    workloads_by_ip: HashMap<IpAddr, (u32, Arc<WorkloadLabels>)>,
+    pods: Vec<Arc<PodRt>>,
+}
+
+/// Interns workload label sets so that equal ones share an id (metric pair keys).
+pub(crate) struct Workloads {
+    trust_domain: String,
+    ids: HashMap<WorkloadLabels, (u32, Arc<WorkloadLabels>)>,
+}
+
+impl Workloads {
+    pub(crate) fn intern(&mut self, w: WorkloadLabels) -> (u32, Arc<WorkloadLabels>) {
+        let next = self.ids.len() as u32;
+        self.ids
+            .entry(w.clone())
+            .or_insert_with(|| (next, Arc::new(w)))
+            .clone()
+    }
+
+    pub(crate) fn spiffe(&self, namespace: &str, service_account: &str) -> String {
+        dpumesh_api::config::spiffe_id(&self.trust_domain, namespace, service_account)
+    }
 }
 
 /// Collects compile errors, each with the path of the offending field.
@@ -93,9 +135,13 @@ impl CompiledConfig {
         config: &NodeConfig,
         previous: Option<&CompiledConfig>,
     ) -> Result<Arc<CompiledConfig>, ValidationErrors> {
-        let _ = previous;
+        let carry = previous.map(CompiledConfig::carry).unwrap_or_default();
         let mut errs = Errors::default();
         let locality = config.node.locality.clone();
+        let mut workloads = Workloads {
+            trust_domain: config.node.trust_domain.clone(),
+            ids: HashMap::new(),
+        };
 
         // Services first: clusters resolve their endpoints through them.
         let mut services_by_host = HashMap::new();
@@ -120,9 +166,16 @@ impl CompiledConfig {
                 );
                 continue;
             };
-            if let Some(rt) =
-                ClusterRt::compile(c, &config.services[si], si, &locality, &path, &mut errs)
-            {
+            if let Some(rt) = ClusterRt::compile(
+                c,
+                &config.services[si],
+                si,
+                &locality,
+                &mut workloads,
+                &carry,
+                &path,
+                &mut errs,
+            ) {
                 if clusters.insert(c.name.clone(), Arc::new(rt)).is_some() {
                     errs.push(
                         format!("{path}.name"),
@@ -151,7 +204,16 @@ impl CompiledConfig {
                     tls: Default::default(),
                 };
                 let path = format!("services[{si}] (default cluster {name})");
-                if let Some(rt) = ClusterRt::compile(&c, svc, si, &locality, &path, &mut errs) {
+                if let Some(rt) = ClusterRt::compile(
+                    &c,
+                    svc,
+                    si,
+                    &locality,
+                    &mut workloads,
+                    &carry,
+                    &path,
+                    &mut errs,
+                ) {
                     clusters.insert(name, Arc::new(rt));
                 }
             }
@@ -161,7 +223,7 @@ impl CompiledConfig {
         let mut route_tables: HashMap<&str, Arc<RouteTableRt>> = HashMap::new();
         for (i, t) in config.route_tables.iter().enumerate() {
             let path = format!("routeTables[{i}]");
-            if let Some(rt) = RouteTableRt::compile(t, &clusters, &path, &mut errs) {
+            if let Some(rt) = RouteTableRt::compile(t, &clusters, &carry, &path, &mut errs) {
                 if route_tables.insert(t.name.as_str(), Arc::new(rt)).is_some() {
                     errs.push(
                         format!("{path}.name"),
@@ -230,6 +292,7 @@ impl CompiledConfig {
                     },
                 };
                 let rt = Arc::new(ServicePortRt {
+                    service_index: si as u32,
                     hostname: svc.hostname.clone(),
                     namespace: svc.namespace.clone(),
                     port: p.port,
@@ -254,8 +317,19 @@ impl CompiledConfig {
             }
         }
 
+        // Endpoints' workloads by IP (pods, below, take precedence).
+        let mut workloads_by_ip = HashMap::new();
+        for c in clusters.values() {
+            for ep in c.priorities.iter().flat_map(|p| &p.endpoints) {
+                workloads_by_ip
+                    .entry(ep.addr.ip())
+                    .or_insert_with(|| (ep.workload_id, ep.workload.clone()));
+            }
+        }
+
         // Pods, by each of their IPs.
         let mut pods_by_ip = HashMap::new();
+        let mut pods = Vec::new();
         for (i, pod) in config.pods.iter().enumerate() {
             let mut route_overrides = HashMap::new();
             for (port, table) in &pod.route_overrides {
@@ -271,17 +345,37 @@ impl CompiledConfig {
                     None => errs.push(path, format!("{table:?} names no entry of routeTables")),
                 }
             }
+            let spiffe_id = pod.spiffe_id(&config.node.trust_domain);
+            let (workload_id, workload) = workloads.intern(WorkloadLabels::derive(
+                Some(&pod.name),
+                &pod.namespace,
+                &spiffe_id,
+                &pod.labels,
+            ));
+            let old = carry.pods.get(&pod.uid);
             let rt = Arc::new(PodRt {
+                uid: pod.uid.clone(),
                 name: pod.name.clone(),
                 namespace: pod.namespace.clone(),
                 service_account: pod.service_account.clone(),
-                spiffe_id: pod.spiffe_id(&config.node.trust_domain),
+                spiffe_id,
                 labels: pod.labels.clone(),
                 route_overrides,
+                workload_id,
+                workload: workload.clone(),
+                outbound_pairs: PairCache::default(),
+                inbound_pairs: PairCache::default(),
+                counters: old.map(|o| o.0.clone()).unwrap_or_default(),
+                rate_limit: pod
+                    .rate_limit
+                    .as_ref()
+                    .map(|rl| Carry::bucket(old.and_then(|o| o.1.as_ref()), rl)),
             });
+            pods.push(rt.clone());
             for (j, ip) in pod.ips.iter().enumerate() {
                 match ip.parse::<IpAddr>() {
                     Ok(ip) => {
+                        workloads_by_ip.insert(ip, (workload_id, workload.clone()));
                         if pods_by_ip.insert(ip, rt.clone()).is_some() {
                             errs.push(
                                 format!("pods[{i}].ips[{j}]"),
@@ -309,7 +403,63 @@ impl CompiledConfig {
             services_by_vip,
             services_by_endpoint,
             clusters,
+            workloads_by_ip,
+            pods,
         }))
+    }
+
+    /// The state a config compiled after this one takes over.
+    fn carry(&self) -> Carry {
+        let mut carry = Carry::default();
+        for (name, c) in &self.clusters {
+            carry.clusters.insert(name.clone(), c.state.clone());
+            for ep in c.priorities.iter().flat_map(|p| &p.endpoints) {
+                carry
+                    .endpoints
+                    .insert((name.clone(), ep.addr), ep.outlier.clone());
+            }
+        }
+        for p in &self.pods {
+            carry
+                .pods
+                .insert(p.uid.clone(), (p.counters.clone(), p.rate_limit.clone()));
+        }
+        let mut tables: Vec<&Arc<RouteTableRt>> = self
+            .services_by_vip
+            .values()
+            .chain(self.services_by_endpoint.values())
+            .map(|s| &s.routes)
+            .chain(self.pods.iter().flat_map(|p| p.route_overrides.values()))
+            .collect();
+        tables.sort_by_key(|t| Arc::as_ptr(t));
+        tables.dedup_by_key(|t| Arc::as_ptr(t));
+        for t in tables {
+            for (vi, vh) in t.vhosts.iter().enumerate() {
+                for (ri, r) in vh.routes.iter().enumerate() {
+                    if let Some(b) = &r.rate_limit {
+                        carry
+                            .routes
+                            .insert((t.name.clone(), vi, ri, r.name.clone()), b.clone());
+                    }
+                }
+            }
+        }
+        carry
+    }
+
+    /// The workload behind `ip` (a local pod or a known endpoint).
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&(u32, Arc<WorkloadLabels>)> {
+        self.workloads_by_ip.get(&ip)
+    }
+
+    /// The local pods.
+    pub fn pods(&self) -> &[Arc<PodRt>] {
+        &self.pods
+    }
+
+    /// Every cluster, for `/stats`.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRt>> {
+        self.clusters.values()
     }
 
     /// The local pod that owns `ip`, if any.

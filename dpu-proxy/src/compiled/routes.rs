@@ -15,6 +15,7 @@ use dpumesh_api::config::{
     WeightedDestination,
 };
 
+use super::state::{Carry, TokenBucket};
 use super::{ClusterRt, Errors};
 
 /// A string condition, regexes compiled once and anchored (full match).
@@ -387,6 +388,8 @@ pub struct RetryRt {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub on: RetryOn,
+    /// Envoy retry budget: (percent of active requests, minimum concurrent retries).
+    pub budget: Option<(f64, u32)>,
 }
 
 impl RetryRt {
@@ -425,6 +428,10 @@ impl RetryRt {
             attempts: r.attempts,
             per_try_timeout: r.per_try_timeout_ms.map(Duration::from_millis),
             on,
+            budget: r
+                .budget
+                .as_ref()
+                .map(|b| (b.budget_percent.clamp(0.0, 100.0), b.min_retry_concurrency)),
         }
     }
 }
@@ -433,6 +440,13 @@ impl RetryRt {
 pub struct FaultRt {
     pub delay: Option<(Duration, f64)>,
     pub abort: Option<(StatusCode, f64)>,
+}
+
+/// Traffic mirroring (Istio `mirror` + `mirrorPercentage`).
+#[derive(Debug)]
+pub struct MirrorRt {
+    pub cluster: Arc<ClusterRt>,
+    pub percent: f64,
 }
 
 #[derive(Debug)]
@@ -444,6 +458,9 @@ pub struct RouteRt {
     pub timeout: Option<Duration>,
     pub retries: Option<RetryRt>,
     pub fault: Option<FaultRt>,
+    pub mirror: Option<MirrorRt>,
+    /// Local rate limit of this route (shared by every pod using the route).
+    pub rate_limit: Option<Arc<TokenBucket>>,
 }
 
 impl RouteRt {
@@ -458,9 +475,26 @@ impl RouteRt {
     fn compile(
         r: &Route,
         clusters: &HashMap<String, Arc<ClusterRt>>,
+        old_bucket: Option<&Arc<TokenBucket>>,
         path: &str,
         errs: &mut Errors,
     ) -> Option<RouteRt> {
+        let mirror = match &r.mirror {
+            Some(m) => match clusters.get(&m.cluster) {
+                Some(c) => Some(MirrorRt {
+                    cluster: c.clone(),
+                    percent: m.percent,
+                }),
+                None => {
+                    errs.push(
+                        format!("{path}.mirror.cluster"),
+                        format!("{:?} names no entry of clusters", m.cluster),
+                    );
+                    return None;
+                }
+            },
+            None => None,
+        };
         let matches: Option<Vec<_>> = r
             .matches
             .iter()
@@ -576,6 +610,11 @@ impl RouteRt {
                 .as_ref()
                 .map(|rp| RetryRt::compile(rp, &format!("{path}.retries"), errs)),
             fault,
+            mirror,
+            rate_limit: r
+                .rate_limit
+                .as_ref()
+                .map(|rl| Carry::bucket(old_bucket, rl)),
         })
     }
 }
@@ -635,6 +674,7 @@ impl RouteTableRt {
     pub(super) fn compile(
         t: &RouteTable,
         clusters: &HashMap<String, Arc<ClusterRt>>,
+        carry: &Carry,
         path: &str,
         errs: &mut Errors,
     ) -> Option<RouteTableRt> {
@@ -647,7 +687,8 @@ impl RouteTableRt {
                 .iter()
                 .enumerate()
                 .filter_map(|(ri, r)| {
-                    RouteRt::compile(r, clusters, &format!("{vpath}.routes[{ri}]"), errs)
+                    let old = carry.routes.get(&(t.name.clone(), vi, ri, r.name.clone()));
+                    RouteRt::compile(r, clusters, old, &format!("{vpath}.routes[{ri}]"), errs)
                 })
                 .collect();
             let index = table.vhosts.len();
@@ -731,6 +772,8 @@ impl RouteTableRt {
                 timeout: None,
                 retries: None,
                 fault: None,
+                mirror: None,
+                rate_limit: None,
             }],
         });
         t

@@ -22,11 +22,15 @@ pub enum Flag {
     FaultInjected,
     /// Downstream connection termination.
     DownstreamConnectionTermination,
+    /// Upstream overflow: a connection-pool limit (circuit breaker) was hit.
+    UpstreamOverflow,
+    /// Rejected by the local rate limit.
+    RateLimited,
 }
 
-pub(super) const COUNT: usize = 9;
+pub(super) const COUNT: usize = 11;
 
-const ALL: [Flag; COUNT] = [
+pub(super) const ALL: [Flag; COUNT] = [
     Flag::NoRoute,
     Flag::UpstreamConnectionFailure,
     Flag::NoHealthyUpstream,
@@ -36,6 +40,8 @@ const ALL: [Flag; COUNT] = [
     Flag::DelayInjected,
     Flag::FaultInjected,
     Flag::DownstreamConnectionTermination,
+    Flag::UpstreamOverflow,
+    Flag::RateLimited,
 ];
 
 impl Flag {
@@ -50,12 +56,14 @@ impl Flag {
             Flag::DelayInjected => "DI",
             Flag::FaultInjected => "FI",
             Flag::DownstreamConnectionTermination => "DC",
+            Flag::UpstreamOverflow => "UO",
+            Flag::RateLimited => "RL",
         }
     }
 }
 
 /// The flags of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Flags(u16);
 
 impl Flags {

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,18 +22,61 @@ use tokio::net::TcpStream;
 
 use dpumesh_api::config::{HashKey, LbKind, Protocol};
 
+use super::observe::{grpc_status, headers_size, Completion, RequestHead, Trail};
 use super::upstream::{PoolKey, ReqBody, UpstreamBody, UpstreamError};
 use super::{ConnCtx, Direction, Flag, Flags, Proxy, UpstreamSource};
 use crate::compiled::{
     ActionRt, ActiveRequest, ClusterRt, ForwardRt, RedirectRt, RequestView, RetryRt, RouteRt,
-    StrMatcher,
+    StrMatcher, TryOutcome,
 };
 use crate::lb;
 
-/// The body of a response to the downstream client.
-pub enum RespBody {
+/// Where a response body comes from.
+pub enum RespKind {
     Local(Option<Bytes>),
     Upstream(UpstreamBody),
+}
+
+/// The body of a response to the downstream client. Counts what it sends and
+/// reports the request (metrics, access log) when it has been sent — or
+/// dropped early, when the client went away.
+pub struct RespBody {
+    kind: RespKind,
+    sent: u64,
+    grpc_trailer: Option<u16>,
+    done: Option<Box<Completion>>,
+}
+
+impl RespBody {
+    fn local(b: Option<Bytes>) -> RespBody {
+        RespBody::new(RespKind::Local(b))
+    }
+
+    fn upstream(b: UpstreamBody) -> RespBody {
+        RespBody::new(RespKind::Upstream(b))
+    }
+
+    fn new(kind: RespKind) -> RespBody {
+        RespBody {
+            kind,
+            sent: 0,
+            grpc_trailer: None,
+            done: None,
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(done) = self.done.take() {
+            done.finish(self.sent, self.grpc_trailer, complete);
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        let complete = self.is_end_stream();
+        self.finish(complete);
+    }
 }
 
 impl Body for RespBody {
@@ -44,23 +87,40 @@ impl Body for RespBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RespBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+        let this = self.get_mut();
+        let r = match &mut this.kind {
+            RespKind::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespKind::Upstream(b) => Pin::new(b).poll_frame(cx),
+        };
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.sent += d.len() as u64;
+                } else if let Some(t) = f.trailers_ref() {
+                    this.grpc_trailer = grpc_status(t);
+                }
+                if this.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
         }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            RespBody::Local(b) => b.is_none(),
-            RespBody::Upstream(b) => b.is_end_stream(),
+        match &self.kind {
+            RespKind::Local(b) => b.is_none(),
+            RespKind::Upstream(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            RespBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RespBody::Upstream(b) => b.size_hint(),
+        match &self.kind {
+            RespKind::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespKind::Upstream(b) => b.size_hint(),
         }
     }
 }
@@ -69,7 +129,7 @@ impl Body for RespBody {
 /// Envoy's local replies name their cause.
 fn local_reply(status: StatusCode, what: &str, flags: Flags) -> Response<RespBody> {
     let body = Bytes::from(format!("{what} (response_flags={flags})\n"));
-    let mut r = Response::new(RespBody::Local(Some(body)));
+    let mut r = Response::new(RespBody::local(Some(body)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -199,23 +259,74 @@ impl Proxy {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(ctx, req).await) }
         });
-        if let Err(e) = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let mut draining = self.draining.subscribe();
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { let _ = draining.wait_for(|d| *d).await; } => {
+                // Finish what is in flight, then close (GOAWAY / Connection: close).
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
             // Malformed requests end here after hyper answered 400/431.
             tracing::debug!(peer = %ctx.peer, error = %e, "downstream connection ended with an error");
         }
     }
 
-    async fn handle(self: Arc<Self>, ctx: ConnCtx, req: Request<Incoming>) -> Response<RespBody> {
+    async fn handle(
+        self: Arc<Self>,
+        ctx: ConnCtx,
+        mut req: Request<Incoming>,
+    ) -> Response<RespBody> {
+        let start = Instant::now();
         self.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-        let mut flags = Flags::default();
+        if !req.headers().contains_key(&X_REQUEST_ID) {
+            req.headers_mut().insert(X_REQUEST_ID.clone(), request_id());
+        }
         let version = req.version();
-        let mut resp = self.route_request(ctx, req, &mut flags).await;
-        self.stats.count_flags(flags);
-        strip_hop_by_hop(resp.headers_mut());
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let head = self
+            .access_log
+            .enabled()
+            .then(|| RequestHead::capture(&req));
+        let request_bytes = headers_size(req.headers())
+            + req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        let upgrade = upgrade_of(&mut req);
+        let mut trail = Trail::default();
+        let mut resp = self.route_request(ctx, req, upgrade, &mut trail).await;
+        self.stats.count_flags(trail.flags);
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(resp.headers_mut());
+        }
         *resp.version_mut() = version;
+        let done = Completion {
+            proxy: self.clone(),
+            ctx,
+            start,
+            started_at: SystemTime::now(),
+            status: resp.status().as_u16(),
+            grpc_status: grpc_status(resp.headers()),
+            response_head_bytes: headers_size(resp.headers()),
+            trail,
+            head,
+            request_bytes,
+            grpc,
+        };
+        resp.body_mut().done = Some(Box::new(done));
+        if resp.body().is_end_stream() {
+            resp.body_mut().finish(true);
+        }
         resp
     }
 
@@ -223,11 +334,13 @@ impl Proxy {
         &self,
         ctx: ConnCtx,
         req: Request<Incoming>,
-        flags: &mut Flags,
+        upgrade: Option<Upgrade>,
+        trail: &mut Trail,
     ) -> Response<RespBody> {
         let Some(cfg) = self.snapshot() else {
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no config", *flags);
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no config", trail.flags);
         };
+        trail.cfg = Some(cfg.clone());
         let (mut parts, body) = req.into_parts();
         let downstream_h2 = parts.version == Version::HTTP_2;
         let authority = parts
@@ -243,14 +356,29 @@ impl Proxy {
             })
             .unwrap_or_default();
         strip_hop_by_hop(&mut parts.headers);
-        if !parts.headers.contains_key(&X_REQUEST_ID) {
-            parts.headers.insert(X_REQUEST_ID.clone(), request_id());
-        }
         let path_and_query = parts
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
+
+        let pod = match ctx.direction {
+            Direction::Outbound => cfg.pod_by_ip(ctx.peer.ip()).map(|p| &**p),
+            Direction::Inbound => None,
+        };
+        if let Some(bucket) = pod.and_then(|p| p.rate_limit.as_ref()) {
+            if !bucket.try_take() {
+                if let Some(p) = pod {
+                    p.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                }
+                trail.flags.set(Flag::RateLimited);
+                return local_reply(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "local_rate_limited",
+                    trail.flags,
+                );
+            }
+        }
 
         let svc = cfg.service_for(ctx.dst);
         if ctx.direction == Direction::Inbound || svc.is_none() {
@@ -262,20 +390,13 @@ impl Proxy {
                 authority,
                 path_and_query,
                 h2,
+                upgrade,
             };
-            return self
-                .passthrough(
-                    ctx,
-                    msg,
-                    Payload::Once(Some(ReqBody::Streaming(body))),
-                    flags,
-                )
-                .await;
+            return self.passthrough(ctx, msg, body, trail).await;
         }
         let Some(svc) = svc else {
-            return local_reply(StatusCode::NOT_FOUND, "no route", *flags);
+            return local_reply(StatusCode::NOT_FOUND, "no route", trail.flags);
         };
-        let pod = cfg.pod_by_ip(ctx.peer.ip()).map(|p| &**p);
         let table = cfg.route_table(pod, svc);
         let vhost = table.select(&authority);
         let found = vhost.and_then(|vh| {
@@ -298,31 +419,42 @@ impl Proxy {
                     authority,
                     path_and_query,
                     h2,
+                    upgrade,
                 };
-                return self
-                    .passthrough(
-                        ctx,
-                        msg,
-                        Payload::Once(Some(ReqBody::Streaming(body))),
-                        flags,
-                    )
-                    .await;
+                return self.passthrough(ctx, msg, body, trail).await;
             }
-            flags.set(Flag::NoRoute);
-            return local_reply(StatusCode::NOT_FOUND, "no route", *flags);
+            trail.flags.set(Flag::NoRoute);
+            return local_reply(StatusCode::NOT_FOUND, "no route", trail.flags);
         };
+        if self.access_log.enabled() {
+            trail.route = Some(route.name.clone());
+        }
+
+        if let Some(bucket) = &route.rate_limit {
+            if !bucket.try_take() {
+                if let Some(p) = pod {
+                    p.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                }
+                trail.flags.set(Flag::RateLimited);
+                return local_reply(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "local_rate_limited",
+                    trail.flags,
+                );
+            }
+        }
 
         if let Some(fault) = &route.fault {
             if let Some((delay, pct)) = fault.delay {
                 if lb::chance(pct) {
-                    flags.set(Flag::DelayInjected);
+                    trail.flags.set(Flag::DelayInjected);
                     tokio::time::sleep(delay).await;
                 }
             }
             if let Some((status, pct)) = fault.abort {
                 if lb::chance(pct) {
-                    flags.set(Flag::FaultInjected);
-                    let mut r = local_reply(status, "fault filter abort", *flags);
+                    trail.flags.set(Flag::FaultInjected);
+                    let mut r = local_reply(status, "fault filter abort", trail.flags);
                     route.headers.apply_response(r.headers_mut());
                     return r;
                 }
@@ -331,7 +463,7 @@ impl Proxy {
 
         match &route.action {
             ActionRt::DirectResponse { status, body } => {
-                let mut r = Response::new(RespBody::Local(Some(body.clone())));
+                let mut r = Response::new(RespBody::local(Some(body.clone())));
                 *r.status_mut() = *status;
                 route.headers.apply_response(r.headers_mut());
                 r
@@ -347,30 +479,60 @@ impl Proxy {
                     authority,
                     path_and_query,
                     h2: downstream_h2,
+                    upgrade,
                 };
                 let Some(t) = route.timeout else {
                     return self
-                        .forward(ctx, route, matched, fwd, msg, body, flags)
+                        .forward(ctx, route, matched, fwd, msg, body, trail)
                         .await;
                 };
                 let result = {
-                    let fut = self.forward(ctx, route, matched, fwd, msg, body, flags);
+                    let fut = self.forward(ctx, route, matched, fwd, msg, body, trail);
                     tokio::time::timeout(t, fut).await
                 };
                 match result {
                     Ok(r) => r,
                     Err(_) => {
-                        flags.set(Flag::UpstreamRequestTimeout);
+                        trail.flags.set(Flag::UpstreamRequestTimeout);
                         local_reply(
                             StatusCode::GATEWAY_TIMEOUT,
                             "upstream request timeout",
-                            *flags,
+                            trail.flags,
                         )
                     }
                 }
             }
         }
     }
+}
+
+/// An HTTP/1.1 Upgrade request (WebSocket...): the protocol asked for and
+/// the downstream side of the future tunnel.
+pub(super) struct Upgrade {
+    protocol: HeaderValue,
+    downstream: hyper::upgrade::OnUpgrade,
+}
+
+/// Takes the upgrade half of an HTTP/1.1 `Connection: upgrade` request.
+fn upgrade_of(req: &mut Request<Incoming>) -> Option<Upgrade> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = req.headers().get(header::UPGRADE)?.clone();
+    if !wants {
+        return None;
+    }
+    Some(Upgrade {
+        protocol,
+        downstream: hyper::upgrade::on(req),
+    })
 }
 
 /// A request on its way upstream.
@@ -380,24 +542,36 @@ struct Message {
     path_and_query: String,
     /// Speak HTTP/2 to the upstream.
     h2: bool,
+    /// An HTTP/1.1 Upgrade (WebSocket) request: tunnelled, never pooled.
+    upgrade: Option<Upgrade>,
 }
 
 impl Message {
     /// The request for one attempt: origin-form + Host for HTTP/1.1,
     /// absolute URI (→ `:authority`) for HTTP/2.
     fn build(&self, body: ReqBody) -> Request<ReqBody> {
+        self.build_for(body, &self.authority)
+    }
+
+    fn build_for(&self, body: ReqBody, authority: &str) -> Request<ReqBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
         *req.headers_mut() = self.parts.headers.clone();
+        if let Some(u) = &self.upgrade {
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            req.headers_mut()
+                .insert(header::UPGRADE, u.protocol.clone());
+        }
         let uri = if self.h2 {
             req.headers_mut().remove(header::HOST);
             Uri::builder()
                 .scheme("http")
-                .authority(self.authority.as_str())
+                .authority(authority)
                 .path_and_query(self.path_and_query.as_str())
                 .build()
         } else {
-            if let Ok(v) = HeaderValue::from_str(&self.authority) {
+            if let Ok(v) = HeaderValue::from_str(authority) {
                 req.headers_mut().insert(header::HOST, v);
             }
             Uri::builder()
@@ -432,7 +606,7 @@ fn redirect(rd: &RedirectRt, authority: &str, path_and_query: &str) -> Response<
         },
         None => path_and_query.to_string(),
     };
-    let mut r = Response::new(RespBody::Local(None));
+    let mut r = Response::new(RespBody::local(None));
     *r.status_mut() = rd.code;
     if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{path}")) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -502,6 +676,41 @@ fn retriable_error(retry: &RetryRt, e: &UpstreamError) -> bool {
         UpstreamError::Reset(_) => {
             on.reset || on.on_5xx || (on.refused_stream && e.is_refused_stream())
         }
+        UpstreamError::Overflow => false,
+    }
+}
+
+/// Envoy's mirror authority: `host` → `host-shadow`, `host:port` → `host-shadow:port`.
+fn shadow_authority(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{h}-shadow:{p}")
+        }
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+/// What ended one try.
+#[allow(clippy::large_enum_variant)] // short-lived, on the stack of one try
+enum TryEnd {
+    Response(Response<UpstreamBody>),
+    Failed(UpstreamError),
+    TimedOut,
+}
+
+/// A retry in flight, counted for the retry budget.
+struct RetryInFlight<'a>(&'a ClusterRt);
+
+impl<'a> RetryInFlight<'a> {
+    fn new(c: &'a ClusterRt) -> Self {
+        c.state.retries.fetch_add(1, Ordering::Relaxed);
+        RetryInFlight(c)
+    }
+}
+
+impl Drop for RetryInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.state.retries.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -522,7 +731,7 @@ impl Proxy {
         fwd: &ForwardRt,
         mut msg: Message,
         body: Incoming,
-        flags: &mut Flags,
+        trail: &mut Trail,
     ) -> Response<RespBody> {
         let dest = fwd.pick();
         route.headers.apply_request(&mut msg.parts.headers);
@@ -534,30 +743,106 @@ impl Proxy {
             msg.authority = a.to_str().unwrap_or_default().to_string();
         }
         let cluster = &dest.cluster;
+        trail.cluster = Some(cluster.clone());
         msg.h2 = upstream_h2(cluster.protocol, msg.h2);
+        if msg.upgrade.is_some() {
+            let mut resp = self.tunnel(ctx, Some(cluster), msg, trail).await;
+            dest.headers.apply_response(resp.headers_mut());
+            route.headers.apply_response(resp.headers_mut());
+            return resp;
+        }
         let hash = hash_for(cluster, &msg.parts.headers, ctx.peer);
         let retry = route.retries.as_ref().filter(|r| r.attempts > 0);
-        let payload = if retry.is_some() {
+        let mirror = route.mirror.as_ref().filter(|m| lb::chance(m.percent));
+        let payload = if retry.is_some() || mirror.is_some() {
             match buffer_body(body, self.settings.retry_buffer_bytes).await {
                 Ok(p) => p,
                 Err(_) => {
-                    flags.set(Flag::DownstreamConnectionTermination);
-                    return local_reply(StatusCode::BAD_REQUEST, "request body failed", *flags);
+                    trail.flags.set(Flag::DownstreamConnectionTermination);
+                    return local_reply(
+                        StatusCode::BAD_REQUEST,
+                        "request body failed",
+                        trail.flags,
+                    );
                 }
             }
         } else {
             Payload::Once(Some(ReqBody::Streaming(body)))
         };
+        if let Some(m) = mirror {
+            if let Payload::Replayable { data, trailers } = &payload {
+                self.mirror(ctx, &m.cluster, &msg, data.clone(), trailers.clone());
+            }
+        }
         let mut resp = self
-            .attempts(ctx, cluster, hash, &msg, payload, retry, flags)
+            .attempts(ctx, cluster, hash, &msg, payload, retry, trail)
             .await;
         dest.headers.apply_response(resp.headers_mut());
         route.headers.apply_response(resp.headers_mut());
         resp
     }
 
+    /// Sends a copy of the request to `cluster` with the `-shadow` authority
+    /// and forgets it: its response is read and dropped, its failure ignored.
+    fn mirror(
+        &self,
+        ctx: ConnCtx,
+        cluster: &Arc<ClusterRt>,
+        msg: &Message,
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    ) {
+        let Some(ep) = cluster.pick(None).cloned() else {
+            return;
+        };
+        let h2 = upstream_h2(cluster.protocol, msg.h2);
+        let mut req = msg.build_for(
+            ReqBody::Buffered { data, trailers },
+            &shadow_authority(&msg.authority),
+        );
+        if h2 != msg.h2 {
+            // Rebuild the target form for the mirror's protocol.
+            let authority = shadow_authority(&msg.authority);
+            let uri = if h2 {
+                req.headers_mut().remove(header::HOST);
+                Uri::builder()
+                    .scheme("http")
+                    .authority(authority.as_str())
+                    .path_and_query(msg.path_and_query.as_str())
+                    .build()
+            } else {
+                if let Ok(v) = HeaderValue::from_str(&authority) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+                Uri::builder()
+                    .path_and_query(msg.path_and_query.as_str())
+                    .build()
+            };
+            *req.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        let key = PoolKey {
+            src: self.source_ip(ctx),
+            dst: ep.addr,
+            h2,
+        };
+        let pool = self.pool.clone();
+        let cluster = cluster.clone();
+        self.stats.mirrored.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let active = ActiveRequest::new(ep, None);
+            if let Ok(resp) = pool
+                .send(key, req, cluster.connect_timeout, Some(active), None)
+                .await
+            {
+                let _ = resp.into_body().collect().await;
+            }
+        });
+    }
+
     /// Tries the request on endpoints of `cluster` (a fresh pick each time)
-    /// until a response that need not be retried, or the retries run out.
+    /// until a response that need not be retried, or the retries (or the
+    /// retry budget) run out. Applies the pool limits and feeds outlier
+    /// detection with every try's outcome.
     #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &self,
@@ -567,25 +852,34 @@ impl Proxy {
         msg: &Message,
         mut payload: Payload,
         retry: Option<&RetryRt>,
-        flags: &mut Flags,
+        trail: &mut Trail,
     ) -> Response<RespBody> {
+        let limits = cluster.limits;
+        if limits.max_requests > 0
+            && cluster.state.requests.load(Ordering::Relaxed) >= limits.max_requests
+        {
+            return self.overflow(cluster, trail);
+        }
         let tries = match retry {
             Some(r) if payload.replayable() => 1 + r.attempts,
             _ => 1,
         };
         let src = self.source_ip(ctx);
-        for n in 0..tries {
+        let mut n = 0;
+        loop {
+            let _retrying = (n > 0).then(|| RetryInFlight::new(cluster));
             if n > 0 {
                 tokio::time::sleep(self.backoff(n)).await;
             }
             let Some(ep) = cluster.pick(hash) else {
-                flags.set(Flag::NoHealthyUpstream);
+                trail.flags.set(Flag::NoHealthyUpstream);
                 return local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no healthy upstream",
-                    *flags,
+                    trail.flags,
                 );
             };
+            trail.endpoint = Some(ep.clone());
             let key = PoolKey {
                 src,
                 dst: ep.addr,
@@ -596,74 +890,111 @@ impl Proxy {
                 key,
                 req,
                 cluster.connect_timeout,
-                Some(ActiveRequest::new(ep.clone())),
+                Some(ActiveRequest::new(ep.clone(), Some(cluster.state.clone()))),
+                Some(cluster),
             );
             let per_try = retry.and_then(|r| r.per_try_timeout);
-            let outcome = match per_try {
-                None => Some(send.await),
-                Some(t) => tokio::time::timeout(t, send).await.ok(),
+            let end = match per_try {
+                None => match send.await {
+                    Ok(r) => TryEnd::Response(r),
+                    Err(e) => TryEnd::Failed(e),
+                },
+                Some(t) => match tokio::time::timeout(t, send).await {
+                    Ok(Ok(r)) => TryEnd::Response(r),
+                    Ok(Err(e)) => TryEnd::Failed(e),
+                    Err(_) => TryEnd::TimedOut,
+                },
             };
-            let last = n + 1 == tries;
-            match outcome {
-                Some(Ok(resp)) => {
-                    if let Some(r) = retry {
-                        if retriable_response(r, &resp) {
-                            if !last {
-                                continue;
-                            }
-                            flags.set(Flag::UpstreamRetryLimitExceeded);
-                        }
-                    }
-                    return resp.map(RespBody::Upstream);
+            let outcome = match &end {
+                TryEnd::Response(r) if r.status().is_server_error() => TryOutcome::Error {
+                    gateway: matches!(r.status().as_u16(), 502..=504),
+                },
+                TryEnd::Response(_) => TryOutcome::Success,
+                TryEnd::Failed(UpstreamError::Overflow) => {
+                    return self.overflow(cluster, trail);
                 }
-                Some(Err(e)) => {
-                    let retriable = retry.is_some_and(|r| retriable_error(r, &e));
-                    if retriable && !last {
-                        continue;
-                    }
-                    if retriable {
-                        flags.set(Flag::UpstreamRetryLimitExceeded);
-                    }
+                TryEnd::Failed(UpstreamError::Connect(_)) | TryEnd::TimedOut => {
+                    TryOutcome::Error { gateway: true }
+                }
+                TryEnd::Failed(UpstreamError::Reset(_)) => TryOutcome::Error { gateway: false },
+            };
+            cluster.report(ep, outcome);
+            let retriable = retry.is_some_and(|r| match &end {
+                TryEnd::Response(resp) => retriable_response(r, resp),
+                TryEnd::Failed(e) => retriable_error(r, e),
+                TryEnd::TimedOut => r.on.on_5xx || r.on.gateway_error || r.on.reset,
+            });
+            n += 1;
+            let last = n >= tries;
+            if retriable && !last {
+                if retry.is_some_and(|r| self.retry_allowed(r, cluster)) {
+                    continue;
+                }
+            } else if retriable {
+                trail.flags.set(Flag::UpstreamRetryLimitExceeded);
+            }
+            return match end {
+                TryEnd::Response(resp) => resp.map(RespBody::upstream),
+                TryEnd::Failed(e) => {
                     tracing::debug!(endpoint = %ep.addr, error = %e, "upstream failed");
-                    return match e {
-                        UpstreamError::Connect(_) => {
-                            flags.set(Flag::UpstreamConnectionFailure);
-                            local_reply(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "upstream connect error",
-                                *flags,
-                            )
-                        }
-                        UpstreamError::Reset(_) => {
-                            flags.set(Flag::UpstreamRemoteReset);
-                            local_reply(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "upstream reset before response",
-                                *flags,
-                            )
-                        }
-                    };
+                    self.upstream_failure(e, trail)
                 }
-                None => {
-                    let retriable =
-                        retry.is_some_and(|r| r.on.on_5xx || r.on.gateway_error || r.on.reset);
-                    if retriable && !last {
-                        continue;
-                    }
-                    if retriable {
-                        flags.set(Flag::UpstreamRetryLimitExceeded);
-                    }
-                    flags.set(Flag::UpstreamRequestTimeout);
-                    return local_reply(
+                TryEnd::TimedOut => {
+                    trail.flags.set(Flag::UpstreamRequestTimeout);
+                    local_reply(
                         StatusCode::GATEWAY_TIMEOUT,
                         "upstream per-try timeout",
-                        *flags,
-                    );
+                        trail.flags,
+                    )
                 }
+            };
+        }
+    }
+
+    /// Envoy's retry budget: retries in flight may be at most `percent` of
+    /// the cluster's active requests, but always `min` of them.
+    fn retry_allowed(&self, retry: &RetryRt, cluster: &ClusterRt) -> bool {
+        let Some((percent, min)) = retry.budget else {
+            return true;
+        };
+        let active = cluster.state.requests.load(Ordering::Relaxed) as f64;
+        let allowed = ((percent / 100.0) * active).ceil().max(min as f64);
+        (cluster.state.retries.load(Ordering::Relaxed) as f64) < allowed
+    }
+
+    fn overflow(&self, cluster: &ClusterRt, trail: &mut Trail) -> Response<RespBody> {
+        cluster.state.overflows.fetch_add(1, Ordering::Relaxed);
+        trail.flags.set(Flag::UpstreamOverflow);
+        local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            trail.flags,
+        )
+    }
+
+    fn upstream_failure(&self, e: UpstreamError, trail: &mut Trail) -> Response<RespBody> {
+        match e {
+            UpstreamError::Connect(_) => {
+                trail.flags.set(Flag::UpstreamConnectionFailure);
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error",
+                    trail.flags,
+                )
+            }
+            UpstreamError::Reset(_) => {
+                trail.flags.set(Flag::UpstreamRemoteReset);
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream reset before response",
+                    trail.flags,
+                )
+            }
+            UpstreamError::Overflow => {
+                trail.flags.set(Flag::UpstreamOverflow);
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", trail.flags)
             }
         }
-        // `tries` >= 1 and every iteration returns or continues before the last.
-        local_reply(StatusCode::SERVICE_UNAVAILABLE, "no attempt made", *flags)
     }
 
     /// Envoy's back-off: uniform in [0, base·2^(n-1)), capped at 10·base.
@@ -680,38 +1011,83 @@ impl Proxy {
         &self,
         ctx: ConnCtx,
         msg: Message,
-        mut payload: Payload,
-        flags: &mut Flags,
+        body: Incoming,
+        trail: &mut Trail,
     ) -> Response<RespBody> {
+        trail.upstream = Some(ctx.dst);
+        if msg.upgrade.is_some() {
+            return self.tunnel(ctx, None, msg, trail).await;
+        }
         let key = PoolKey {
             src: self.source_ip(ctx),
             dst: ctx.dst,
             h2: msg.h2,
         };
-        let req = msg.build(payload.take());
+        let req = msg.build(ReqBody::Streaming(body));
         match self
             .pool
-            .send(key, req, PASSTHROUGH_CONNECT_TIMEOUT, None)
+            .send(key, req, PASSTHROUGH_CONNECT_TIMEOUT, None, None)
             .await
         {
-            Ok(resp) => resp.map(RespBody::Upstream),
-            Err(UpstreamError::Connect(_)) => {
-                flags.set(Flag::UpstreamConnectionFailure);
-                local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error",
-                    *flags,
-                )
-            }
-            Err(UpstreamError::Reset(_)) => {
-                flags.set(Flag::UpstreamRemoteReset);
-                local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream reset before response",
-                    *flags,
-                )
-            }
+            Ok(resp) => resp.map(RespBody::upstream),
+            Err(e) => self.upstream_failure(e, trail),
         }
+    }
+
+    /// An HTTP/1.1 Upgrade (WebSocket): the request goes to an endpoint of
+    /// `cluster` (or the original destination) on a connection of its own;
+    /// on `101 Switching Protocols` both sides are joined byte for byte
+    /// until either closes. Any other answer is returned as is.
+    async fn tunnel(
+        &self,
+        ctx: ConnCtx,
+        cluster: Option<&Arc<ClusterRt>>,
+        mut msg: Message,
+        trail: &mut Trail,
+    ) -> Response<RespBody> {
+        let (addr, connect_timeout) = match cluster {
+            Some(c) => match c.pick(hash_for(c, &msg.parts.headers, ctx.peer)) {
+                Some(ep) => {
+                    trail.endpoint = Some(ep.clone());
+                    (ep.addr, c.connect_timeout)
+                }
+                None => {
+                    trail.flags.set(Flag::NoHealthyUpstream);
+                    return local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no healthy upstream",
+                        trail.flags,
+                    );
+                }
+            },
+            None => (ctx.dst, PASSTHROUGH_CONNECT_TIMEOUT),
+        };
+        msg.h2 = false;
+        let req = msg.build(ReqBody::empty());
+        let Some(up) = msg.upgrade.take() else {
+            return local_reply(StatusCode::BAD_REQUEST, "not an upgrade", trail.flags);
+        };
+        let mut resp =
+            match super::upstream::send_upgrade(self.source_ip(ctx), addr, connect_timeout, req)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return self.upstream_failure(e, trail),
+            };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(RespBody::upstream);
+        }
+        let upstream = hyper::upgrade::on(&mut resp);
+        self.stats.upgrades.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let (Ok(down), Ok(up)) = (up.downstream.await, upstream.await) else {
+                return;
+            };
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        });
+        resp.map(RespBody::upstream)
     }
 }
 

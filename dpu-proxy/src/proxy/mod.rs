@@ -7,6 +7,7 @@
 
 mod flags;
 mod http;
+mod observe;
 mod tcp;
 pub mod upstream;
 
@@ -19,10 +20,13 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 pub use flags::{Flag, Flags};
 
+use crate::access_log::AccessLog;
 use crate::compiled::CompiledConfig;
+use crate::metrics::Metrics;
 use upstream::Pool;
 
 /// Where the data path gets its config snapshot from.
@@ -128,9 +132,43 @@ pub struct Stats {
     pub tcp_idle_timeouts: AtomicU64,
     /// Requests whose response carried each flag, indexed by [`Flag`].
     pub flags: [AtomicU64; flags::COUNT],
+    /// Mirrored requests sent (fire and forget).
+    pub mirrored: AtomicU64,
+    /// WebSocket / Upgrade tunnels established.
+    pub upgrades: AtomicU64,
 }
 
 impl Stats {
+    /// Downstream connections open now.
+    pub fn active_connections(&self) -> u64 {
+        let opened = self.connections_opened.load(Ordering::Relaxed);
+        opened.saturating_sub(self.connections_closed.load(Ordering::Relaxed))
+    }
+
+    /// The counters as JSON (for `/stats`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut flags = serde_json::Map::new();
+        for f in flags::ALL {
+            flags.insert(f.short().into(), g(&self.flags[f as usize]).into());
+        }
+        serde_json::json!({
+            "connections_active": self.active_connections(),
+            "connections_opened": g(&self.connections_opened),
+            "connections_closed": g(&self.connections_closed),
+            "unknown_source": g(&self.unknown_source),
+            "no_config": g(&self.no_config),
+            "http_requests": g(&self.http_requests),
+            "tcp_connections": g(&self.tcp_connections),
+            "tcp_bytes_to_upstream": g(&self.tcp_bytes_to_upstream),
+            "tcp_bytes_to_downstream": g(&self.tcp_bytes_to_downstream),
+            "tcp_idle_timeouts": g(&self.tcp_idle_timeouts),
+            "mirrored": g(&self.mirrored),
+            "upgrades": g(&self.upgrades),
+            "response_flags": flags,
+        })
+    }
+
     pub fn flag_count(&self, f: Flag) -> u64 {
         self.flags[f as usize].load(Ordering::Relaxed)
     }
@@ -147,7 +185,12 @@ pub struct Proxy {
     config: Arc<dyn ConfigSource>,
     pub settings: ProxySettings,
     pub stats: Stats,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
     pool: Arc<Pool>,
+    /// Set to true to drain: listeners stop accepting, HTTP connections
+    /// finish their in-flight requests and close.
+    draining: watch::Sender<bool>,
 }
 
 /// What is known about a downstream connection.
@@ -160,12 +203,42 @@ pub(crate) struct ConnCtx {
 
 impl Proxy {
     pub fn new(config: Arc<dyn ConfigSource>, settings: ProxySettings) -> Arc<Proxy> {
+        Proxy::with_telemetry(config, settings, Arc::default(), AccessLog::default())
+    }
+
+    /// A proxy that counts into `metrics` and logs to `access_log`.
+    pub fn with_telemetry(
+        config: Arc<dyn ConfigSource>,
+        settings: ProxySettings,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+    ) -> Arc<Proxy> {
         Arc::new(Proxy {
             config,
             settings,
             stats: Stats::default(),
+            metrics,
+            access_log,
             pool: Arc::new(Pool::default()),
+            draining: watch::Sender::new(false),
         })
+    }
+
+    /// Starts draining (see [`Proxy::serve`]); [`Proxy::drained`] tells when done.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Waits until no downstream connection is open, or `timeout`.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.stats.active_connections() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Binds a listener (IP_TRANSPARENT when asked). Serve it with [`Proxy::serve`].
@@ -184,10 +257,15 @@ impl Proxy {
         TcpListener::from_std(socket.into())
     }
 
-    /// Accepts connections forever, each on its own task.
+    /// Accepts connections, each on its own task, until [`Proxy::drain`].
     pub async fn serve(self: Arc<Self>, listener: TcpListener, spec: ListenerSpec) {
+        let mut draining = self.draining.subscribe();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = async { let _ = draining.wait_for(|d| *d).await; } => return,
+            };
+            let (stream, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of fds or similar: back off instead of spinning.
@@ -199,6 +277,15 @@ impl Proxy {
             let dst = match spec.original_dst {
                 OriginalDst::Fixed(d) => d,
                 OriginalDst::LocalAddr => match stream.local_addr() {
+                    // Dialled directly rather than steered: proxying it to its
+                    // "original destination" would loop into this listener.
+                    Ok(d)
+                        if d.port() == spec.bind.port()
+                            && (d.ip() == spec.bind.ip() || spec.bind.ip().is_unspecified()) =>
+                    {
+                        self.stats.unknown_source.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     Ok(d) => d,
                     Err(_) => continue,
                 },
@@ -316,15 +403,20 @@ async fn sniff_http(stream: &TcpStream, timeout: Duration) -> bool {
 /// outbound 15001 and inbound 15006, both IP_TRANSPARENT, the original
 /// destination being the accepted socket's local address.
 pub fn standard_listeners(ip: IpAddr) -> [ListenerSpec; 2] {
+    listeners_on(ip, OUTBOUND_PORT, INBOUND_PORT)
+}
+
+/// [`standard_listeners`] on other ports (tests, several proxies in one netns).
+pub fn listeners_on(ip: IpAddr, outbound: u16, inbound: u16) -> [ListenerSpec; 2] {
     [
         ListenerSpec {
-            bind: SocketAddr::new(ip, OUTBOUND_PORT),
+            bind: SocketAddr::new(ip, outbound),
             direction: Direction::Outbound,
             original_dst: OriginalDst::LocalAddr,
             transparent: true,
         },
         ListenerSpec {
-            bind: SocketAddr::new(ip, INBOUND_PORT),
+            bind: SocketAddr::new(ip, inbound),
             direction: Direction::Inbound,
             original_dst: OriginalDst::LocalAddr,
             transparent: true,

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 
 use dpumesh_api::config::LbKind;
 
+use super::observe::TcpReport;
 use super::upstream::connect;
-use super::{ConnCtx, Direction, Flag, Proxy, UpstreamSource};
+use super::{ConnCtx, Direction, Flag, Flags, Proxy, UpstreamSource};
 use crate::lb;
 
 /// Bytes copied each way, and why the copy ended.
@@ -33,6 +34,7 @@ impl Proxy {
             UpstreamSource::ClientIp => Some(ctx.peer.ip()),
             UpstreamSource::Kernel => None,
         };
+        let mut picked = None;
         let target = match (ctx.direction, cfg.service_for(ctx.dst)) {
             (Direction::Outbound, Some(svc)) => {
                 let labels = cfg.pod_by_ip(ctx.peer.ip()).map(|p| &p.labels);
@@ -48,7 +50,9 @@ impl Proxy {
                         .fetch_add(1, Ordering::Relaxed);
                     return;
                 };
-                (ep.addr, cluster.connect_timeout, cluster.idle_timeout)
+                let t = (ep.addr, cluster.connect_timeout, cluster.idle_timeout);
+                picked = Some((cluster.clone(), ep.clone()));
+                t
             }
             _ => (
                 ctx.dst,
@@ -56,18 +60,46 @@ impl Proxy {
                 self.settings.passthrough_idle_timeout,
             ),
         };
-        drop(cfg);
         let (addr, connect_timeout, idle) = target;
+        let (cluster, ep) = match &picked {
+            Some((c, e)) => (Some(&**c), Some(&**e)),
+            None => (None, None),
+        };
+        let pod_ip = match ctx.direction {
+            Direction::Outbound => ctx.peer.ip(),
+            Direction::Inbound => ctx.dst.ip(),
+        };
+        let pod_counters = cfg.pod_by_ip(pod_ip).map(|p| p.counters.clone());
+        if let Some(c) = &pod_counters {
+            match ctx.direction {
+                Direction::Outbound => c.tcp_out.fetch_add(1, Ordering::Relaxed),
+                Direction::Inbound => c.tcp_in.fetch_add(1, Ordering::Relaxed),
+            };
+        }
         let mut upstream = match connect(src, addr, connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(upstream = %addr, error = %e, "tcp upstream connect failed");
                 self.stats.flags[Flag::UpstreamConnectionFailure as usize]
                     .fetch_add(1, Ordering::Relaxed);
+                let mut flags = Flags::default();
+                flags.set(Flag::UpstreamConnectionFailure);
+                TcpReport::open(self, &cfg, ctx, cluster, ep, flags).close(self, 0, 0);
                 return;
             }
         };
+        let report = TcpReport::open(self, &cfg, ctx, cluster, ep, Flags::default());
+        drop(cfg);
         let outcome = copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
+        report.close(self, outcome.to_downstream, outcome.to_upstream);
+        if let Some(c) = &pod_counters {
+            let (out, inn) = match ctx.direction {
+                Direction::Outbound => (outcome.to_upstream, outcome.to_downstream),
+                Direction::Inbound => (outcome.to_downstream, outcome.to_upstream),
+            };
+            c.bytes_out.fetch_add(out, Ordering::Relaxed);
+            c.bytes_in.fetch_add(inn, Ordering::Relaxed);
+        }
         let s = &self.stats;
         s.tcp_bytes_to_upstream
             .fetch_add(outcome.to_upstream, Ordering::Relaxed);
@@ -92,11 +124,13 @@ pub async fn copy_with_idle_timeout(
         inner: a,
         start,
         last: last.clone(),
+        read: 0,
     };
     let mut tb = Activity {
         inner: b,
         start,
         last: last.clone(),
+        read: 0,
     };
     let watchdog = async {
         loop {
@@ -108,12 +142,16 @@ pub async fn copy_with_idle_timeout(
             tokio::time::sleep_until(deadline).await;
         }
     };
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut ta, &mut tb) => {
-            let (up, down) = r.unwrap_or((0, 0));
-            TcpOutcome { to_upstream: up, to_downstream: down, idle_timeout: false }
-        }
-        _ = watchdog => TcpOutcome { to_upstream: 0, to_downstream: 0, idle_timeout: true },
+    let idle_timeout = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut ta, &mut tb) => false,
+        _ = watchdog => true,
+    };
+    // Bytes read from one side are the bytes written to the other (an
+    // error or the idle timeout may leave the last read unwritten).
+    TcpOutcome {
+        to_upstream: ta.read,
+        to_downstream: tb.read,
+        idle_timeout,
     }
 }
 
@@ -122,6 +160,7 @@ struct Activity<'a> {
     inner: &'a mut TcpStream,
     start: Instant,
     last: Arc<AtomicU64>,
+    read: u64,
 }
 
 impl AsyncRead for Activity<'_> {
@@ -133,6 +172,7 @@ impl AsyncRead for Activity<'_> {
         let before = buf.filled().len();
         let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            self.read += (buf.filled().len() - before) as u64;
             let ms = self.start.elapsed().as_millis() as u64;
             self.last.store(ms, Ordering::Relaxed);
         }

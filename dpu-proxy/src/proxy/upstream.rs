@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,7 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::compiled::ActiveRequest;
+use crate::compiled::state::ClusterState;
+use crate::compiled::{ActiveRequest, ClusterRt};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -137,6 +139,8 @@ pub enum UpstreamError {
     Connect(io::Error),
     /// The connection or stream broke before the response: Envoy's UR/UC.
     Reset(hyper::Error),
+    /// A connection-pool limit of the cluster refused the request: Envoy's UO.
+    Overflow,
 }
 
 impl UpstreamError {
@@ -161,12 +165,16 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Connect(e) => write!(f, "connection failure: {e}"),
             UpstreamError::Reset(e) => write!(f, "reset before headers: {e}"),
+            UpstreamError::Overflow => f.write_str("connection pool overflow"),
         }
     }
 }
 
+/// An idle HTTP/1.1 connection and the requests it has carried.
+type IdleH1 = (http1::SendRequest<ReqBody>, u32);
+
 enum Idle {
-    H1(Vec<http1::SendRequest<ReqBody>>),
+    H1(Vec<IdleH1>),
     H2(http2::SendRequest<ReqBody>),
 }
 
@@ -195,12 +203,12 @@ impl Pool {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take_h1(&self, key: &PoolKey) -> Option<http1::SendRequest<ReqBody>> {
+    fn take_h1(&self, key: &PoolKey) -> Option<IdleH1> {
         let mut shard = self.shard(key);
         match shard.get_mut(key) {
             Some(Idle::H1(list)) => {
                 while let Some(s) = list.pop() {
-                    if !s.is_closed() {
+                    if !s.0.is_closed() {
                         return Some(s);
                     }
                 }
@@ -210,14 +218,70 @@ impl Pool {
         }
     }
 
-    fn put_h1(&self, key: PoolKey, sender: http1::SendRequest<ReqBody>) {
-        if sender.is_closed() {
+    fn put_h1(&self, key: PoolKey, idle: IdleH1, max_uses: u32, state: Option<&ClusterState>) {
+        // Over its request budget (maxRequestsPerConnection): dropped, which closes it.
+        if idle.0.is_closed() || (max_uses > 0 && idle.1 >= max_uses) {
             return;
         }
-        let mut shard = self.shard(&key);
-        match shard.entry(key).or_insert_with(|| Idle::H1(Vec::new())) {
-            Idle::H1(list) if list.len() < MAX_IDLE_PER_KEY => list.push(sender),
-            _ => {}
+        {
+            let mut shard = self.shard(&key);
+            match shard.entry(key).or_insert_with(|| Idle::H1(Vec::new())) {
+                Idle::H1(list) if list.len() < MAX_IDLE_PER_KEY => list.push(idle),
+                _ => {}
+            }
+        }
+        if let Some(s) = state {
+            s.slot_freed.notify_one();
+        }
+    }
+
+    /// Opens a connection counted against the cluster's `maxConnections`:
+    /// at the limit, the request waits (as one of `maxPendingRequests`) for
+    /// an idle connection of its key or a free slot, up to `wait`. `Ok(None)`
+    /// means an idle connection turned up instead.
+    async fn open_slot(
+        &self,
+        key: &PoolKey,
+        cluster: Option<&ClusterRt>,
+        wait: Duration,
+    ) -> Result<Option<IdleH1>, UpstreamError> {
+        let Some(c) = cluster.filter(|c| c.limits.max_connections > 0) else {
+            if let Some(c) = cluster {
+                c.state.connections.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(None);
+        };
+        let (limits, state) = (c.limits, &c.state);
+        let try_slot = || {
+            state
+                .connections
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < limits.max_connections).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        if try_slot() {
+            return Ok(None);
+        }
+        let pending = state.pending.fetch_add(1, Ordering::AcqRel);
+        let _pending = Pending(state);
+        if limits.max_pending_requests > 0 && pending >= limits.max_pending_requests {
+            return Err(UpstreamError::Overflow);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = state.slot_freed.notified();
+            if !key.h2 {
+                if let Some(idle) = self.take_h1(key) {
+                    return Ok(Some(idle));
+                }
+            }
+            if try_slot() {
+                return Ok(None);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(UpstreamError::Overflow);
+            }
         }
     }
 
@@ -230,19 +294,25 @@ impl Pool {
     }
 
     /// Sends one request to `key.dst`, connecting (from `key.src`) when no
-    /// pooled connection is usable. `active` is held until the response body ends.
+    /// pooled connection is usable, within the limits of `cluster`. `active`
+    /// is held until the response body ends.
     pub async fn send(
         self: &Arc<Self>,
         key: PoolKey,
         mut req: Request<ReqBody>,
         connect_timeout: Duration,
         active: Option<ActiveRequest>,
+        cluster: Option<&ClusterRt>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let state = cluster.map(|c| c.state.clone());
+        let max_uses = cluster.map_or(0, |c| c.limits.max_requests_per_connection);
         if key.h2 {
             *req.version_mut() = http::Version::HTTP_2;
             let mut sender = match self.get_h2(&key) {
                 Some(s) => s,
                 None => {
+                    self.open_slot(&key, cluster, connect_timeout).await?;
+                    let slot = Slot(state.clone());
                     let stream = connect(key.src, key.dst, connect_timeout)
                         .await
                         .map_err(UpstreamError::Connect)?;
@@ -250,7 +320,10 @@ impl Pool {
                         .handshake(TokioIo::new(stream))
                         .await
                         .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
-                    tokio::spawn(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(slot);
+                    });
                     self.shard(&key).insert(key, Idle::H2(s.clone()));
                     s
                 }
@@ -265,18 +338,29 @@ impl Pool {
         *req.version_mut() = http::Version::HTTP_11;
         // A pooled connection may have been closed by the server while idle:
         // when the request was not sent on it, try the next one.
-        while let Some(mut sender) = self.take_h1(&key) {
-            if sender.ready().await.is_err() {
-                continue;
+        let mut idle = self.take_h1(&key);
+        loop {
+            while let Some((mut sender, uses)) = idle.take() {
+                if sender.ready().await.is_ok() {
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => {
+                            return Ok(self.wrap_h1(key, sender, uses + 1, resp, active, cluster))
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(r) => req = r,
+                            None => return Err(UpstreamError::Reset(e.into_error())),
+                        },
+                    }
+                }
+                idle = self.take_h1(&key);
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap_h1(key, sender, resp, active)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(UpstreamError::Reset(e.into_error())),
-                },
+            // No usable idle connection: a new one, if the limits allow.
+            match self.open_slot(&key, cluster, connect_timeout).await? {
+                Some(found) => idle = Some(found),
+                None => break,
             }
         }
+        let slot = Slot(state);
         let stream = connect(key.src, key.dst, connect_timeout)
             .await
             .map_err(UpstreamError::Connect)?;
@@ -284,34 +368,92 @@ impl Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
-        tokio::spawn(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
         let resp = sender
             .send_request(req)
             .await
             .map_err(UpstreamError::Reset)?;
-        Ok(self.wrap_h1(key, sender, resp, active))
+        let _ = max_uses;
+        Ok(self.wrap_h1(key, sender, 1, resp, active, cluster))
     }
 
     fn wrap_h1(
         self: &Arc<Self>,
         key: PoolKey,
         sender: http1::SendRequest<ReqBody>,
+        uses: u32,
         resp: Response<Incoming>,
         active: Option<ActiveRequest>,
+        cluster: Option<&ClusterRt>,
     ) -> Response<UpstreamBody> {
         let ret = Some(Return {
             pool: self.clone(),
             key,
             sender,
+            uses,
+            max_uses: cluster.map_or(0, |c| c.limits.max_requests_per_connection),
+            state: cluster.map(|c| c.state.clone()),
         });
         resp.map(|b| UpstreamBody::new(b, ret, active))
     }
+}
+
+/// One open upstream connection counted against its cluster; released
+/// (and a waiter woken) when the connection ends.
+struct Slot(Option<Arc<ClusterState>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.connections.fetch_sub(1, Ordering::AcqRel);
+            s.slot_freed.notify_one();
+        }
+    }
+}
+
+/// A request waiting for a connection.
+struct Pending<'a>(&'a ClusterState);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An Upgrade request on a connection of its own (never pooled): the
+/// response, whose upgrade half carries the tunnel after a 101.
+pub async fn send_upgrade(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    connect_timeout: Duration,
+    mut req: Request<ReqBody>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    *req.version_mut() = http::Version::HTTP_11;
+    let stream = connect(src, dst, connect_timeout)
+        .await
+        .map_err(UpstreamError::Connect)?;
+    let (mut sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
+    tokio::spawn(conn.with_upgrades());
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(UpstreamError::Reset)?;
+    Ok(resp.map(|b| UpstreamBody::new(b, None, None)))
 }
 
 struct Return {
     pool: Arc<Pool>,
     key: PoolKey,
     sender: http1::SendRequest<ReqBody>,
+    uses: u32,
+    max_uses: u32,
+    state: Option<Arc<ClusterState>>,
 }
 
 /// A response body from the upstream. Gives its HTTP/1.1 connection back to
@@ -337,7 +479,8 @@ impl UpstreamBody {
 
     fn give_back(&mut self) {
         if let Some(r) = self.ret.take() {
-            r.pool.put_h1(r.key, r.sender);
+            r.pool
+                .put_h1(r.key, (r.sender, r.uses), r.max_uses, r.state.as_deref());
         }
     }
 }

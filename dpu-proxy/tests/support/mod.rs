@@ -21,6 +21,7 @@ use rand::Rng;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
+use dpu_proxy::access_log::AccessLog;
 use dpu_proxy::config_store::{ConfigStore, Offer};
 use dpu_proxy::proxy::{
     ConfigSource, Direction, ListenerSpec, OriginalDst, Proxy, ProxySettings, UpstreamSource,
@@ -64,6 +65,8 @@ impl Body for TestBody {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    /// The authority (`:authority` or Host) of every request received.
+    pub authorities: Arc<std::sync::Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -80,8 +83,10 @@ impl Upstream {
             .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicU64::new(0));
+        let authorities = Arc::new(std::sync::Mutex::new(Vec::new()));
         let name: Arc<str> = name.into();
         let h = hits.clone();
+        let seen = authorities.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, peer)) = listener.accept().await else {
@@ -89,10 +94,25 @@ impl Upstream {
                 };
                 let name = name.clone();
                 let hits = h.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let name = name.clone();
                         hits.fetch_add(1, Ordering::Relaxed);
+                        let authority = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .or_else(|| {
+                                req.headers()
+                                    .get("host")
+                                    .and_then(|h| h.to_str().ok())
+                                    .map(str::to_string)
+                            })
+                            .unwrap_or_default();
+                        if let Ok(mut s) = seen.lock() {
+                            s.push(authority);
+                        }
                         async move { Ok::<_, Infallible>(answer(&name, behaviour, peer, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -101,7 +121,12 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, task }
+        Upstream {
+            addr,
+            hits,
+            authorities,
+            task,
+        }
     }
 
     pub fn hits(&self) -> u64 {
@@ -206,6 +231,16 @@ impl TestProxy {
         settings: ProxySettings,
         direction: Direction,
     ) -> TestProxy {
+        TestProxy::start_full(config, dsts, settings, direction, AccessLog::default()).await
+    }
+
+    pub async fn start_full(
+        config: serde_json::Value,
+        dsts: &[&str],
+        settings: ProxySettings,
+        direction: Direction,
+        access_log: AccessLog,
+    ) -> TestProxy {
         let store = ConfigStore::new();
         if !config.is_null() {
             let config: NodeConfig =
@@ -217,7 +252,12 @@ impl TestProxy {
             );
         }
         let source: Arc<dyn ConfigSource> = store.clone();
-        let proxy = Proxy::new(source, settings);
+        let proxy = Proxy::with_telemetry(
+            source,
+            settings,
+            Arc::new(dpu_proxy::metrics::Metrics::default()),
+            access_log,
+        );
         let mut listeners = HashMap::new();
         let mut tasks = Vec::new();
         for d in dsts {
