@@ -319,6 +319,30 @@ async fn concurrent_pushes_end_at_the_highest_version() {
     assert_eq!(served(&mut c).await, (24, Some(config(24))));
 }
 
+/// A GET over a fresh connection: (status, body).
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
 /// The real binary, killed when dropped.
 struct Proxy(Child);
 
@@ -356,10 +380,20 @@ async fn connect_with_retry(addr: &str, child: &mut Child) -> Channel {
 #[tokio::test]
 async fn real_binary_serves_push_and_stops_on_sigterm() {
     let addr = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (outbound, inbound) = (free_port().to_string(), free_port().to_string());
     let child = Command::new(env!("CARGO_BIN_EXE_dpu-proxy"))
         .args([
             "--mgmt-addr",
             &addr,
+            "--admin-addr",
+            &admin,
+            "--listen-ip",
+            "127.0.0.1",
+            "--outbound-port",
+            &outbound,
+            "--inbound-port",
+            &inbound,
             "--node",
             "node-1",
             "--log-level",
@@ -373,9 +407,35 @@ async fn real_binary_serves_push_and_stops_on_sigterm() {
     let mut proxy = Proxy(child);
     let channel = connect_with_retry(&addr, &mut proxy.0).await;
 
+    let (status, body) = http_get(&admin, "/ready").await;
+    assert_eq!(status, 503, "not ready before a push: {body}");
+    assert!(body.contains("no config"), "{body}");
+
     let mut c = ProxyConfigClient::new(channel.clone());
     let r = push(&mut c, &config(4)).await;
     assert_eq!(r.outcome(), PushOutcome::Ack, "{r:?}");
+    let (status, body) = http_get(&admin, "/ready").await;
+    assert_eq!((status, body.trim()), (200, "ready: config version 4"));
+    let (status, body) = http_get(&admin, "/config_dump").await;
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dump["version"], 4);
+    let (status, body) = http_get(&admin, "/metrics").await;
+    assert_eq!(status, 200);
+    // No traffic yet: no series, a well-formed (empty) exposition.
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    let (status, body) = http_get(&admin, "/stats").await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["config_version"], 4);
+    assert_eq!(stats["pods"][0]["name"], "sleep");
+    // Connected to directly (not steered), the listener refuses rather than loop.
+    let mut direct = tokio::net::TcpStream::connect(format!("127.0.0.1:{outbound}"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    use tokio::io::AsyncReadExt;
+    assert_eq!(direct.read(&mut buf).await.unwrap_or(0), 0);
     assert_eq!(r.serving_version, 4);
     let r = push(&mut c, &config(3)).await;
     assert_nack(&r, 4);
