@@ -860,3 +860,116 @@ async fn real_binary_serves_and_stops_on_sigterm() {
     };
     assert!(status.success(), "exit {status}");
 }
+
+/// A network namespace named for this test, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn create(name: String) -> Netns {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name}");
+        Netns(name)
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let ok = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip -n {} {args:?}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// `--representors auto`: the registry finds the `pf<P>vf<N>` netdevs of the
+/// network namespace it runs in, including ones created after it started.
+#[test]
+fn discovered_representors_come_from_the_netns() {
+    let ns = Netns::create(format!("dm-ctl{}-dpu", std::process::id()));
+    // VFs are veth pairs in the simulator: the representor and the VF end.
+    ns.ip(&[
+        "link", "add", "pf0vf3", "type", "veth", "peer", "name", "vf3",
+    ]);
+    ns.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "n1"]);
+
+    // The listener is made here, in the test's netns, so the client can
+    // reach it; the server then runs on a thread that entered the DPU netns.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let netns_path = format!("/run/netns/{}", ns.0);
+    let server = std::thread::spawn(move || {
+        let file = std::fs::File::open(netns_path).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let registry = PodRegistry::new("node-1", Representors::Discover, MemoryBackend::new());
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            control::serve(listener, ControlState::new(Arc::new(registry)), async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut c = client::dataplane(&addr).await.unwrap();
+        c.set_node_network(SetNodeNetworkRequest {
+            network: Some(network()),
+        })
+        .await
+        .unwrap();
+        c.add_pod(AddPodRequest { pod: Some(pod(3)) })
+            .await
+            .unwrap();
+        let err = c
+            .add_pod(AddPodRequest { pod: Some(pod(2)) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert!(
+            err.message().ends_with("(present: pf0vf3)"),
+            "{}",
+            err.message()
+        );
+        // A VF whose representor appears later is found without a restart.
+        ns.ip(&[
+            "link", "add", "pf0vf2", "type", "veth", "peer", "name", "vf2",
+        ]);
+        c.add_pod(AddPodRequest { pod: Some(pod(2)) })
+            .await
+            .unwrap();
+        let st = client::status(&addr).await.unwrap();
+        assert_eq!(
+            st.details.get("representors").map(String::as_str),
+            Some("2")
+        );
+    });
+    // Dropping the client runtime closes its connections, which the
+    // server's graceful shutdown waits for.
+    drop(runtime);
+    let _ = stop.send(());
+    server.join().unwrap();
+}
