@@ -861,36 +861,27 @@ async fn real_binary_serves_and_stops_on_sigterm() {
     assert!(status.success(), "exit {status}");
 }
 
-/// A network namespace named for this test, deleted when dropped.
-struct Netns(String);
+/// A network namespace named for this test (made by the simulator library,
+/// the project's one topology builder), deleted when dropped.
+struct Netns(dpumesh_sim::Netns);
 
 impl Netns {
     fn create(name: String) -> Netns {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip netns add {name}");
-        Netns(name)
+        let ns = dpumesh_sim::Netns::new(name);
+        ns.delete().expect("remove a leftover namespace");
+        Netns(dpumesh_sim::Netns::create(ns.name()).expect("create namespace"))
     }
 
     fn ip(&self, args: &[&str]) {
-        let ok = Command::new("ip")
-            .args(["-n", &self.0])
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip -n {} {args:?}", self.0);
+        self.0
+            .exec("ip", args)
+            .unwrap_or_else(|e| panic!("ip {args:?} in {}: {e}", self.0.name()));
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = self.0.delete();
     }
 }
 
@@ -911,7 +902,7 @@ fn discovered_representors_come_from_the_netns() {
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    let netns_path = format!("/run/netns/{}", ns.0);
+    let netns_path = ns.0.path();
     let server = std::thread::spawn(move || {
         let file = std::fs::File::open(netns_path).unwrap();
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
