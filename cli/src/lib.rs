@@ -20,11 +20,21 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// The demo: a simulated cluster with DPUs, the mesh components, traffic and results.
     Demo(demo::DemoArgs),
+    /// Side-by-side benchmarks (docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// CNI ADD/DEL latency: dpumesh-cni vs the reference bridge plugin.
+    Cni(bench::cni::CniArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(BenchCommand::Cni(args)) => bench::cni::run(args),
     }
 }

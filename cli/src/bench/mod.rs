@@ -2,6 +2,7 @@
 //! This module holds the shared machinery: load generation, process accounting and
 //! the summary format of `shared/brief/bench-json.md`.
 
+pub mod cni;
 pub mod load;
 pub mod procstat;
 pub mod report;
