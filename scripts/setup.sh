@@ -16,7 +16,9 @@ APT_PACKAGES=(
   # peers and load generators for tests and benchmarks
   nginx haproxy wrk nghttp2-client iperf3
   # process inspection used by the simulator and tests
-  procps psmisc
+  procps psmisc util-linux
+  # static C helpers built by tests (pause image)
+  gcc libc6-dev
 )
 
 missing=()
