@@ -29,6 +29,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// CNI ADD/DEL latency: dpumesh-cni vs the reference bridge plugin.
     Cni(bench::cni::CniArgs),
+    /// dpu-proxy vs Envoy vs HAProxy vs no proxy: req/s, latency, CPU per request, RSS.
+    Proxy(bench::proxy::ProxyArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,5 +38,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(BenchCommand::Cni(args)) => bench::cni::run(args),
+        Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args),
     }
 }

@@ -5,4 +5,5 @@
 pub mod cni;
 pub mod load;
 pub mod procstat;
+pub mod proxy;
 pub mod report;
