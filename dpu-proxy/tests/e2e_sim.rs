@@ -1,0 +1,511 @@
+//! dpu-proxy end to end in the simulator, with nothing standing in: the real
+//! `dpumesh-dataplane` binary (eBPF backend) and the real `dpu-proxy` binary
+//! in the DPU netns, pods on VFs, a service VIP, a real HTTP server in the
+//! destination pod and a real HTTP client in the source pod. Traffic reaches
+//! the proxy only through the dataplane's steering (`bpf_sk_assign` onto the
+//! transparent 15001 listener), and leaves it from the client's own IP.
+//!
+//! Needs the workspace binaries (`cargo build --workspace --bins`): the
+//! dataplane is another package's binary, found next to `dpu-proxy`.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dpumesh_api::proto::v1::{
+    AddPodRequest, Interception, NetworkMode, NodeNetwork, PodSteering, SetNodeNetworkRequest,
+};
+use dpumesh_api::NodeConfig;
+use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+
+const VIP: &str = "10.96.0.10";
+const SERVER_PORT: u16 = 8080;
+const HOST: &str = "web.default.svc.cluster.local";
+
+fn dataplane_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_dpu-proxy")).with_file_name("dpumesh-dataplane");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a command in `ns`; stdout, or a panic naming what failed.
+fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
+    let out = ns
+        .command(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {ns}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the CNI does: VF `vf` of `node` into a new pod netns as eth0, with
+/// `ip`/24 and a default route via the node's gateway (answered by the dataplane).
+fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Netns {
+    let ns = sim.pod_add(pod).expect("pod netns");
+    let vf_name = &node.vf(vf).expect("vf").host_ifname;
+    exec(
+        &node.host,
+        "ip",
+        &["link", "set", vf_name, "netns", ns.name()],
+    );
+    exec(&ns, "ip", &["link", "set", vf_name, "name", "eth0"]);
+    exec(
+        &ns,
+        "ip",
+        &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+    );
+    exec(&ns, "ip", &["link", "set", "eth0", "up"]);
+    exec(
+        &ns,
+        "ip",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &node.pod_gateway.to_string(),
+        ],
+    );
+    ns
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Waits until something accepts TCP on `addr` from inside `ns`.
+fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = ns
+            .run(move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
+            .expect("netns");
+        if up {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Registers the node network and the pods with the dataplane, over its gRPC
+/// API from the host netns (as the CNI does).
+fn register(host: &Netns, mgmt: String, network: NodeNetwork, pods: Vec<PodSteering>) {
+    host.run(move || {
+        runtime().block_on(async move {
+            let mut dp = dpumesh_api::client::dataplane(&mgmt)
+                .await
+                .expect("dataplane client");
+            dp.set_node_network(SetNodeNetworkRequest {
+                network: Some(network),
+            })
+            .await
+            .expect("SetNodeNetwork");
+            for pod in pods {
+                let uid = pod.pod_uid.clone();
+                dp.add_pod(AddPodRequest { pod: Some(pod) })
+                    .await
+                    .unwrap_or_else(|e| panic!("AddPod {uid}: {e}"));
+            }
+        })
+    })
+    .expect("host netns");
+}
+
+/// Pushes `config` to the proxy from the host netns; panics unless acknowledged.
+fn push(host: &Netns, mgmt: String, config: NodeConfig) {
+    host.run(move || {
+        runtime().block_on(async move {
+            let mut c = dpumesh_api::client::proxy_config(&mgmt)
+                .await
+                .expect("proxy control client");
+            let r = dpumesh_api::client::push_config(&mut c, &config)
+                .await
+                .expect("PushConfig");
+            assert!(
+                r.errors.is_empty() && r.serving_version == config.version,
+                "push refused: {r:?}"
+            );
+        })
+    })
+    .expect("host netns");
+}
+
+/// A real HTTP/1.1 + h2c server (hyper) in a pod: answers 200 with
+/// `served by <name> to <peer ip>` and records every peer address.
+struct PodServer {
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodServer {
+    fn start(ns: &Netns, name: &'static str, port: u16) -> PodServer {
+        let listener = ns
+            .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+            .expect("netns")
+            .expect("bind the pod server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let seen = peers.clone();
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                loop {
+                    let (stream, peer) = tokio::select! {
+                        _ = &mut stopped => return,
+                        r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    };
+                    if let Ok(mut p) = seen.lock() {
+                        p.push(peer);
+                    }
+                    tokio::spawn(async move {
+                        let svc =
+                            hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                                    "served by {name} to {}",
+                                    peer.ip()
+                                )))))
+                            });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        });
+        PodServer {
+            peers,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn peer_ips(&self) -> Vec<std::net::IpAddr> {
+        self.peers
+            .lock()
+            .map(|p| p.iter().map(|a| a.ip()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PodServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One GET from inside `ns` to `to` (HTTP/1.1, or h2c with prior knowledge).
+fn get(ns: &Netns, to: SocketAddr, host: &str, path: &str, h2: bool) -> (StatusCode, String) {
+    let (host, path) = (host.to_string(), path.to_string());
+    ns.run(move || {
+        runtime().block_on(async move {
+            let stream =
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
+                    .await
+                    .unwrap_or_else(|_| panic!("connect to {to} timed out"))
+                    .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+            let io = TokioIo::new(stream);
+            let req = if h2 {
+                Request::get(format!("http://{host}{path}"))
+            } else {
+                Request::get(&path).header("host", &host)
+            }
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+            let exchange = async {
+                let resp = if h2 {
+                    let (mut send, conn) =
+                        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                            .handshake(io)
+                            .await?;
+                    tokio::spawn(conn);
+                    send.send_request(req).await?
+                } else {
+                    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+                    tokio::spawn(conn);
+                    send.send_request(req).await?
+                };
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+            };
+            tokio::time::timeout(Duration::from_secs(10), exchange)
+                .await
+                .unwrap_or_else(|_| panic!("GET {to}{path} timed out"))
+                .unwrap_or_else(|e| panic!("GET {to}{path}: {e}"))
+        })
+    })
+    .expect("pod netns")
+}
+
+/// `GET path` on the proxy's admin port, from inside the DPU netns.
+fn admin(dpu: &Netns, path: &str) -> String {
+    let (status, body) = get(
+        dpu,
+        "127.0.0.1:15000".parse().expect("static"),
+        "admin",
+        path,
+        false,
+    );
+    assert_eq!(status, StatusCode::OK, "admin {path}: {body}");
+    body
+}
+
+/// Value of the `istio_requests_total` series whose labels include all of `want`.
+fn requests_total(metrics: &str, want: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn steering(uid: &str, name: &str, node: &Node, vf: usize, ip: Ipv4Addr) -> PodSteering {
+    let v = node.vf(vf).expect("vf");
+    PodSteering {
+        pod_uid: uid.into(),
+        name: name.into(),
+        namespace: "default".into(),
+        container_id: format!("ctr-{uid}"),
+        ifname: "eth0".into(),
+        vf_index: v.index as u32,
+        representor: v.representor.clone(),
+        ips: vec![ip.to_string()],
+        mac: v.mac.to_string(),
+        meshed: true,
+        interception: Some(Interception::default()),
+    }
+}
+
+fn node_config(node: &Node, a: Ipv4Addr, b: Ipv4Addr, mgmt: &str) -> NodeConfig {
+    let pod = |uid: &str, name: &str, app: &str, vf: usize, ip: Ipv4Addr| {
+        let v = node.vf(vf).expect("vf");
+        json!({"uid": uid, "name": name, "namespace": "default", "serviceAccount": name,
+               "labels": {"app": app}, "ips": [ip.to_string()], "mac": v.mac.to_string(),
+               "vfIndex": v.index, "representor": v.representor})
+    };
+    let default_cluster = format!("outbound|80||{HOST}");
+    let cfg = json!({
+        "version": 1,
+        "node": {"name": "n1", "networkMode": "underlay", "podCidr": node.pod_cidr.to_string(),
+                 "serviceCidrs": ["10.96.0.0/16"], "dpuMgmtAddr": mgmt},
+        "pods": [pod("uid-a", "client-a", "client", 0, a), pod("uid-b", "server-b", "server", 1, b)],
+        "services": [{
+            "hostname": HOST, "namespace": "default", "vips": [VIP],
+            "ports": [{"port": 80, "name": "http", "targetPort": SERVER_PORT, "routeTable": "80"}],
+            "endpoints": [{"address": b.to_string(), "node": "n1",
+                           "labels": {"app": "server"}, "serviceAccount": "server-b"}],
+        }],
+        "clusters": [{"name": default_cluster, "service": HOST, "port": 80}],
+        "routeTables": [{"name": "80", "virtualHosts": [{
+            "name": "web", "domains": ["*"],
+            "routes": [
+                {"name": "abort", "matches": [{"path": {"prefix": "/abort"}}],
+                 "action": {"forward": {"destinations": [{"cluster": default_cluster}]}},
+                 "fault": {"abort": {"httpStatus": 418, "percent": 100}}},
+                {"name": "default",
+                 "action": {"forward": {"destinations": [{"cluster": default_cluster}]}}}
+            ]
+        }]}],
+    });
+    serde_json::from_value(cfg).expect("test NodeConfig parses")
+}
+
+#[test]
+fn pod_to_service_through_the_dataplane_and_the_proxy() {
+    let dataplane = dataplane_bin();
+    let sim = SimGuard::up(
+        SimConfig::new(unique_cluster("pxe2e"))
+            .with_nodes(1)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let node = sim.node(1).expect("node 1").clone();
+    let (ip_a, ip_b) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6));
+    let pod_a = attach_pod(&sim, &node, 0, "client-a", ip_a);
+    let pod_b = attach_pod(&sim, &node, 1, "server-b", ip_b);
+    let mgmt_ip = node.mgmt_dpu.addr();
+    let dp_mgmt = format!("{mgmt_ip}:15081");
+    let proxy_mgmt = format!("{mgmt_ip}:15080");
+
+    // The dataplane: pins under the simulator's per-node dir (removed by `down`).
+    sim.spawn_with(
+        SpawnSpec::new(
+            "dataplane-n1",
+            node.netns(Place::Dpu).clone(),
+            dataplane.display().to_string(),
+        )
+        .args([
+            "--node".to_string(),
+            "n1".into(),
+            "--node-id".into(),
+            format!("{}-n1", sim.cluster()),
+            "--mgmt-addr".into(),
+            dp_mgmt.clone(),
+            "--admin-addr".into(),
+            "127.0.0.1:15091".into(),
+            "--backend".into(),
+            "ebpf".into(),
+        ])
+        .health(dp_mgmt.clone()),
+    )
+    .expect("spawn the dataplane");
+    wait_listening(&node.host, dp_mgmt.parse().expect("addr"), "the dataplane");
+    register(
+        &node.host,
+        dp_mgmt,
+        NodeNetwork {
+            node_name: "n1".into(),
+            mode: NetworkMode::Underlay as i32,
+            pod_cidr: node.pod_cidr.to_string(),
+            service_cidrs: vec!["10.96.0.0/16".into()],
+            underlay_ip: node.uplink.addr().to_string(),
+            vni: 0,
+            peers: vec![],
+            gateway_ip: String::new(),
+        },
+        vec![
+            steering("uid-a", "client-a", &node, 0, ip_a),
+            steering("uid-b", "server-b", &node, 1, ip_b),
+        ],
+    );
+
+    sim.spawn_with(
+        SpawnSpec::new(
+            "dpu-proxy-n1",
+            node.netns(Place::Dpu).clone(),
+            env!("CARGO_BIN_EXE_dpu-proxy"),
+        )
+        .args([
+            "--node",
+            "n1",
+            "--mgmt-addr",
+            &proxy_mgmt,
+            "--admin-addr",
+            "127.0.0.1:15000",
+            "--workers",
+            "1",
+        ])
+        .health(proxy_mgmt.clone()),
+    )
+    .expect("spawn dpu-proxy");
+    wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
+    push(
+        &node.host,
+        proxy_mgmt,
+        node_config(&node, ip_a, ip_b, &format!("{mgmt_ip}:15080")),
+    );
+    assert!(admin(&node.dpu, "/ready").contains("config version 1"));
+
+    let server = PodServer::start(&pod_b, "server-b", SERVER_PORT);
+    let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+
+    // Through the VIP: only the proxy can answer (nothing owns 10.96.0.10).
+    for h2 in [false, true] {
+        let (status, body) = get(&pod_a, vip, "web", "/hello", h2);
+        assert_eq!(status, StatusCode::OK, "h2={h2}: {body}");
+        assert_eq!(
+            body,
+            format!("served by server-b to {ip_a}"),
+            "h2={h2}: the server saw the client pod's own IP"
+        );
+    }
+    assert!(
+        server.peer_ips().iter().all(|ip| *ip == ip_a) && !server.peer_ips().is_empty(),
+        "server peers: {:?}",
+        server.peer_ips()
+    );
+
+    // Fault injection: aborted by the proxy, never reaching the server.
+    let before = server.peer_ips().len();
+    let (status, body) = get(&pod_a, vip, "web", "/abort/me", false);
+    assert_eq!(status.as_u16(), 418, "{body}");
+    assert!(body.contains("FI"), "{body}");
+    assert_eq!(
+        server.peer_ips().len(),
+        before,
+        "the abort reached the server"
+    );
+
+    // Istio metrics, labelled with both workloads.
+    let metrics = admin(&node.dpu, "/metrics");
+    let pair = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("source_workload_namespace", "default"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/client-a",
+        ),
+        ("destination_workload", "server"),
+        ("destination_service", HOST),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/server-b",
+        ),
+    ];
+    let ok: Vec<_> = pair
+        .iter()
+        .copied()
+        .chain([("response_code", "200")])
+        .collect();
+    assert_eq!(requests_total(&metrics, &ok), 2.0, "{metrics}");
+    // An abort picks no endpoint: the destination workload is unknown (as Istio
+    // reports it), the service is known.
+    let aborted: Vec<_> = pair
+        .iter()
+        .copied()
+        .filter(|(k, _)| !k.starts_with("destination_") || *k == "destination_service")
+        .chain([
+            ("destination_workload", "unknown"),
+            ("response_code", "418"),
+            ("response_flags", "FI"),
+        ])
+        .collect();
+    assert_eq!(requests_total(&metrics, &aborted), 1.0, "{metrics}");
+
+    // Nothing else was refused along the way.
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin(&node.dpu, "/stats")).expect("stats JSON");
+    assert_eq!(stats["proxy"]["unknown_source"], 0, "{stats}");
+
+    drop(server);
+    let sim_name = sim.cluster().to_string();
+    drop(sim);
+    let left = dpumesh_sim::leftovers(&sim_name).expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
