@@ -5,4 +5,8 @@
 //! pushes it to the node's dpu-proxy. Contract: `docs/adapter.md`.
 #![forbid(unsafe_code)]
 
+pub mod inventory;
+pub mod local;
+pub mod push;
+pub mod translate;
 pub mod xds;

@@ -95,8 +95,7 @@ pub fn pool() -> &'static DescriptorPool {
     POOL.get_or_init(|| {
         // The committed bytes are checked by tests/descriptors.rs; a failure here
         // is a build defect, not input from outside.
-        DescriptorPool::decode(ENVOY_DESCRIPTORS).unwrap_or_else(|e| {
-            panic!("controller/src/xds/envoy_descriptors.bin is corrupt: {e}")
-        })
+        DescriptorPool::decode(ENVOY_DESCRIPTORS)
+            .unwrap_or_else(|e| panic!("controller/src/xds/envoy_descriptors.bin is corrupt: {e}"))
     })
 }

@@ -2,3 +2,9 @@
 //! local mode — both end in the same typed decode) and the ADS client.
 
 pub mod descriptors;
+pub mod resource;
+
+pub use resource::{
+    DecodeError, ProxyResources, Resource, ResourceRef, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE,
+    ROUTE_TYPE, TYPE_URLS,
+};
