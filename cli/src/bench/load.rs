@@ -62,8 +62,9 @@ pub fn run(spec: &LoadSpec, scratch: &Path) -> Result<LoadResult> {
     cmd.arg(format!("--clients={}", spec.connections))
         .arg("--threads=1")
         .arg("--max-concurrent-streams=1")
-        .arg(format!("--duration={}", spec.duration.as_secs_f64()))
-        .arg(format!("--warm-up-time={}", spec.warmup.as_secs_f64()))
+        // h2load takes whole numbers with a unit ("0.3" is refused).
+        .arg(format!("--duration={}ms", spec.duration.as_millis().max(1)))
+        .arg(format!("--warm-up-time={}ms", spec.warmup.as_millis()))
         .arg(format!("--log-file={}", log.display()))
         .arg(&spec.url);
     let out = cmd

@@ -61,6 +61,9 @@ pub struct ProxyArgs {
     /// Runs of every case; the median of each figure is reported (default 3, 1 with --quick).
     #[arg(long)]
     pub runs: Option<usize>,
+    /// Simulator cluster name (default: a fresh unique one); it is torn down at the end.
+    #[arg(long)]
+    pub cluster: Option<String>,
     /// The Envoy binary (default: the project venv's, from scripts/setup.sh).
     #[arg(long, env = "DPUMESH_ENVOY")]
     pub envoy: Option<PathBuf>,
@@ -200,9 +203,13 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     };
 
     let sim = SimGuard::up(
-        SimConfig::new(unique_cluster("bpx"))
-            .with_nodes(1)
-            .with_vfs(2),
+        SimConfig::new(
+            args.cluster
+                .clone()
+                .unwrap_or_else(|| unique_cluster("bpx")),
+        )
+        .with_nodes(1)
+        .with_vfs(2),
     )
     .context("starting the simulator cluster")?;
     let bench = Bench::setup(&sim, programs)?;
@@ -662,9 +669,14 @@ fn with_children(pid: u32) -> BTreeSet<u32> {
 fn dataplane_args(sim: &Sim, mgmt: &str) -> Vec<String> {
     vec![
         "--node".into(),
+        "n1".into(),
+        // Pins under the simulator's per-node dir: `down` removes them.
+        "--node-id".into(),
         format!("{}-n1", sim.cluster()),
         "--mgmt-addr".into(),
         mgmt.into(),
+        "--admin-addr".into(),
+        "127.0.0.1:15091".into(),
         "--backend".into(),
         "ebpf".into(),
     ]
@@ -893,7 +905,7 @@ fn scale_config(node: &Node, mgmt: &str, pods: usize, services: usize) -> Result
         tables.push(json!({"name": format!("rt{i}"), "virtualHosts": [{
         "name": format!("svc{i}"), "domains": [hostname, format!("svc{i}"), format!("svc{i}:80")],
         "routes": [
-            {"matches": [{"headers": [{"name": "x-canary", "exact": "1"}]}],
+            {"matches": [{"headers": [{"name": "x-canary", "value": {"exact": "1"}}]}],
              "action": {"forward": {"destinations": [{"cluster": v2}]}}},
             {"action": {"forward": {"destinations": [{"cluster": default}]}}}
         ]}]}));
@@ -990,7 +1002,7 @@ fn haproxy_conf() -> String {
     format!(
         "global
     nbthread 1
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     timeout connect 2s
