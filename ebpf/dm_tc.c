@@ -5,6 +5,8 @@
  *   dm_rep_ingress    representor ingress = packets FROM a pod
  *   dm_rep_egress     representor egress  = packets TO a pod (counting only)
  *   dm_uplink_ingress uplink (p0) ingress = packets from the fabric
+ *   dm_tunnel_ingress VXLAN device ingress = decapsulated packets from
+ *                     another DPU (overlay mode)
  *
  * Maps and layouts: include/dm_maps.h, include/dm_layout.h.
  * Steering mechanism: include/dm_steer.h and docs/dataplane.md.
@@ -112,8 +114,31 @@ static __always_inline int dm_to_pod(struct dm_ip4 *p, const struct dm_endpoint 
 	return bpf_redirect(dst->ifindex, 0);
 }
 
-/* Route a pod's packet: to a local pod directly, elsewhere by the FIB
- * (peers' pod CIDRs are routed via p0 by the dataplane). */
+/* Overlay: hand a pod's packet to the collect_md VXLAN device with the
+ * peer DPU as the tunnel's remote end. The inner MACs only have to get the
+ * frame through the peer's tunnel program, which rewrites them for its pod. */
+static __always_inline int dm_encap(struct __sk_buff *skb, struct dm_ip4 *p,
+				    const struct dm_node_config *cfg, const struct dm_tunnel *t,
+				    struct dm_pod_counters *c)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (!cfg->tunnel_ifindex)
+		return dm_drop(c, DM_DROP_NO_ROUTE);
+	dm_mac_copy(p->eth->h_source, cfg->gateway_mac);
+	dm_mac_copy(p->eth->h_dest, cfg->gateway_mac);
+	key.tunnel_id = t->vni;
+	key.remote_ipv4 = t->remote_ipv4;
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return dm_drop(c, DM_DROP_NO_ROUTE);
+	c->bypassed++;
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+/* Route a pod's packet: to a local pod directly, in overlay mode to a peer's
+ * pod CIDR through the tunnel, elsewhere by the FIB (underlay: peers' pod
+ * CIDRs are routed via p0 by the dataplane). */
 static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
 				      const struct dm_node_config *cfg,
 				      struct dm_pod_counters *c)
@@ -127,6 +152,17 @@ static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
 	if (dst) {
 		c->bypassed++;
 		return dm_to_pod(p, dst, cfg);
+	}
+
+	if (cfg->mode == DM_MODE_OVERLAY) {
+		struct dm_tunnel_key tk = {};
+		struct dm_tunnel *t;
+
+		tk.prefixlen = 32;
+		tk.addr = daddr;
+		t = bpf_map_lookup_elem(&dm_tunnels, &tk);
+		if (t)
+			return dm_encap(skb, p, cfg, t, c);
 	}
 
 	fib.family = AF_INET;
@@ -234,8 +270,9 @@ int dm_rep_egress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("classifier")
-int dm_uplink_ingress(struct __sk_buff *skb)
+/* A packet from the fabric (the uplink, or the VXLAN device after decap):
+ * only packets for a local pod are ours. */
+static __always_inline int dm_from_fabric(struct __sk_buff *skb)
 {
 	struct dm_endpoint *dst;
 	struct dm_node_config *cfg;
@@ -279,4 +316,16 @@ int dm_uplink_ingress(struct __sk_buff *skb)
 	}
 	c->bypassed++;
 	return dm_to_pod(&p, dst, cfg);
+}
+
+SEC("classifier")
+int dm_uplink_ingress(struct __sk_buff *skb)
+{
+	return dm_from_fabric(skb);
+}
+
+SEC("classifier")
+int dm_tunnel_ingress(struct __sk_buff *skb)
+{
+	return dm_from_fabric(skb);
 }

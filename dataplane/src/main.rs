@@ -1,12 +1,26 @@
 //! dpumesh-dataplane: the forwarding engine on the DPU.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use dpumesh_dataplane::bpf::backend::EbpfBackend;
+use dpumesh_dataplane::bpf::{BpfDataplane, PinDir};
 use dpumesh_dataplane::control::{self, ControlState};
-use dpumesh_dataplane::registry::{MemoryBackend, PodRegistry, Representors};
+use dpumesh_dataplane::registry::{MemoryBackend, PodRegistry, Representors, SteeringBackend};
+use dpumesh_dataplane::{admin, bpf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// The TC eBPF programs (needs BPF, TC clsact and root in the DPU netns).
+    Ebpf,
+    /// Records the desired state and forwards nothing: for hosts without BPF
+    /// and for testing the control API.
+    Memory,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,10 +35,30 @@ struct Args {
     /// Address of the control gRPC (Dataplane + Status): the DPU management address.
     #[arg(long, env = "DATAPLANE_MGMT_ADDR", default_value = control::DEFAULT_ADDR)]
     mgmt_addr: SocketAddr,
+    /// Admin HTTP (/metrics, /ready, /pods).
+    #[arg(long, env = "DATAPLANE_ADMIN_ADDR", default_value = admin::DEFAULT_ADDR)]
+    admin_addr: SocketAddr,
     /// VF representors: "auto" lists the netdevs named pf<P>vf<N> in this
     /// network namespace (at every AddPod), or a comma-separated list of names.
     #[arg(long, env = "DATAPLANE_REPRESENTORS", default_value = "auto")]
     representors: String,
+    /// Forwarding backend.
+    #[arg(long, env = "DATAPLANE_BACKEND", value_enum, default_value = "ebpf")]
+    backend: Backend,
+    /// The DPU's uplink netdev (to the fabric).
+    #[arg(long, env = "DATAPLANE_UPLINK", default_value = "p0")]
+    uplink: String,
+    /// Where bpffs is (or gets) mounted; maps are pinned in <root>/<node-id>/.
+    #[arg(long, env = "DATAPLANE_BPF_PIN_ROOT", default_value = bpf::loader::BPFFS_ROOT)]
+    bpf_pin_root: PathBuf,
+    /// Name of this DPU's pin directory (default: --node). The simulator uses `<cluster>-n<i>`.
+    #[arg(long, env = "DATAPLANE_NODE_ID")]
+    node_id: Option<String>,
+    /// After a restart, entries a previous run left in the maps keep
+    /// forwarding until the control plane re-adds its pods; this long after
+    /// the first SetNodeNetwork, whatever was not re-added is removed.
+    #[arg(long, env = "DATAPLANE_RESTORE_GRACE_SECS", default_value_t = 30)]
+    restore_grace_secs: u64,
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. "info" or "dpumesh_dataplane=debug").
     #[arg(long, env = "DPUMESH_LOG", default_value = "info")]
     log_level: String,
@@ -39,16 +73,28 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let node = args.node.unwrap_or_else(hostname);
+    let node = args.node.clone().unwrap_or_else(hostname);
     let representors = match args.representors.trim() {
         "auto" => Representors::Discover,
         list => Representors::fixed(list.split(',').map(str::trim).filter(|s| !s.is_empty())),
     };
-    let registry = Arc::new(PodRegistry::new(
-        node.clone(),
-        representors,
-        MemoryBackend::new(),
-    ));
+    let backend: Arc<dyn SteeringBackend> = match args.backend {
+        Backend::Memory => MemoryBackend::new(),
+        Backend::Ebpf => {
+            let node_id = args.node_id.clone().unwrap_or_else(|| node.clone());
+            let pin = PinDir::under(&args.bpf_pin_root, &node_id).context("--node-id")?;
+            let dp = BpfDataplane::load(&pin).with_context(|| {
+                format!(
+                    "loading the eBPF dataplane (pins in {}); on a host without BPF use --backend memory",
+                    pin.0.display()
+                )
+            })?;
+            tracing::info!(pins = %pin.0.display(), leftovers = dp.restored_count(), uplink = %args.uplink, "eBPF programs loaded");
+            Arc::new(EbpfBackend::new(dp, args.uplink.clone()))
+        }
+    };
+    let registry = Arc::new(PodRegistry::new(node.clone(), representors, backend));
+    let state = ControlState::new(registry.clone());
 
     // The control path runs on its own current-thread runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -59,17 +105,45 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.mgmt_addr)
             .await
             .with_context(|| format!("binding the control address {}", args.mgmt_addr))?;
-        tracing::info!(addr = %args.mgmt_addr, %node, "control gRPC listening");
-        control::serve(
-            listener,
-            ControlState::new(registry),
-            control::shutdown_signal(),
-        )
-        .await
-        .context("control gRPC server")
+        let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+            .await
+            .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
+        tracing::info!(addr = %args.mgmt_addr, admin = %args.admin_addr, %node, backend = ?args.backend, "control gRPC listening");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let admin_stop = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), admin_stop));
+        tokio::spawn(reconcile_after_grace(
+            registry,
+            Duration::from_secs(args.restore_grace_secs),
+        ));
+        let served = control::serve(listener, state, control::shutdown_signal()).await;
+        let _ = stop_tx.send(true);
+        let _ = admin_task.await;
+        served.context("control gRPC server")
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for the first SetNodeNetwork, then `grace`, then tells the backend
+/// the registry is the whole desired state (leftovers of a previous run that
+/// no one re-added are removed).
+async fn reconcile_after_grace(registry: Arc<PodRegistry>, grace: Duration) {
+    while registry.network().is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(grace).await;
+    let r = tokio::task::spawn_blocking(move || registry.reconcile()).await;
+    match r {
+        Ok(Ok(())) => tracing::info!("reconciled with the desired state"),
+        Ok(Err(e)) => tracing::error!(error = %e, "reconcile failed"),
+        Err(e) => tracing::error!(error = %e, "reconcile task failed"),
+    }
 }
 
 fn hostname() -> String {

@@ -186,6 +186,25 @@ pub trait SteeringBackend: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
     /// A pod was removed.
     fn remove_pod(&self, pod: &PodEntry) -> Result<(), BackendError>;
+    /// The registry's pods are now the complete desired state (e.g. after a
+    /// restart, once the control plane had time to re-add its pods): remove
+    /// whatever the backend still holds beyond them, such as leftovers of a
+    /// previous run. A backend that keeps nothing across runs has nothing to do.
+    fn reconcile(
+        &self,
+        _network: Option<&NodeNetworkSpec>,
+        _pods: &[PodEntry],
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// A pod's traffic counters, when the backend counts.
+    fn pod_stats(&self, _uid: &str) -> Option<PodStats> {
+        None
+    }
+    /// Traffic that no pod can be charged with (e.g. from a VF with no pod).
+    fn unattributed_stats(&self) -> Option<PodStats> {
+        None
+    }
     /// Whether the backend can forward now (e.g. programs attached); `Err` says why not.
     fn health(&self) -> Result<(), String> {
         Ok(())
@@ -194,6 +213,26 @@ pub trait SteeringBackend: Send + Sync + 'static {
     fn details(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+}
+
+/// Traffic counters of one pod (one VF), as the backend counted them since
+/// the pod was installed. "out" = sent by the pod, "in" = delivered to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodStats {
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Connections (SYNs) handed to the proxy's outbound / inbound listener.
+    pub steered_outbound: u64,
+    pub steered_inbound: u64,
+    /// Packets of established proxy connections.
+    pub to_proxy_socket: u64,
+    /// Packets forwarded without the proxy.
+    pub bypassed: u64,
+    pub arp_replies: u64,
+    /// Drops by reason (every reason the backend knows, zeros included).
+    pub drops: Vec<(&'static str, u64)>,
 }
 
 /// A backend that programs nothing and remembers what it was given: the
@@ -423,6 +462,17 @@ impl PodRegistry {
         state.network = Some(spec);
         state.generation += 1;
         Ok(true)
+    }
+
+    /// Tells the backend that the registered pods are the complete desired
+    /// state, so it removes anything beyond them (see
+    /// [`SteeringBackend::reconcile`]).
+    pub fn reconcile(&self) -> Result<(), RegistryError> {
+        let state = self.lock();
+        let pods: Vec<PodEntry> = state.pods.values().cloned().collect();
+        self.backend
+            .reconcile(state.network.as_ref(), &pods)
+            .map_err(|e| RegistryError::Backend(e.0))
     }
 
     /// Registers a pod. `Ok(false)`: exactly this spec was already registered.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use dpumesh_dataplane::bpf::maps::{
-    CidrKey, CidrValue, Endpoint, NodeConfig, PodCounters, COUNTER_SLOTS, DROP_MAX, MAX_PODS,
-    MAX_PORTS, SLOT_UNATTRIBUTED,
+    CidrKey, CidrValue, Endpoint, NodeConfig, PodCounters, Tunnel, TunnelKey, COUNTER_SLOTS,
+    DROP_MAX, MAX_PEERS, MAX_PODS, MAX_PORTS, SLOT_UNATTRIBUTED,
 };
 
 macro_rules! rust_layout {
@@ -82,6 +82,9 @@ fn rust_side() -> HashMap<String, usize> {
             drops
         }
     );
+    rust_layout!(m, "dm_tunnel_key", TunnelKey { prefixlen, addr });
+    rust_layout!(m, "dm_tunnel", Tunnel { remote_ipv4, vni });
+    m.insert("const.DM_MAX_PEERS".into(), MAX_PEERS as usize);
     m.insert("const.DM_MAX_PODS".into(), MAX_PODS as usize);
     m.insert(
         "const.DM_SLOT_UNATTRIBUTED".into(),

@@ -357,3 +357,53 @@ fn a_thousand_pod_add_remove_cycles_leave_the_maps_empty() {
         "no pod routes left: {routes}"
     );
 }
+
+#[test]
+fn a_pod_update_that_fails_half_way_is_rolled_back() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpfr"))
+            .with_nodes(1)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let pin = PinDir(sim.node(1).unwrap().bpf_pin_dir.clone());
+    let _pins = Pins(vec![pin.clone()]);
+    let mut dp = start_dataplane(&sim, 1, &[]);
+    let dpu = sim.node(1).unwrap().dpu.clone();
+    let mut a = pod_spec(&sim, 1, 0, "uid-a", Ipv4Addr::new(10, 244, 1, 9), true);
+    a.interception.exclude_outbound_cidrs = vec!["10.96.7.0/24".parse().unwrap()];
+    let b = pod_spec(&sim, 1, 1, "uid-b", Ipv4Addr::new(10, 244, 1, 10), false);
+    let view = || dpumesh_dataplane::bpf::loader::PinnedView::open(&pin).expect("view");
+    let routes = || exec(&dpu, "ip", &["-4", "route", "show", "proto", "77"]).unwrap();
+    dpu.run(|| dp.apply_pod(&a)).unwrap().expect("apply a");
+    let eps_before = view().endpoints();
+    let (ips_before, cidrs_before, routes_before) = (view().ips(), view().pod_cidrs(), routes());
+
+    // An update of a (new IP, other CIDRs) and a new pod b both fail after
+    // their map writes: the maps are as before.
+    let mut a2 = a.clone();
+    a2.ipv4 = Ipv4Addr::new(10, 244, 1, 19);
+    a2.interception.exclude_outbound_cidrs = vec!["10.96.8.0/24".parse().unwrap()];
+    dp.fail_after_map_writes(true);
+    dpu.run(|| dp.apply_pod(&a2))
+        .unwrap()
+        .expect_err("injected failure");
+    dpu.run(|| dp.apply_pod(&b))
+        .unwrap()
+        .expect_err("injected failure");
+    assert_eq!(view().endpoints(), eps_before);
+    assert_eq!(view().ips(), ips_before);
+    assert_eq!(view().pod_cidrs(), cidrs_before);
+    assert_eq!(routes(), routes_before);
+    assert_eq!(dp.pod_uids(), vec!["uid-a".to_string()]);
+
+    // Without the failure both go through.
+    dp.fail_after_map_writes(false);
+    dpu.run(|| dp.apply_pod(&a2)).unwrap().expect("a2");
+    dpu.run(|| dp.apply_pod(&b)).unwrap().expect("b");
+    assert_eq!(
+        view().ips(),
+        vec![Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 19)]
+    );
+    assert_eq!(view().pod_cidrs(), 1);
+}

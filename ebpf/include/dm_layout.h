@@ -91,6 +91,21 @@ struct dm_cidr_value {
 	__u32 action;          /* DM_CIDR_* */
 };
 
+/* Overlay (VXLAN) peers: key of dm_tunnels, an LPM trie over a peer
+ * node's pod CIDR. */
+#define DM_MAX_PEERS 1024
+struct dm_tunnel_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+/* Value of dm_tunnels: where that CIDR is reached. remote_ipv4 is in HOST
+ * byte order because that is what bpf_skb_set_tunnel_key() takes. */
+struct dm_tunnel {
+	__u32 remote_ipv4;     /* the peer DPU's underlay (uplink) address */
+	__u32 vni;             /* VXLAN network identifier */
+};
+
 /* Drop reasons, index into dm_pod_counters.drops. */
 enum dm_drop_reason {
 	DM_DROP_UNKNOWN_VF = 0,  /* packet on a representor with no pod */

@@ -39,6 +39,14 @@ struct {
 } dm_out_cidrs SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DM_MAX_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dm_tunnel_key);
+	__type(value, struct dm_tunnel);
+} dm_tunnels SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DM_COUNTER_SLOTS);
 	__type(key, __u32); /* slot */

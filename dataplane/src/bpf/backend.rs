@@ -6,11 +6,11 @@ use std::sync::Mutex;
 
 use ipnet::IpNet;
 
-use super::maps::{MODE_OVERLAY, MODE_UNDERLAY};
+use super::maps::{DropReason, PodCounters, MODE_OVERLAY, MODE_UNDERLAY};
 use super::{BpfDataplane, InterceptionSpec, NetworkSpec, PodSpec, UnderlayPeer};
 use dpumesh_api::config::NetworkMode;
 
-use crate::registry::{BackendError, NodeNetworkSpec, PodEntry, SteeringBackend};
+use crate::registry::{BackendError, NodeNetworkSpec, PodEntry, PodStats, SteeringBackend};
 
 pub struct EbpfBackend {
     dp: Mutex<BpfDataplane>,
@@ -118,8 +118,39 @@ impl SteeringBackend for EbpfBackend {
         let mut dp = self.lock();
         dp.apply_network(&net)
             .map_err(|e| BackendError(e.to_string()))?;
+        // Leftovers of a previous run stay until `reconcile`: pods the
+        // control plane has not re-added yet keep forwarding meanwhile.
+        for spec in &specs {
+            dp.apply_pod(spec)
+                .map_err(|e| BackendError(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn reconcile(
+        &self,
+        _network: Option<&NodeNetworkSpec>,
+        pods: &[PodEntry],
+    ) -> Result<(), BackendError> {
+        let specs = pods.iter().map(pod_spec).collect::<Result<Vec<_>, _>>()?;
+        let mut dp = self.lock();
+        let before = dp.restored_count();
         dp.reconcile(&specs)
-            .map_err(|e| BackendError(e.to_string()))
+            .map_err(|e| BackendError(e.to_string()))?;
+        tracing::info!(
+            pods = specs.len(),
+            leftovers_removed = before,
+            "eBPF maps reconciled"
+        );
+        Ok(())
+    }
+
+    fn pod_stats(&self, uid: &str) -> Option<PodStats> {
+        self.lock().pod_counters(uid).ok().flatten().map(stats)
+    }
+
+    fn unattributed_stats(&self) -> Option<PodStats> {
+        self.lock().unattributed_counters().ok().map(stats)
     }
 
     fn apply_pod(
@@ -143,6 +174,27 @@ impl SteeringBackend for EbpfBackend {
 
     fn details(&self) -> Vec<(String, String)> {
         let dp = self.lock();
-        vec![("bpf_pods".into(), dp.pod_uids().len().to_string())]
+        vec![
+            ("bpf_pods".into(), dp.pod_uids().len().to_string()),
+            ("bpf_leftovers".into(), dp.restored_count().to_string()),
+        ]
+    }
+}
+
+fn stats(c: PodCounters) -> PodStats {
+    PodStats {
+        packets_out: c.packets_out,
+        bytes_out: c.bytes_out,
+        packets_in: c.packets_in,
+        bytes_in: c.bytes_in,
+        steered_outbound: c.steered_outbound,
+        steered_inbound: c.steered_inbound,
+        to_proxy_socket: c.to_proxy_socket,
+        bypassed: c.bypassed,
+        arp_replies: c.arp_replies,
+        drops: DropReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), c.drop_count(*r)))
+            .collect(),
     }
 }

@@ -19,14 +19,14 @@ use aya::{Ebpf, EbpfLoader};
 use ipnet::Ipv4Net;
 
 use super::maps::{
-    self, CidrData, CidrValue, Endpoint, NodeConfig, PodCounters, CIDR_CAPTURE, CIDR_EXCLUDE,
-    COUNTER_SLOTS, MAX_PODS,
+    self, CidrData, CidrValue, Endpoint, NodeConfig, PodCounters, Tunnel, CIDR_CAPTURE,
+    CIDR_EXCLUDE, COUNTER_SLOTS, MAX_PODS,
 };
-use super::netcfg::{self, NetCfgError};
+use super::netcfg::{self, NetCfgError, PeerRoutes};
 use super::spec::{NetworkSpec, PodSpec};
 use super::{
     DM_TC_OBJ, GATEWAY_MAC, INBOUND_PORT, OUTBOUND_PORT, PROG_REP_EGRESS, PROG_REP_INGRESS,
-    PROG_UPLINK_INGRESS, STEER_MARK,
+    PROG_TUNNEL_INGRESS, PROG_UPLINK_INGRESS, STEER_MARK, TUNNEL_IFNAME, VXLAN_PORT,
 };
 
 /// Where bpffs is mounted for dpumesh (not /sys/fs/bpf: `ip netns exec`
@@ -70,12 +70,18 @@ pub enum BpfError {
     Unsupported(String),
 }
 
-/// The node's pin directory, `/run/dpumesh/bpf/<node-id>/`.
+/// The node's pin directory, `<bpffs root>/<node-id>/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinDir(pub PathBuf);
 
 impl PinDir {
+    /// `/run/dpumesh/bpf/<node-id>/`.
     pub fn for_node(node_id: &str) -> Result<PinDir, BpfError> {
+        PinDir::under(Path::new(BPFFS_ROOT), node_id)
+    }
+
+    /// `<root>/<node-id>/`; `root` is (or becomes) a bpffs mount.
+    pub fn under(root: &Path, node_id: &str) -> Result<PinDir, BpfError> {
         let ok = !node_id.is_empty()
             && node_id
                 .chars()
@@ -87,12 +93,13 @@ impl PinDir {
                 "node id {node_id:?}: must be non-empty [A-Za-z0-9._-]"
             )));
         }
-        Ok(PinDir(Path::new(BPFFS_ROOT).join(node_id)))
+        Ok(PinDir(root.join(node_id)))
     }
 
-    /// Mounts bpffs at [`BPFFS_ROOT`] if it is not one yet, and creates the dir.
+    /// Mounts bpffs at the parent dir if it is not one yet, and creates the dir.
     pub fn ensure(&self) -> Result<(), BpfError> {
-        ensure_bpffs(Path::new(BPFFS_ROOT))?;
+        let root = self.0.parent().unwrap_or(Path::new(BPFFS_ROOT));
+        ensure_bpffs(root)?;
         std::fs::create_dir_all(&self.0).map_err(|e| io_err("creating", &self.0, e))
     }
 
@@ -144,6 +151,23 @@ struct Installed {
     cidrs: Vec<(Key<CidrData>, CidrValue)>,
 }
 
+/// A pod entry found in the pinned maps at load that no pod has claimed
+/// yet: it keeps forwarding until a pod adopts it or [`BpfDataplane::reconcile`]
+/// sweeps it.
+#[derive(Clone)]
+struct Restored {
+    ep: Endpoint,
+    cidrs: Vec<(Key<CidrData>, CidrValue)>,
+}
+
+/// One map write of [`BpfDataplane::apply_pod`] and what it replaced, so a
+/// half-way failure can be undone.
+enum Undo {
+    EpIp(u32, Option<Endpoint>),
+    EpIfindex(u32, Option<Endpoint>),
+    Cidr(Key<CidrData>, Option<CidrValue>),
+}
+
 /// Sizes of the per-pod state in the maps (for tests and status).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapUsage {
@@ -168,10 +192,15 @@ pub struct BpfDataplane {
     node: Array<MapData, NodeConfig>,
     out_cidrs: LpmTrie<MapData, CidrData, CidrValue>,
     counters: PerCpuArray<MapData, PodCounters>,
+    tunnels: LpmTrie<MapData, u32, Tunnel>,
     pods: StdHashMap<String, Installed>,
+    /// Leftovers of a previous run, by representor ifindex (see [`Restored`]).
+    restored: StdHashMap<u32, Restored>,
     free_slots: BTreeSet<u32>,
     attached: HashSet<(String, bool)>,
     network: Option<NetworkSpec>,
+    /// Test hook: fail apply_pod after its map writes (checks the rollback).
+    fail_after_map_writes: bool,
 }
 
 impl BpfDataplane {
@@ -184,7 +213,9 @@ impl BpfDataplane {
             loader.map_pin_path(name, pin.0.join(name));
         }
         let ebpf = loader.load(DM_TC_OBJ)?;
-        BpfDataplane::from_ebpf(ebpf, true)
+        let mut dp = BpfDataplane::from_ebpf(ebpf, true)?;
+        dp.restore()?;
+        Ok(dp)
     }
 
     /// Loads the programs with private, unpinned maps and never touches
@@ -195,7 +226,12 @@ impl BpfDataplane {
     }
 
     fn from_ebpf(mut ebpf: Ebpf, kernel: bool) -> Result<BpfDataplane, BpfError> {
-        for name in [PROG_REP_INGRESS, PROG_REP_EGRESS, PROG_UPLINK_INGRESS] {
+        for name in [
+            PROG_REP_INGRESS,
+            PROG_REP_EGRESS,
+            PROG_UPLINK_INGRESS,
+            PROG_TUNNEL_INGRESS,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::Missing("TC program"))?
@@ -208,6 +244,7 @@ impl BpfDataplane {
         let node = Array::try_from(take(maps::MAP_NODE)?)?;
         let out_cidrs = LpmTrie::try_from(take(maps::MAP_OUT_CIDRS)?)?;
         let counters = PerCpuArray::try_from(take(maps::MAP_COUNTERS)?)?;
+        let tunnels = LpmTrie::try_from(take(maps::MAP_TUNNELS)?)?;
         Ok(BpfDataplane {
             ebpf,
             kernel,
@@ -216,11 +253,52 @@ impl BpfDataplane {
             node,
             out_cidrs,
             counters,
+            tunnels,
             pods: StdHashMap::new(),
+            restored: StdHashMap::new(),
             free_slots: (0..MAX_PODS).collect(),
             attached: HashSet::new(),
             network: None,
+            fail_after_map_writes: false,
         })
+    }
+
+    /// Takes stock of the pod entries a previous run left in the pinned
+    /// maps. They keep forwarding (nothing is flushed) and their counter
+    /// slots are reserved until a pod adopts them ([`BpfDataplane::apply_pod`]
+    /// with the same representor, IP and MAC keeps slot and counters) or
+    /// [`BpfDataplane::reconcile`] sweeps them.
+    fn restore(&mut self) -> Result<(), BpfError> {
+        let existing: Vec<(u32, Endpoint)> =
+            self.ep_ifindex.iter().filter_map(Result::ok).collect();
+        let all_cidrs: Vec<(Key<CidrData>, CidrValue)> =
+            self.out_cidrs.iter().filter_map(Result::ok).collect();
+        for (ifx, ep) in existing {
+            if ep.slot < MAX_PODS && self.free_slots.remove(&ep.slot) {
+                let cidrs = all_cidrs
+                    .iter()
+                    .filter(|(k, _)| k.data().scope == ep.slot + 1)
+                    .copied()
+                    .collect();
+                self.restored.insert(ifx, Restored { ep, cidrs });
+            } else {
+                // A slot out of range or used twice: not ours to trust.
+                remove_ok(self.ep_ifindex.remove(&ifx))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of leftover entries not adopted yet.
+    pub fn restored_count(&self) -> usize {
+        self.restored.len()
+    }
+
+    /// Test hook: make [`BpfDataplane::apply_pod`] fail after it wrote the
+    /// maps, as a failing route or attach would, to check its rollback.
+    #[doc(hidden)]
+    pub fn fail_after_map_writes(&mut self, on: bool) {
+        self.fail_after_map_writes = on;
     }
 
     /// One of the loaded programs (e.g. for `BPF_PROG_TEST_RUN`).
@@ -271,21 +349,19 @@ impl BpfDataplane {
     }
 
     /// Sets the node's network: node config map, node-wide captured CIDRs,
-    /// and (kernel mode) sysctls, steering rule, peer routes, uplink program.
+    /// overlay peers, and (kernel mode) sysctls, steering rule, peer routes,
+    /// the VXLAN device (overlay), the uplink and tunnel programs.
     pub fn apply_network(&mut self, net: &NetworkSpec) -> Result<(), BpfError> {
         if net.mode != maps::MODE_UNDERLAY && net.mode != maps::MODE_OVERLAY {
             return Err(BpfError::Invalid(format!("unknown mode {}", net.mode)));
         }
-        if net.mode == maps::MODE_OVERLAY {
-            return Err(BpfError::Unsupported(
-                "overlay (VXLAN) forwarding is not implemented by the eBPF backend yet".into(),
-            ));
-        }
+        let overlay = net.mode == maps::MODE_OVERLAY;
         let uplink_ifindex = match ifindex(&net.uplink) {
             Some(i) => i,
             None if !self.kernel => 0,
             None => return Err(BpfError::UnknownInterface(net.uplink.clone())),
         };
+        let mut tunnel_ifindex = 0;
         if self.kernel {
             netcfg::prepare_node()?;
             netcfg::prepare_link(&net.uplink)?;
@@ -294,7 +370,55 @@ impl BpfDataplane {
                 .iter()
                 .map(|p| (p.pod_cidr, p.underlay_ip))
                 .collect();
-            netcfg::sync_peer_routes(&net.uplink, &peers)?;
+            if overlay {
+                tunnel_ifindex = netcfg::ensure_tunnel(TUNNEL_IFNAME, VXLAN_PORT)?;
+                netcfg::sync_peer_routes(
+                    PeerRoutes::Overlay {
+                        tunnel: TUNNEL_IFNAME,
+                        vni: net.vni,
+                    },
+                    &peers,
+                )?;
+            } else {
+                netcfg::sync_peer_routes(
+                    PeerRoutes::Underlay {
+                        uplink: &net.uplink,
+                    },
+                    &peers,
+                )?;
+                netcfg::remove_tunnel(TUNNEL_IFNAME);
+                self.attached.remove(&(TUNNEL_IFNAME.to_string(), true));
+            }
+        }
+
+        // Overlay peers: exactly the peers' pod CIDRs (none in underlay mode).
+        let want_tunnels: StdHashMap<(u32, u32), Tunnel> = if overlay {
+            net.peers
+                .iter()
+                .map(|p| {
+                    (
+                        (
+                            u32::from(p.pod_cidr.prefix_len()),
+                            maps::ipv4_be(p.pod_cidr.network()),
+                        ),
+                        Tunnel {
+                            remote_ipv4: u32::from(p.underlay_ip),
+                            vni: net.vni,
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            StdHashMap::new()
+        };
+        for (&(plen, addr), t) in &want_tunnels {
+            self.tunnels.insert(&Key::new(plen, addr), *t, 0)?;
+        }
+        let have: Vec<Key<u32>> = self.tunnels.keys().filter_map(Result::ok).collect();
+        for k in have {
+            if !want_tunnels.contains_key(&(k.prefix_len(), k.data())) {
+                remove_ok(self.tunnels.remove(&k))?;
+            }
         }
 
         // Node-wide captured destinations: services and every pod CIDR.
@@ -342,13 +466,34 @@ impl BpfDataplane {
             inbound_port: maps::port_be(INBOUND_PORT),
             steer_mark: STEER_MARK,
             vni: net.vni,
-            tunnel_ifindex: 0,
+            tunnel_ifindex,
         };
         self.node.set(0, cfg, 0)?;
         if self.kernel {
             self.attach(PROG_UPLINK_INGRESS, &net.uplink, TcAttachType::Ingress)?;
+            if overlay {
+                self.attach(PROG_TUNNEL_INGRESS, TUNNEL_IFNAME, TcAttachType::Ingress)?;
+            }
         }
         self.network = Some(net.clone());
+        Ok(())
+    }
+
+    /// Detaches every program this dataplane attached (and any it finds
+    /// from an earlier run on these links): the links then forward as plain
+    /// kernel devices. Maps and pins are left alone. For benchmarks and
+    /// teardown.
+    pub fn detach_all(&mut self, links: &[&str]) -> Result<(), BpfError> {
+        for link in links {
+            for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
+                if let Ok(l) = SchedClassifierLink::attached(link, ty, TC_PRIORITY, TC_HANDLE, None)
+                {
+                    let _ = aya::programs::links::Link::detach(l);
+                }
+                self.attached
+                    .remove(&(link.to_string(), ty == TcAttachType::Ingress));
+            }
+        }
         Ok(())
     }
 
@@ -359,13 +504,19 @@ impl BpfDataplane {
             return Err(BpfError::UnknownRepresentor(ifname.to_string()));
         }
         if self.kernel {
-            netcfg::prepare_link(ifname)?;
+            netcfg::prepare_representor(ifname)?;
         }
         self.attach(PROG_REP_INGRESS, ifname, TcAttachType::Ingress)?;
         self.attach(PROG_REP_EGRESS, ifname, TcAttachType::Egress)
     }
 
     /// Installs or updates one pod. Same spec again = no change.
+    ///
+    /// All or nothing: a failure half-way (a map write, the representor's
+    /// program, its route) undoes what this call wrote, so the maps hold
+    /// what they held before. A pod of a previous run left on the same
+    /// representor with the same IP and MAC is adopted in place: no gap in
+    /// forwarding, counters kept.
     pub fn apply_pod(&mut self, spec: &PodSpec) -> Result<(), BpfError> {
         let ifx = ifindex(&spec.representor)
             .ok_or_else(|| BpfError::UnknownRepresentor(spec.representor.clone()))?;
@@ -396,15 +547,31 @@ impl BpfDataplane {
         let out_exclude = maps::port_list(&i.exclude_outbound_ports)
             .ok_or_else(|| too_many("exclude_outbound_ports"))?;
 
-        let old = self.pods.get(&spec.uid).cloned();
-        let slot = match &old {
-            Some(o) => o.slot,
-            None => {
-                let slot = self.free_slots.pop_first().ok_or(BpfError::Full)?;
-                self.zero_counters(slot)?;
-                slot
+        // What this pod replaces: its own older spec, or a leftover of a
+        // previous run on the same representor (adopted).
+        let mut old = self.pods.get(&spec.uid).cloned();
+        let mut adopted = None;
+        if old.is_none() {
+            if let Some(r) = self.restored.get(&ifx) {
+                let same = r.ep.ipv4 == maps::ipv4_be(spec.ipv4) && r.ep.mac == spec.mac;
+                adopted = Some((r.ep.slot, same));
+                old = Some(Installed {
+                    spec: PodSpec {
+                        ipv4: maps::ipv4_from_be(r.ep.ipv4),
+                        ..spec.clone()
+                    },
+                    ifindex: ifx,
+                    slot: r.ep.slot,
+                    cidrs: r.cidrs.clone(),
+                });
             }
+        }
+        let (slot, new_slot) = match &old {
+            Some(o) => (o.slot, false),
+            None => (*self.free_slots.first().ok_or(BpfError::Full)?, true),
         };
+        // A different pod on a leftover's VF starts from zero.
+        let reset_counters = new_slot || matches!(adopted, Some((_, false)));
         let mut flags = 0u16;
         if spec.meshed {
             flags |= maps::EP_MESHED;
@@ -452,13 +619,13 @@ impl BpfDataplane {
             .map(|((plen, addr), v)| (cidr_key(scope, plen, addr), v))
             .collect();
 
-        // Order: the IP entry and CIDRs first, the ifindex entry (which makes
-        // the pod's own packets pass) last; stale parts of an older spec after.
-        self.ep_ip.insert(ep.ipv4, ep, 0)?;
-        for (k, v) in &cidrs {
-            self.out_cidrs.insert(k, *v, 0)?;
+        let mut undo = Vec::new();
+        if let Err(e) = self.write_pod(spec, &ep, &cidrs, old.as_ref(), reset_counters, &mut undo) {
+            self.rollback(undo, spec, old.as_ref());
+            return Err(e);
         }
-        self.ep_ifindex.insert(ifx, ep, 0)?;
+
+        // Committed: drop the stale parts of what it replaced.
         if let Some(o) = &old {
             if o.spec.ipv4 != spec.ipv4 {
                 remove_ok(self.ep_ip.remove(&maps::ipv4_be(o.spec.ipv4)))?;
@@ -475,6 +642,22 @@ impl BpfDataplane {
                 }
             }
         }
+        if new_slot {
+            self.free_slots.remove(&slot);
+        }
+        if adopted.is_some() {
+            self.restored.remove(&ifx);
+        }
+        // A leftover elsewhere with this pod's IP is stale now.
+        let stale: Vec<u32> = self
+            .restored
+            .iter()
+            .filter(|(_, r)| r.ep.ipv4 == ep.ipv4)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.sweep_restored_one(k)?;
+        }
         self.pods.insert(
             spec.uid.clone(),
             Installed {
@@ -484,11 +667,79 @@ impl BpfDataplane {
                 cidrs,
             },
         );
+        Ok(())
+    }
+
+    /// The writes of [`BpfDataplane::apply_pod`], each recorded in `undo`
+    /// with what it replaced. Order: the IP entry and CIDRs first, the
+    /// ifindex entry (which makes the pod's own packets pass) last.
+    fn write_pod(
+        &mut self,
+        spec: &PodSpec,
+        ep: &Endpoint,
+        cidrs: &[(Key<CidrData>, CidrValue)],
+        old: Option<&Installed>,
+        reset_counters: bool,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), BpfError> {
+        if reset_counters {
+            // Zero before use; a slot that is not in use holds zeros anyway,
+            // so this needs no undo.
+            self.zero_counters(ep.slot)?;
+        }
+        let prev = self.ep_ip.get(&ep.ipv4, 0).ok();
+        undo.push(Undo::EpIp(ep.ipv4, prev));
+        self.ep_ip.insert(ep.ipv4, *ep, 0)?;
+        for (k, v) in cidrs {
+            let prev = old
+                .and_then(|o| o.cidrs.iter().find(|(ok, _)| same_key(ok, k)))
+                .map(|(_, v)| *v);
+            undo.push(Undo::Cidr(*k, prev));
+            self.out_cidrs.insert(k, *v, 0)?;
+        }
+        let prev = self.ep_ifindex.get(&ep.ifindex, 0).ok();
+        undo.push(Undo::EpIfindex(ep.ifindex, prev));
+        self.ep_ifindex.insert(ep.ifindex, *ep, 0)?;
+        if self.fail_after_map_writes {
+            return Err(BpfError::Invalid(
+                "injected failure after the map writes".into(),
+            ));
+        }
         if self.kernel {
             self.attach_representor(&spec.representor)?;
             netcfg::add_pod_route(spec.ipv4, &spec.representor, spec.mac)?;
         }
         Ok(())
+    }
+
+    /// Undoes `undo` (newest first) and restores the route `old` had.
+    fn rollback(&mut self, undo: Vec<Undo>, spec: &PodSpec, old: Option<&Installed>) {
+        for u in undo.into_iter().rev() {
+            let r = match u {
+                Undo::EpIp(k, Some(v)) => self.ep_ip.insert(k, v, 0),
+                Undo::EpIp(k, None) => self.ep_ip.remove(&k),
+                Undo::EpIfindex(k, Some(v)) => self.ep_ifindex.insert(k, v, 0),
+                Undo::EpIfindex(k, None) => self.ep_ifindex.remove(&k),
+                Undo::Cidr(k, Some(v)) => self.out_cidrs.insert(&k, v, 0),
+                Undo::Cidr(k, None) => self.out_cidrs.remove(&k),
+            };
+            if let Err(e) = remove_ok(r) {
+                tracing::warn!(error = %e, pod = %spec.uid, "rollback of a map write failed");
+            }
+        }
+        if self.kernel {
+            let had_route = old.is_some_and(|o| {
+                o.spec.ipv4 == spec.ipv4 && o.spec.representor == spec.representor
+            });
+            if !had_route {
+                netcfg::remove_pod_route(spec.ipv4, &spec.representor);
+            }
+            if let Some(o) = old {
+                if o.spec.ipv4 == spec.ipv4 && o.spec.representor != spec.representor {
+                    let _ = netcfg::add_pod_route(o.spec.ipv4, &o.spec.representor, o.spec.mac);
+                }
+            }
+        }
     }
 
     /// Removes exactly this pod's entries. False when it was not installed.
@@ -510,66 +761,87 @@ impl BpfDataplane {
         Ok(true)
     }
 
-    /// Makes the maps hold exactly `desired` (plus what apply_network
-    /// writes), keeping entries that already match, so established flows
-    /// never see a gap. Call once after [`BpfDataplane::load`].
-    pub fn reconcile(&mut self, desired: &[PodSpec]) -> Result<(), BpfError> {
-        let existing: Vec<(u32, Endpoint)> =
-            self.ep_ifindex.iter().filter_map(Result::ok).collect();
-        let all_cidrs: Vec<(Key<CidrData>, CidrValue)> =
-            self.out_cidrs.iter().filter_map(Result::ok).collect();
-        let mut adopted_slots = HashSet::new();
-        for (ifx, ep) in existing {
-            let matching = desired.iter().find(|d| {
-                ifindex(&d.representor) == Some(ifx)
-                    && maps::ipv4_be(d.ipv4) == ep.ipv4
-                    && d.mac == ep.mac
-            });
-            match matching {
-                Some(d) if ep.slot < MAX_PODS && self.free_slots.remove(&ep.slot) => {
-                    adopted_slots.insert(ep.slot);
-                    let cidrs = all_cidrs
-                        .iter()
-                        .filter(|(k, _)| k.data().scope == ep.slot + 1)
-                        .copied()
-                        .collect();
-                    self.pods.insert(
-                        d.uid.clone(),
-                        Installed {
-                            spec: d.clone(),
-                            ifindex: ifx,
-                            slot: ep.slot,
-                            cidrs,
-                        },
-                    );
-                }
-                _ => {
-                    remove_ok(self.ep_ifindex.remove(&ifx))?;
-                    if self.kernel {
-                        netcfg::remove_pod_route(maps::ipv4_from_be(ep.ipv4), "");
-                    }
-                }
+    /// Removes one leftover of a previous run.
+    fn sweep_restored_one(&mut self, ifx: u32) -> Result<(), BpfError> {
+        let Some(r) = self.restored.remove(&ifx) else {
+            return Ok(());
+        };
+        remove_ok(self.ep_ifindex.remove(&ifx))?;
+        let ip = maps::ipv4_from_be(r.ep.ipv4);
+        let owned = self.pods.values().any(|p| p.spec.ipv4 == ip);
+        if !owned {
+            remove_ok(self.ep_ip.remove(&r.ep.ipv4))?;
+            if self.kernel {
+                let dev = nix::net::if_::if_indextoname(ifx)
+                    .ok()
+                    .and_then(|n| n.into_string().ok())
+                    .unwrap_or_default();
+                netcfg::remove_pod_route(ip, &dev);
             }
         }
-        // Whatever is not adopted goes: IP entries, per-pod CIDRs, counters.
-        let desired_ips: HashSet<u32> = desired.iter().map(|d| maps::ipv4_be(d.ipv4)).collect();
+        for (k, _) in &r.cidrs {
+            remove_ok(self.out_cidrs.remove(k))?;
+        }
+        self.zero_counters(r.ep.slot)?;
+        self.free_slots.insert(r.ep.slot);
+        Ok(())
+    }
+
+    /// Makes the maps hold exactly `desired` (plus what apply_network
+    /// writes): every desired pod is applied (adopting a matching leftover
+    /// in place, so established flows never see a gap), then every pod not
+    /// desired and every leftover of a previous run is removed, with its IP
+    /// entry, per-pod CIDRs, counters and host route.
+    pub fn reconcile(&mut self, desired: &[PodSpec]) -> Result<(), BpfError> {
+        let unwanted: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|uid| !desired.iter().any(|d| &d.uid == *uid))
+            .cloned()
+            .collect();
+        for uid in unwanted {
+            self.remove_pod(&uid)?;
+        }
+        for d in desired {
+            self.apply_pod(d)?;
+        }
+        let leftovers: Vec<u32> = self.restored.keys().copied().collect();
+        for ifx in leftovers {
+            self.sweep_restored_one(ifx)?;
+        }
+        // Entries no pod accounts for (e.g. a run killed between two writes).
+        let owned_ips: HashSet<u32> = self
+            .pods
+            .values()
+            .map(|p| maps::ipv4_be(p.spec.ipv4))
+            .collect();
         let ips: Vec<u32> = self.ep_ip.keys().filter_map(Result::ok).collect();
         for ip in ips {
-            if !desired_ips.contains(&ip) {
+            if !owned_ips.contains(&ip) {
                 remove_ok(self.ep_ip.remove(&ip))?;
             }
         }
-        for (k, _) in &all_cidrs {
+        let owned_ifx: HashSet<u32> = self.pods.values().map(|p| p.ifindex).collect();
+        let ifxs: Vec<u32> = self.ep_ifindex.keys().filter_map(Result::ok).collect();
+        for ifx in ifxs {
+            if !owned_ifx.contains(&ifx) {
+                remove_ok(self.ep_ifindex.remove(&ifx))?;
+            }
+        }
+        let owned_scopes: HashSet<u32> = self.pods.values().map(|p| p.slot + 1).collect();
+        let cidr_keys: Vec<Key<CidrData>> = self.out_cidrs.keys().filter_map(Result::ok).collect();
+        for k in cidr_keys {
             let scope = k.data().scope;
-            if scope != 0 && !adopted_slots.contains(&(scope - 1)) {
-                remove_ok(self.out_cidrs.remove(k))?;
+            if scope != 0 && !owned_scopes.contains(&scope) {
+                remove_ok(self.out_cidrs.remove(&k))?;
             }
         }
         for slot in self.free_slots.clone() {
             self.zero_counters(slot)?;
         }
-        for d in desired {
-            self.apply_pod(d)?;
+        if self.kernel {
+            let keep: Vec<Ipv4Addr> = self.pods.values().map(|p| p.spec.ipv4).collect();
+            netcfg::sweep_pod_routes(&keep)?;
         }
         Ok(())
     }
@@ -659,5 +931,80 @@ fn remove_ok(r: Result<(), MapError>) -> Result<(), BpfError> {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A read-only look at a node's pinned maps, without loading programs:
+/// what the kernel holds right now (tests, status tools).
+pub struct PinnedView {
+    ep_ifindex: HashMap<MapData, u32, Endpoint>,
+    ep_ip: HashMap<MapData, u32, Endpoint>,
+    out_cidrs: LpmTrie<MapData, CidrData, CidrValue>,
+    counters: PerCpuArray<MapData, PodCounters>,
+    tunnels: LpmTrie<MapData, u32, Tunnel>,
+}
+
+impl PinnedView {
+    pub fn open(pin: &PinDir) -> Result<PinnedView, BpfError> {
+        let open = |name: &str| -> Result<aya::maps::Map, BpfError> {
+            let data = MapData::from_pin(pin.0.join(name))?;
+            Ok(aya::maps::Map::from_map_data(data)?)
+        };
+        Ok(PinnedView {
+            ep_ifindex: HashMap::try_from(open(maps::MAP_EP_IFINDEX)?)?,
+            ep_ip: HashMap::try_from(open(maps::MAP_EP_IP)?)?,
+            out_cidrs: LpmTrie::try_from(open(maps::MAP_OUT_CIDRS)?)?,
+            counters: PerCpuArray::try_from(open(maps::MAP_COUNTERS)?)?,
+            tunnels: LpmTrie::try_from(open(maps::MAP_TUNNELS)?)?,
+        })
+    }
+
+    /// Endpoints by representor ifindex, sorted by ifindex.
+    pub fn endpoints(&self) -> Vec<(u32, Endpoint)> {
+        let mut v: Vec<(u32, Endpoint)> = self.ep_ifindex.iter().filter_map(Result::ok).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Pod IPs in the IP map, sorted.
+    pub fn ips(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = self
+            .ep_ip
+            .keys()
+            .filter_map(Result::ok)
+            .map(maps::ipv4_from_be)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Number of per-pod (scope != 0) capture/exclude CIDR entries.
+    pub fn pod_cidrs(&self) -> usize {
+        self.out_cidrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().scope != 0)
+            .count()
+    }
+
+    /// Overlay peers: (pod CIDR, remote underlay address, VNI), sorted.
+    pub fn tunnels(&self) -> Vec<(Ipv4Net, Ipv4Addr, u32)> {
+        let mut v: Vec<(Ipv4Net, Ipv4Addr, u32)> = self
+            .tunnels
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, t)| {
+                let net = Ipv4Net::new(maps::ipv4_from_be(k.data()), k.prefix_len() as u8).ok()?;
+                Some((net, Ipv4Addr::from(t.remote_ipv4), t.vni))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A counter slot's counters, summed over CPUs.
+    pub fn slot_counters(&self, slot: u32) -> Result<PodCounters, BpfError> {
+        let v = self.counters.get(&slot, 0)?;
+        Ok(PodCounters::sum(v.iter()))
     }
 }

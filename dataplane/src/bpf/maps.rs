@@ -13,6 +13,7 @@ pub const SLOT_UNATTRIBUTED: u32 = MAX_PODS;
 pub const COUNTER_SLOTS: u32 = MAX_PODS + 1;
 pub const MAX_PORTS: usize = 8;
 pub const MAX_CIDRS: u32 = MAX_PODS * 8;
+pub const MAX_PEERS: u32 = 1024;
 
 pub const EP_MESHED: u16 = 1 << 0;
 pub const EP_CUSTOM_OUT_CIDRS: u16 = 1 << 1;
@@ -31,12 +32,14 @@ pub const MAP_EP_IP: &str = "dm_ep_ip";
 pub const MAP_NODE: &str = "dm_node";
 pub const MAP_OUT_CIDRS: &str = "dm_out_cidrs";
 pub const MAP_COUNTERS: &str = "dm_counters";
-pub const ALL_MAPS: [&str; 5] = [
+pub const MAP_TUNNELS: &str = "dm_tunnels";
+pub const ALL_MAPS: [&str; 6] = [
     MAP_EP_IFINDEX,
     MAP_EP_IP,
     MAP_NODE,
     MAP_OUT_CIDRS,
     MAP_COUNTERS,
+    MAP_TUNNELS,
 ];
 
 /// `struct dm_endpoint`: a local pod.
@@ -96,6 +99,24 @@ pub struct CidrData {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CidrValue {
     pub action: u32,
+}
+
+/// `struct dm_tunnel_key` (what aya's `lpm_trie::Key<u32>` puts on the wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelKey {
+    pub prefixlen: u32,
+    /// Network byte order.
+    pub addr: u32,
+}
+
+/// `struct dm_tunnel`: where a peer's pod CIDR is reached in overlay mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel {
+    /// HOST byte order (as `bpf_skb_set_tunnel_key` takes it).
+    pub remote_ipv4: u32,
+    pub vni: u32,
 }
 
 /// `enum dm_drop_reason`, in index order.
@@ -194,6 +215,8 @@ unsafe impl aya::Pod for CidrKey {}
 unsafe impl aya::Pod for CidrData {}
 unsafe impl aya::Pod for CidrValue {}
 unsafe impl aya::Pod for PodCounters {}
+unsafe impl aya::Pod for TunnelKey {}
+unsafe impl aya::Pod for Tunnel {}
 
 /// An IPv4 address as the programs store it (network byte order in memory).
 pub fn ipv4_be(ip: Ipv4Addr) -> u32 {

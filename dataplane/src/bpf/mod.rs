@@ -20,6 +20,12 @@ pub static DM_TC_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 pub const PROG_REP_INGRESS: &str = "dm_rep_ingress";
 pub const PROG_REP_EGRESS: &str = "dm_rep_egress";
 pub const PROG_UPLINK_INGRESS: &str = "dm_uplink_ingress";
+pub const PROG_TUNNEL_INGRESS: &str = "dm_tunnel_ingress";
+
+/// The collect_md ("external") VXLAN device the dataplane creates in its
+/// netns for overlay mode, and its UDP port (IANA VXLAN).
+pub const TUNNEL_IFNAME: &str = "dm-vxlan";
+pub const VXLAN_PORT: u16 = 4789;
 
 /// Locally administered MAC the dataplane answers ARP with for every pod's
 /// gateway ("dgw"; outside the simulator's VF MAC range 02:64:6d:..).

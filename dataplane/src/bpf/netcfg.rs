@@ -83,22 +83,55 @@ pub fn prepare_link(ifname: &str) -> Result<(), NetCfgError> {
     sysctl(&format!("net/ipv4/conf/{ifname}/rp_filter"), "0")
 }
 
-/// Underlay: exactly these routes to peers' pod CIDRs via their uplink
-/// addresses, out of `uplink`; stale dpumesh routes are removed.
-pub fn sync_peer_routes(uplink: &str, peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<(), NetCfgError> {
-    for (cidr, via) in peers {
-        ip(&[
-            "-4",
-            "route",
-            "replace",
-            &cidr.to_string(),
-            "via",
-            &via.to_string(),
-            "dev",
-            uplink,
-            "proto",
-            RT_PROTO,
-        ])?;
+/// A representor: as [`prepare_link`], and no IPv6 on it, so the DPU does
+/// not talk to the pod on its own (link-local address, DAD, MLD, router
+/// solicitations). Without IPv6 in the kernel there is nothing to turn off.
+pub fn prepare_representor(ifname: &str) -> Result<(), NetCfgError> {
+    let _ = sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+    prepare_link(ifname)
+}
+
+/// How peers' pod CIDRs are reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerRoutes<'a> {
+    /// `via <peer underlay IP> dev <uplink>`.
+    Underlay { uplink: &'a str },
+    /// `encap ip id <vni> dst <peer underlay IP> dev <tunnel>`: a lightweight
+    /// tunnel route through the collect_md VXLAN device, for what the DPU
+    /// itself sends (dpu-proxy); pods' packets are encapsulated by the programs.
+    Overlay { tunnel: &'a str, vni: u32 },
+}
+
+/// Exactly these routes to peers' pod CIDRs; stale dpumesh peer routes (of
+/// either mode) are removed.
+pub fn sync_peer_routes(
+    how: PeerRoutes<'_>,
+    peers: &[(Ipv4Net, Ipv4Addr)],
+) -> Result<(), NetCfgError> {
+    for (cidr, peer) in peers {
+        let cidr = cidr.to_string();
+        let peer = peer.to_string();
+        match how {
+            PeerRoutes::Underlay { uplink } => ip(&[
+                "-4", "route", "replace", &cidr, "via", &peer, "dev", uplink, "proto", RT_PROTO,
+            ])?,
+            PeerRoutes::Overlay { tunnel, vni } => ip(&[
+                "-4",
+                "route",
+                "replace",
+                &cidr,
+                "encap",
+                "ip",
+                "id",
+                &vni.to_string(),
+                "dst",
+                &peer,
+                "dev",
+                tunnel,
+                "proto",
+                RT_PROTO,
+            ])?,
+        };
     }
     let shown = ip(&["-4", "route", "show", "proto", RT_PROTO])?;
     for line in shown.lines() {
@@ -106,12 +139,66 @@ pub fn sync_peer_routes(uplink: &str, peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<(
             continue;
         };
         // Pod host routes (/32 on a representor) are managed per pod.
-        if line.contains(" via ") {
+        if line.contains(" via ") || line.contains(" encap ") {
             let keep = peers.iter().any(|(c, _)| c.to_string() == dst);
             if !keep {
                 ip(&["-4", "route", "del", dst, "proto", RT_PROTO])?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Creates the collect_md VXLAN device `name` (UDP `port`) if it is not
+/// there, ARP off (the programs and the peer's tunnel program do not need
+/// neighbours on it), up, rp_filter off. Its ifindex.
+pub fn ensure_tunnel(name: &str, port: u16) -> Result<u32, NetCfgError> {
+    if nix::net::if_::if_nametoindex(name).is_err() {
+        ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "vxlan",
+            "external",
+            "dstport",
+            &port.to_string(),
+        ])?;
+    }
+    ip(&["link", "set", "dev", name, "arp", "off", "up"])?;
+    sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "0")?;
+    nix::net::if_::if_nametoindex(name).map_err(|e| NetCfgError {
+        args: format!("(ifindex of {name})"),
+        detail: e.to_string(),
+    })
+}
+
+/// Deletes the VXLAN device (underlay mode has none); absent is fine.
+pub fn remove_tunnel(name: &str) {
+    if nix::net::if_::if_nametoindex(name).is_ok() {
+        let _ = ip(&["link", "del", name]);
+    }
+}
+
+/// Removes dpumesh pod host routes (and their neighbour entries) for any
+/// address not in `keep`: leftovers of pods no longer installed.
+pub fn sweep_pod_routes(keep: &[Ipv4Addr]) -> Result<(), NetCfgError> {
+    let shown = ip(&["-4", "route", "show", "proto", RT_PROTO])?;
+    for line in shown.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(addr) = words.first().and_then(|w| w.parse::<Ipv4Addr>().ok()) else {
+            continue;
+        };
+        if keep.contains(&addr) || line.contains(" via ") || line.contains(" encap ") {
+            continue;
+        }
+        let dev = words
+            .iter()
+            .position(|w| *w == "dev")
+            .and_then(|i| words.get(i + 1))
+            .copied()
+            .unwrap_or("");
+        remove_pod_route(addr, dev);
     }
     Ok(())
 }

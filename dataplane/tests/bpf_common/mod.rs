@@ -159,3 +159,84 @@ pub fn cni_attach(
     .expect("route");
     pod_ns
 }
+
+/// Runs an async block on a current-thread runtime on a thread inside `ns`
+/// (sockets it opens live in `ns`).
+pub fn block_in<F, Fut, T>(ns: &Netns, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = T>,
+    T: Send,
+{
+    ns.run(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f())
+    })
+    .expect("netns")
+}
+
+/// GET `path` from the admin port on 127.0.0.1:15091 inside `ns` (the DPU
+/// netns): (status code, body).
+pub fn admin_get(ns: &Netns, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let path = path.to_string();
+    ns.run(move || {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:15091".parse().expect("addr"),
+            std::time::Duration::from_secs(3),
+        )
+        .expect("connect to the admin port");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: dataplane\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("response");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status code");
+        (code, body.to_string())
+    })
+    .expect("netns")
+}
+
+/// The value of the sample `name{...}` whose labels include all of `labels`
+/// (0 when there is no such sample). Panics if several samples match.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_part, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some(x) => x,
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| label_part.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
+            assert!(
+                found.is_none(),
+                "several samples of {name} match {labels:?}"
+            );
+            found = Some(value.trim().parse::<u64>().expect("integer sample"));
+        }
+    }
+    found.unwrap_or(0)
+}
