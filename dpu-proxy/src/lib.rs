@@ -3,9 +3,12 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod authz;
 pub mod compiled;
 pub mod config_store;
 pub mod control;
+pub mod hbone;
+pub mod identity;
 pub mod lb;
 pub mod metrics;
 pub mod proxy;
