@@ -3,11 +3,11 @@
 mod bpf_common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use bpf_common::*;
-use dpumesh_dataplane::bpf::maps::{DropReason, PodCounters, MODE_UNDERLAY};
+use dpumesh_dataplane::bpf::maps::{DropReason, PodCounters, MODE_OVERLAY, MODE_UNDERLAY};
 use dpumesh_dataplane::bpf::{
     BpfDataplane, InterceptionSpec, NetworkSpec, PinDir, PodSpec, UnderlayPeer,
 };
@@ -22,15 +22,15 @@ impl Drop for Pins {
     }
 }
 
-fn network(sim: &Sim, node: usize) -> NetworkSpec {
+fn network_in(sim: &Sim, node: usize, mode: u8) -> NetworkSpec {
     let n = sim.node(node).unwrap();
     NetworkSpec {
-        mode: MODE_UNDERLAY,
+        mode,
         pod_cidr: n.pod_cidr,
         service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
         uplink: n.uplink_ifname.clone(),
         underlay_ip: n.uplink.addr(),
-        vni: 0,
+        vni: 4242,
         peers: sim
             .nodes()
             .iter()
@@ -58,9 +58,13 @@ fn pod_spec(sim: &Sim, node: usize, vf: usize, uid: &str, ip: Ipv4Addr, meshed: 
 
 /// Loads (or reloads, reusing pins) node `node`'s dataplane in its DPU netns.
 fn start_dataplane(sim: &Sim, node: usize, pods: &[PodSpec]) -> BpfDataplane {
+    start_dataplane_in(sim, node, pods, MODE_UNDERLAY)
+}
+
+fn start_dataplane_in(sim: &Sim, node: usize, pods: &[PodSpec], mode: u8) -> BpfDataplane {
     let n = sim.node(node).unwrap();
     let pin = PinDir(n.bpf_pin_dir.clone());
-    let net = network(sim, node);
+    let net = network_in(sim, node, mode);
     n.dpu
         .run(|| {
             let mut dp = BpfDataplane::load(&pin).expect("load");
@@ -125,6 +129,46 @@ fn connect(ns: &Netns, to: SocketAddr) -> TcpStream {
         s
     })
     .expect("netns")
+}
+
+/// A UDP echo of one datagram: a server in `server` on `port`, a client in
+/// `client` sending to `ip:port` until the echo comes back (ARP may eat the
+/// first datagram).
+fn udp_roundtrip(client: &Netns, server: &Netns, ip: Ipv4Addr, port: u16) {
+    let srv = server
+        .run(move || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind"))
+        .expect("netns");
+    srv.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        // Echo until the client stops sending (read times out).
+        let mut served = 0;
+        srv.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        while let Ok((n, from)) = srv.recv_from(&mut buf) {
+            srv.send_to(&buf[..n], from).expect("echo");
+            served += 1;
+        }
+        served
+    });
+    let c = client
+        .run(|| UdpSocket::bind("0.0.0.0:0").expect("bind"))
+        .expect("netns");
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let msg = b"udp through the dataplane";
+    let mut got = None;
+    for _ in 0..10 {
+        c.send_to(msg, (ip, port)).expect("send");
+        let mut buf = [0u8; 64];
+        if let Ok((n, from)) = c.recv_from(&mut buf) {
+            got = Some((buf[..n].to_vec(), from));
+            break;
+        }
+    }
+    let (data, from) = got.unwrap_or_else(|| panic!("no UDP echo from {ip}:{port}"));
+    assert_eq!(data, msg);
+    assert_eq!(from, SocketAddr::from((ip, port)));
+    assert!(echo.join().unwrap() >= 1);
 }
 
 fn roundtrip(s: &mut TcpStream, msg: &[u8]) {
@@ -193,6 +237,9 @@ fn pods_talk_through_the_dataplane_spoofing_is_dropped_and_captured_tcp_reaches_
     roundtrip(&mut s, b"cross node");
     drop(s);
     srv.join().unwrap();
+    eprintln!("step: udp same node and cross node");
+    udp_roundtrip(&pa, &pb, ip_b, 9001);
+    udp_roundtrip(&pa, &pc, ip_c, 9002);
 
     eprintln!("step: spoofing");
     // Spoofing: a sends as another IP; nothing arrives, drops are counted.
@@ -406,4 +453,209 @@ fn a_pod_update_that_fails_half_way_is_rolled_back() {
         vec![Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 19)]
     );
     assert_eq!(view().pod_cidrs(), 1);
+}
+
+/// A transparent listener on `port` in `ns` (as dpu-proxy binds 15001/15006).
+fn transparent_listener(ns: &Netns, port: u16) -> TcpListener {
+    ns.run(|| {
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        l.set_ip_transparent_v4(true).expect("IP_TRANSPARENT");
+        l.set_reuse_address(true).unwrap();
+        l.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+            .expect("bind");
+        l.listen(16).unwrap();
+        TcpListener::from(l)
+    })
+    .unwrap()
+}
+
+/// A connection from `client` to `dst` must land on `listener` (in the
+/// server node's DPU) with the original destination and the client's
+/// address, and carry data both ways.
+fn captured_inbound(listener: &TcpListener, client: &Netns, client_ip: Ipv4Addr, dst: SocketAddr) {
+    let c = std::thread::spawn({
+        let client = client.clone();
+        move || {
+            let mut s = connect(&client, dst);
+            roundtrip(&mut s, b"inbound via the proxy");
+        }
+    });
+    let mut conn = accept_timeout(listener).expect("no connection on the inbound listener");
+    assert_eq!(conn.local_addr().unwrap(), dst, "original destination");
+    assert_eq!(
+        conn.peer_addr().unwrap().ip(),
+        std::net::IpAddr::V4(client_ip),
+        "client address"
+    );
+    let mut buf = [0u8; 21];
+    conn.read_exact(&mut buf).unwrap();
+    conn.write_all(&buf).unwrap();
+    c.join().expect("client");
+}
+
+#[test]
+fn overlay_vxlan_carries_ping_tcp_udp_and_inbound_capture_across_nodes() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpfo"))
+            .with_nodes(2)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let _pins = Pins(
+        sim.nodes()
+            .iter()
+            .map(|n| PinDir(n.bpf_pin_dir.clone()))
+            .collect(),
+    );
+    let gw1 = sim.node(1).unwrap().pod_gateway;
+    let gw2 = sim.node(2).unwrap().pod_gateway;
+    let (ip_a, ip_b, ip_c) = (
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 1, 6),
+        Ipv4Addr::new(10, 244, 2, 7),
+    );
+    let pa = cni_attach(&sim, 1, 0, "a", ip_a, gw1);
+    let _pb = cni_attach(&sim, 1, 1, "b", ip_b, gw1);
+    let pc = cni_attach(&sim, 2, 0, "c", ip_c, gw2);
+    let mut pods1 = vec![
+        pod_spec(&sim, 1, 0, "uid-a", ip_a, false),
+        pod_spec(&sim, 1, 1, "uid-b", ip_b, false),
+    ];
+    let pods2 = vec![pod_spec(&sim, 2, 0, "uid-c", ip_c, false)];
+    let mut dp1 = start_dataplane_in(&sim, 1, &pods1, MODE_OVERLAY);
+    let dp2 = start_dataplane_in(&sim, 2, &pods2, MODE_OVERLAY);
+    let dpu1 = sim.node(1).unwrap().dpu.clone();
+    let dpu2 = sim.node(2).unwrap().dpu.clone();
+
+    // The overlay is in place: a VXLAN device, LWT routes, no underlay routes.
+    let routes = exec(&dpu1, "ip", &["-4", "route", "show", "proto", "77"]).unwrap();
+    assert!(
+        routes.contains("10.244.2.0/24") && routes.contains("encap ip id 4242"),
+        "{routes}"
+    );
+    assert!(!routes.contains(" via "), "{routes}");
+    let vx = exec(&dpu1, "ip", &["-d", "link", "show", "dm-vxlan"]).unwrap();
+    assert!(vx.contains("external"), "{vx}");
+    let tx_packets = |ns: &Netns| -> u64 {
+        let s = exec(
+            ns,
+            "cat",
+            &["/sys/class/net/dm-vxlan/statistics/tx_packets"],
+        )
+        .unwrap();
+        s.trim().parse().unwrap()
+    };
+    let tx_before = tx_packets(&dpu1) + tx_packets(&dpu2);
+
+    eprintln!("step: overlay ping");
+    ping(&pa, ip_c).expect("a -> c over VXLAN");
+    ping(&pc, ip_a).expect("c -> a over VXLAN");
+    eprintln!("step: overlay tcp");
+    let srv = echo_server(&pc, 8081);
+    let mut s = connect(&pa, SocketAddr::from((ip_c, 8081)));
+    roundtrip(&mut s, b"overlay tcp");
+    drop(s);
+    srv.join().unwrap();
+    eprintln!("step: overlay udp");
+    udp_roundtrip(&pa, &pc, ip_c, 9003);
+    udp_roundtrip(&pc, &pa, ip_a, 9004);
+    let tx_after = tx_packets(&dpu1) + tx_packets(&dpu2);
+    assert!(
+        tx_after >= tx_before + 12,
+        "traffic went through the tunnel: {tx_before} -> {tx_after}"
+    );
+    let a = counters(&dp1, "uid-a");
+    let c = counters(&dp2, "uid-c");
+    assert!(a.bypassed >= 6 && c.bypassed >= 6, "a: {a:?} c: {c:?}");
+
+    eprintln!("step: overlay inbound capture");
+    // b is meshed: c's connection to b arrives through the tunnel and is
+    // steered to the inbound listener on node 1's DPU.
+    pods1[1].meshed = true;
+    dpu1.run(|| dp1.apply_pod(&pods1[1]))
+        .unwrap()
+        .expect("mesh b");
+    let listener = transparent_listener(&dpu1, 15006);
+    captured_inbound(&listener, &pc, ip_c, SocketAddr::from((ip_b, 8080)));
+    let b = counters(&dp1, "uid-b");
+    assert_eq!(b.steered_inbound, 1, "{b:?}");
+    assert!(b.to_proxy_socket >= 2, "{b:?}");
+
+    // Back to underlay: the tunnel goes, peer routes return, traffic flows.
+    dpu1.run(|| dp1.apply_network(&network_in(&sim, 1, MODE_UNDERLAY)))
+        .unwrap()
+        .expect("underlay 1");
+    let mut dp2 = dp2;
+    dpu2.run(|| dp2.apply_network(&network_in(&sim, 2, MODE_UNDERLAY)))
+        .unwrap()
+        .expect("underlay 2");
+    assert!(exec(&dpu1, "ip", &["link", "show", "dm-vxlan"]).is_err());
+    let routes = exec(&dpu1, "ip", &["-4", "route", "show", "proto", "77"]).unwrap();
+    assert!(
+        routes.contains(" via 192.0.2.12") && !routes.contains("encap"),
+        "{routes}"
+    );
+    ping(&pa, ip_c).expect("a -> c over the underlay again");
+}
+
+#[test]
+fn underlay_inbound_capture_from_another_node_reaches_the_inbound_listener() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpfi"))
+            .with_nodes(2)
+            .with_vfs(1),
+    )
+    .expect("sim up");
+    let _pins = Pins(
+        sim.nodes()
+            .iter()
+            .map(|n| PinDir(n.bpf_pin_dir.clone()))
+            .collect(),
+    );
+    let gw1 = sim.node(1).unwrap().pod_gateway;
+    let gw2 = sim.node(2).unwrap().pod_gateway;
+    let (ip_b, ip_c) = (Ipv4Addr::new(10, 244, 1, 6), Ipv4Addr::new(10, 244, 2, 7));
+    let pb = cni_attach(&sim, 1, 0, "b", ip_b, gw1);
+    let pc = cni_attach(&sim, 2, 0, "c", ip_c, gw2);
+    let mut b = pod_spec(&sim, 1, 0, "uid-b", ip_b, true);
+    // Capture only 8080; 8081 stays direct.
+    b.interception.capture_inbound_ports = vec![8080];
+    let dp1 = start_dataplane(&sim, 1, &[b]);
+    let _dp2 = start_dataplane(&sim, 2, &[pod_spec(&sim, 2, 0, "uid-c", ip_c, false)]);
+    let dpu1 = sim.node(1).unwrap().dpu.clone();
+
+    // Settle the neighbours on the way (ping is not captured).
+    ping(&pc, ip_b).expect("c -> b");
+    // No listener yet: the proxy is down, captured SYNs are dropped (fail closed).
+    let refused = pc.run(move || {
+        TcpStream::connect_timeout(&SocketAddr::from((ip_b, 8080)), Duration::from_millis(700))
+    });
+    let refused = refused.unwrap();
+    assert!(
+        refused.is_err(),
+        "captured port reachable without the proxy"
+    );
+    let got = counters(&dp1, "uid-b");
+    assert!(
+        got.drop_count(DropReason::NoProxy) >= 1,
+        "{refused:?} {got:?} {:?}",
+        counters(&_dp2, "uid-c")
+    );
+
+    let listener = transparent_listener(&dpu1, 15006);
+    captured_inbound(&listener, &pc, ip_c, SocketAddr::from((ip_b, 8080)));
+    let got = counters(&dp1, "uid-b");
+    assert_eq!(got.steered_inbound, 1, "{got:?}");
+    assert!(
+        got.to_proxy_socket >= 2,
+        "rest of the flow to the socket: {got:?}"
+    );
+
+    // A port not in the capture list goes straight to the pod.
+    let srv = echo_server(&pb, 8081);
+    let mut s = connect(&pc, SocketAddr::from((ip_b, 8081)));
+    roundtrip(&mut s, b"not captured");
+    drop(s);
+    srv.join().unwrap();
+    assert_eq!(counters(&dp1, "uid-b").steered_inbound, 1);
 }
