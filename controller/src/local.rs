@@ -28,13 +28,16 @@ pub enum LocalError {
         source: std::io::Error,
     },
     #[error("{path}: {error}")]
-    Decode { path: String, error: DecodeError },
+    Decode {
+        path: String,
+        error: Box<DecodeError>,
+    },
     #[error(
         "{path}: no pod {pod:?} in pods.yaml (directories under xds/ are named <namespace>.<pod>)"
     )]
     UnknownPod { path: String, pod: String },
     #[error(transparent)]
-    Translate(#[from] TranslateError),
+    Translate(#[from] Box<TranslateError>),
     #[error("the translated NodeConfig is invalid:\n{0}")]
     Invalid(String),
 }
@@ -67,7 +70,7 @@ fn read_resources(path: &Path, text_hash: &mut u64) -> Result<Vec<Resource>, Loc
     *text_hash ^= crate::translate::content_hash(text.as_bytes()).rotate_left(7);
     parse_documents(&text, &path.display().to_string()).map_err(|error| LocalError::Decode {
         path: path.display().to_string(),
-        error,
+        error: Box::new(error),
     })
 }
 
@@ -133,7 +136,7 @@ pub fn load(dir: &Path, node: Option<&str>) -> Result<LocalState, LocalError> {
 /// pusher numbers it).
 pub fn build(dir: &Path, node: Option<&str>) -> Result<dpumesh_api::NodeConfig, LocalError> {
     let state = load(dir, node)?;
-    let config = translate::translate(&state.inventory, &state.proxies)?;
+    let config = translate::translate(&state.inventory, &state.proxies).map_err(Box::new)?;
     config
         .validate()
         .map_err(|e| LocalError::Invalid(e.to_string()))?;

@@ -1,1 +1,167 @@
-fn main() {}
+//! dpumesh-controller: `controller` (cluster-wide) and `adapter` (per node).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dpumesh_controller::inventory::Inventory;
+use dpumesh_controller::local;
+use dpumesh_controller::push::{Pushed, Pusher};
+use dpumesh_controller::xds::ads::{self, AdsSettings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dpumesh-controller",
+    version,
+    about = "dpumesh controller and per-node adapter"
+)]
+struct Args {
+    /// Log filter (tracing-subscriber EnvFilter syntax).
+    #[arg(long, env = "DPUMESH_LOG", default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// Cluster-wide controller (Kubernetes watchers): not implemented yet.
+    Controller,
+    /// Per-node adapter: xDS (istiod over ADS, or a local directory) → NodeConfig → dpu-proxy.
+    Adapter(AdapterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AdapterArgs {
+    /// Local mode: read xDS resources and the inventory from this directory and watch it.
+    #[arg(long, conflicts_with = "xds_addr")]
+    local_dir: Option<PathBuf>,
+    /// ADS mode: istiod's xDS address (e.g. http://istiod.istio-system.svc:15010).
+    #[arg(long, requires = "inventory_dir")]
+    xds_addr: Option<String>,
+    /// ADS mode: directory with node.yaml, pods.yaml, services.yaml (until the controller streams them).
+    #[arg(long)]
+    inventory_dir: Option<PathBuf>,
+    /// This node's name; must match node.yaml.
+    #[arg(long, env = "DPUMESH_NODE")]
+    node: String,
+    /// dpu-proxy's control address.
+    #[arg(long, default_value = "192.168.100.2:15080")]
+    proxy_addr: String,
+    /// Local mode: build and push once, then exit (0 = ACKed or unchanged).
+    #[arg(long)]
+    once: bool,
+    /// Local mode: how often to look for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    poll_ms: u64,
+    /// Istio version announced to istiod.
+    #[arg(long, default_value = "1.24.0")]
+    istio_version: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("--log-level {:?}: {e}", args.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.role {
+        Role::Controller => {
+            eprintln!("dpumesh-controller controller: the Kubernetes watchers are not implemented yet (docs/adapter.md)");
+            ExitCode::from(2)
+        }
+        Role::Adapter(a) => runtime.block_on(adapter(a)),
+    }
+}
+
+async fn adapter(a: AdapterArgs) -> ExitCode {
+    if let Some(dir) = a.local_dir.clone() {
+        return local_mode(dir, a).await;
+    }
+    let (Some(xds_addr), Some(dir)) = (a.xds_addr.clone(), a.inventory_dir.clone()) else {
+        eprintln!("adapter: give --local-dir DIR, or --xds-addr URL with --inventory-dir DIR");
+        return ExitCode::from(2);
+    };
+    let inventory = match Inventory::load(&dir, Some(&a.node)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = AdsSettings {
+        xds_addr,
+        proxy_addr: a.proxy_addr,
+        istio_version: a.istio_version,
+    };
+    tokio::select! {
+        () = ads::run(settings, inventory) => ExitCode::SUCCESS,
+        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+    }
+}
+
+async fn local_mode(dir: PathBuf, a: AdapterArgs) -> ExitCode {
+    let mut pusher = Pusher::new(&a.proxy_addr);
+    let mut seen = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(a.poll_ms.max(10)));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+        let mtime = local::newest_mtime(&dir);
+        if mtime == seen && seen.is_some() {
+            continue;
+        }
+        seen = mtime;
+        let ok = match local::build(&dir, Some(&a.node)) {
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), "{e}; keeping the previous config");
+                false
+            }
+            Ok(config) => match pusher.push(config).await {
+                Ok(Pushed::Applied(v)) => {
+                    tracing::info!(version = v, "dpu-proxy ACKed the config");
+                    true
+                }
+                Ok(Pushed::Unchanged(v)) => {
+                    tracing::info!(version = v, "no change");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    if matches!(e, dpumesh_controller::push::PushError::Transport { .. }) {
+                        seen = None; // try again on the next tick
+                    }
+                    false
+                }
+            },
+        };
+        if a.once {
+            return if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    }
+}

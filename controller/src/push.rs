@@ -35,7 +35,7 @@ pub struct Pusher {
     client: Option<ProxyConfigClient<Channel>>,
     /// The version dpu-proxy serves (0 = unknown / none).
     serving: u64,
-    /// The content last acknowledged, with `version` zeroed.
+    /// The content last acknowledged, with `version` zeroed and `sources` cleared.
     acked: Option<NodeConfig>,
 }
 
@@ -80,10 +80,16 @@ impl Pusher {
         })
     }
 
-    /// Offers `config` (its `version` is replaced) unless it equals the last ACKed one.
+    /// Offers `config` (its `version` is replaced) unless it equals the last ACKed
+    /// one. `sources` (the xDS versions) is informational and does not count as a
+    /// change: istiod re-sends unchanged resources under new versions, and each
+    /// would otherwise cost a config swap on the DPU. The served `sources` are
+    /// those of the last real change.
     pub async fn push(&mut self, mut config: NodeConfig) -> Result<Pushed, PushError> {
         config.version = 0;
-        if self.acked.as_ref() == Some(&config) {
+        let mut content = config.clone();
+        content.sources.clear();
+        if self.acked.as_ref() == Some(&content) {
             return Ok(Pushed::Unchanged(self.serving));
         }
         let serving = {
@@ -106,8 +112,7 @@ impl Pusher {
         };
         if reply.outcome == PushOutcome::Ack as i32 {
             self.serving = reply.serving_version.max(version);
-            config.version = 0;
-            self.acked = Some(config);
+            self.acked = Some(content);
             Ok(Pushed::Applied(version))
         } else {
             self.serving = reply.serving_version;

@@ -62,6 +62,9 @@ pub struct TranslateError {
     /// `<namespace>/<name>` of the pod whose proxy received it.
     pub pod: Option<String>,
     pub message: String,
+    /// Set when the fault is a reference to a resource not received (yet): the
+    /// ADS client treats it as warming while that resource is still awaited.
+    pub missing: Option<ResourceRef>,
 }
 
 impl fmt::Display for TranslateError {
@@ -79,6 +82,7 @@ fn error(type_url: &str, name: &str, pod: &str, message: impl Into<String>) -> T
         resource: ResourceRef::new(type_url, name),
         pod: (!pod.is_empty()).then(|| pod.to_string()),
         message: message.into(),
+        missing: None,
     }
 }
 
@@ -688,8 +692,9 @@ fn listener_bindings(
                         .routes
                         .get(&rds.route_config_name)
                         .cloned()
-                        .ok_or_else(|| {
-                            error(
+                        .ok_or_else(|| TranslateError {
+                            missing: Some(ResourceRef::new(ROUTE_TYPE, &rds.route_config_name)),
+                            ..error(
                                 LISTENER_TYPE,
                                 name,
                                 pod,

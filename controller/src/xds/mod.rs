@@ -1,6 +1,7 @@
 //! Envoy v3 xDS resources: decoding (protobuf for ADS, proto3 JSON/YAML for the
 //! local mode — both end in the same typed decode) and the ADS client.
 
+pub mod ads;
 pub mod descriptors;
 pub mod resource;
 

@@ -112,6 +112,20 @@ impl Resource {
         Ok(resource)
     }
 
+    /// The resource as an `Any` (what an xDS server puts in a DiscoveryResponse).
+    pub fn to_any(&self) -> envoy_types::pb::google::protobuf::Any {
+        let value = match self {
+            Resource::Listener(r) => r.encode_to_vec(),
+            Resource::Route(r) => r.encode_to_vec(),
+            Resource::Cluster(r) => r.encode_to_vec(),
+            Resource::Endpoints(r) => r.encode_to_vec(),
+        };
+        envoy_types::pb::google::protobuf::Any {
+            type_url: self.type_url().to_string(),
+            value,
+        }
+    }
+
     /// Decodes an `Any` as found in a DiscoveryResponse.
     pub fn from_any(
         any: &envoy_types::pb::google::protobuf::Any,
