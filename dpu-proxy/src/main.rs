@@ -51,6 +51,15 @@ struct Args {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
+    /// HBONE (mTLS HTTP/2 CONNECT) listener port on `--listen-ip`; 0 disables it.
+    #[arg(long, default_value_t = dpu_proxy::hbone::HBONE_PORT)]
+    hbone_port: u16,
+    /// Trust domain of the built-in CA (must equal the config's node.trustDomain).
+    #[arg(long, env = "DPUMESH_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates from the built-in CA; renewed at half of it.
+    #[arg(long, default_value_t = 24 * 3600)]
+    workload_cert_ttl_seconds: u64,
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. "info" or "dpu_proxy=debug").
     #[arg(long, env = "DPUMESH_LOG", default_value = "info")]
     log_level: String,
@@ -97,6 +106,10 @@ fn main() -> anyhow::Result<()> {
         };
         tracing::info!(addr = %spec.bind, direction = ?spec.direction, "listening");
         data.spawn(proxy.clone().serve(listener, spec));
+    }
+
+    if args.hbone_port != 0 {
+        start_hbone(&data, &store, &args)?;
     }
 
     // Control gRPC and admin: a current-thread runtime on this thread.
@@ -146,6 +159,49 @@ fn main() -> anyhow::Result<()> {
     })?;
     data.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Built-in CA → certificate store following the config → HBONE server
+/// gated by the pods' inbound policies, all on the data path runtime.
+fn start_hbone(
+    data: &tokio::runtime::Runtime,
+    store: &Arc<ConfigStore>,
+    args: &Args,
+) -> anyhow::Result<()> {
+    use dpu_proxy::authz::{PolicyGate, PolicyIndex};
+    use dpu_proxy::hbone::HboneServer;
+    use dpu_proxy::identity::{follow_config, BuiltinCa, CaConfig, CertStore};
+
+    let mut ca = CaConfig::new(&args.trust_domain);
+    ca.workload_ttl = Duration::from_secs(args.workload_cert_ttl_seconds.max(60));
+    let ca = Arc::new(BuiltinCa::new(ca).context("built-in CA")?);
+    let certs = Arc::new(CertStore::new(&args.trust_domain, ca).context("certificate store")?);
+    let gate = Arc::new(PolicyGate::new(PolicyIndex::default()));
+    let local = certs.clone();
+    let server = Arc::new(
+        HboneServer::new(
+            certs.clone(),
+            Arc::new(move |t: SocketAddr| local.identity_for_ip(t.ip()).is_some()),
+        )
+        .with_gate(gate.clone()),
+    );
+    let addr = SocketAddr::new(args.listen_ip, args.hbone_port);
+    let listener = {
+        let _in_runtime = data.enter();
+        let std = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the HBONE listener {addr}"))?;
+        std.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(std)?
+    };
+    tracing::info!(%addr, trust_domain = %args.trust_domain, "HBONE listening");
+    data.spawn(follow_config(store.subscribe(), certs.clone(), gate));
+    data.spawn(async move {
+        let _rotation = certs.spawn_rotation(Duration::from_secs(30));
+        if let Err(e) = server.serve(listener).await {
+            tracing::error!(error = %e, "HBONE listener failed");
+        }
+    });
     Ok(())
 }
 

@@ -487,3 +487,59 @@ async fn authorization_policy_gates_hbone_tunnels() {
         Err(HboneError::Refused { .. })
     ));
 }
+
+#[tokio::test]
+async fn served_config_drives_identities_and_policies() {
+    use dpu_proxy::config_store::{ConfigStore, Offer};
+    let ca = ca(TD);
+    let certs = Arc::new(CertStore::new(TD, ca).expect("store"));
+    let gate = Arc::new(PolicyGate::new(PolicyIndex::default()));
+    let configs = ConfigStore::new();
+    tokio::spawn(dpu_proxy::identity::follow_config(
+        configs.subscribe(),
+        certs.clone(),
+        gate.clone(),
+    ));
+    let mut cfg = json!({
+        "version": 1,
+        "node": {"name": "n3", "networkMode": "underlay", "podCidr": "10.244.3.0/24", "dpuMgmtAddr": "192.168.100.2:15080"},
+        "pods": [{"uid": "u1", "name": "a", "namespace": "foo", "serviceAccount": "sleep", "ips": ["10.244.3.5"],
+                  "mac": "02:00:00:00:00:01", "vfIndex": 1, "representor": "pf0vf1", "inboundPolicy": "strict"}],
+        "inboundPolicies": [{"name": "strict", "authorization": [{"name": "foo/deny-all", "action": "DENY", "rules": [{}]}]}]
+    });
+    let offer =
+        |v: &serde_json::Value| configs.offer(serde_json::from_value(v.clone()).expect("config"));
+    assert!(matches!(offer(&cfg), Offer::Accepted { .. }));
+    let sleep = id("foo", "sleep");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while certs.get(&sleep).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "identity never issued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tunnel = InboundTunnel {
+        peer: id("bar", "x"),
+        peer_addr: "192.0.2.12:40000".parse().expect("addr"),
+        local_identity: sleep.clone(),
+        target: "10.244.3.5:9080".parse().expect("addr"),
+    };
+    assert_eq!(gate.check(&tunnel), Err("foo/deny-all".to_string()));
+
+    // The pod moves to another service account: the old identity goes.
+    cfg["version"] = json!(2);
+    cfg["pods"][0]["serviceAccount"] = json!("reviews");
+    cfg["inboundPolicies"] = json!([{"name": "strict"}]);
+    assert!(matches!(offer(&cfg), Offer::Accepted { .. }));
+    let reviews = id("foo", "reviews");
+    while certs.get(&reviews).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new identity never issued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(certs.get(&sleep).is_none());
+    assert_eq!(gate.check(&tunnel), Ok(()));
+}

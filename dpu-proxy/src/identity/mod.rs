@@ -7,6 +7,7 @@
 //! keys and never kept as bytes, printed or logged.
 
 mod ca;
+mod node;
 mod store;
 pub mod tls;
 
@@ -18,6 +19,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 
 pub use ca::{BuiltinCa, CaConfig};
+pub use node::follow_config;
 pub use store::{CertIssuer, CertStore, IssueFuture, StoreSnapshot};
 
 /// Errors of identity handling; each names what was wrong.
