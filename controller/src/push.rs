@@ -72,6 +72,14 @@ impl Pusher {
                 .map_err(|e| self.transport(e))?
                 .into_inner();
             self.serving = self.serving.max(current.serving_version);
+            // ... and does not re-push what is already served.
+            if self.acked.is_none() {
+                if let Ok(mut served) = NodeConfig::from_json(&current.node_config_json) {
+                    served.version = 0;
+                    served.sources.clear();
+                    self.acked = Some(served);
+                }
+            }
             self.client = Some(c);
         }
         self.client.as_mut().ok_or_else(|| PushError::Transport {
@@ -89,6 +97,7 @@ impl Pusher {
         config.version = 0;
         let mut content = config.clone();
         content.sources.clear();
+        let _ = self.client().await?;
         if self.acked.as_ref() == Some(&content) {
             return Ok(Pushed::Unchanged(self.serving));
         }

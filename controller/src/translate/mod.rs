@@ -64,7 +64,7 @@ pub struct TranslateError {
     pub message: String,
     /// Set when the fault is a reference to a resource not received (yet): the
     /// ADS client treats it as warming while that resource is still awaited.
-    pub missing: Option<ResourceRef>,
+    pub missing: Option<Box<ResourceRef>>,
 }
 
 impl fmt::Display for TranslateError {
@@ -693,7 +693,10 @@ fn listener_bindings(
                         .get(&rds.route_config_name)
                         .cloned()
                         .ok_or_else(|| TranslateError {
-                            missing: Some(ResourceRef::new(ROUTE_TYPE, &rds.route_config_name)),
+                            missing: Some(Box::new(ResourceRef::new(
+                                ROUTE_TYPE,
+                                &rds.route_config_name,
+                            ))),
                             ..error(
                                 LISTENER_TYPE,
                                 name,
