@@ -108,8 +108,12 @@ fn main() -> anyhow::Result<()> {
         data.spawn(proxy.clone().serve(listener, spec));
     }
 
+    // HBONE is not yet on the outbound path (docs/identity.md), so a busy
+    // 15008 (e.g. several proxies on one test host) must not stop the proxy.
     if args.hbone_port != 0 {
-        start_hbone(&data, &store, &args)?;
+        if let Err(e) = start_hbone(&data, &store, &args) {
+            tracing::error!(error = format!("{e:#}"), "HBONE disabled");
+        }
     }
 
     // Control gRPC and admin: a current-thread runtime on this thread.
