@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dpumesh_api::proto::v1::{
-    AddPodRequest, Interception, NetworkMode, NodeNetwork, PodSteering, SetNodeNetworkRequest,
+    AddPodRequest, Interception, NetworkMode, NodeNetwork, PeerNode, PodSteering,
+    SetNodeNetworkRequest,
 };
 use dpumesh_api::NodeConfig;
 use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
@@ -345,35 +346,26 @@ fn node_config(node: &Node, a: Ipv4Addr, b: Ipv4Addr, mgmt: &str) -> NodeConfig 
     serde_json::from_value(cfg).expect("test NodeConfig parses")
 }
 
-#[test]
-fn pod_to_service_through_the_dataplane_and_the_proxy() {
-    let dataplane = dataplane_bin();
-    let sim = SimGuard::up(
-        SimConfig::new(unique_cluster("pxe2e"))
-            .with_nodes(1)
-            .with_vfs(2),
-    )
-    .expect("sim up");
-    let node = sim.node(1).expect("node 1").clone();
-    let (ip_a, ip_b) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6));
-    let pod_a = attach_pod(&sim, &node, 0, "client-a", ip_a);
-    let pod_b = attach_pod(&sim, &node, 1, "server-b", ip_b);
+/// Starts node `i`'s dataplane (eBPF; peers: every other node, underlay) and
+/// dpu-proxy in its DPU netns, registers `pods` with the dataplane; returns
+/// the proxy's control address.
+fn start_node(sim: &SimGuard, i: usize, pods: Vec<PodSteering>) -> String {
+    let node = sim.node(i).expect("node").clone();
     let mgmt_ip = node.mgmt_dpu.addr();
     let dp_mgmt = format!("{mgmt_ip}:15081");
     let proxy_mgmt = format!("{mgmt_ip}:15080");
-
-    // The dataplane: pins under the simulator's per-node dir (removed by `down`).
+    // Pins under the simulator's per-node dir (removed by `down`).
     sim.spawn_with(
         SpawnSpec::new(
-            "dataplane-n1",
+            format!("dataplane-n{i}"),
             node.netns(Place::Dpu).clone(),
-            dataplane.display().to_string(),
+            dataplane_bin().display().to_string(),
         )
         .args([
             "--node".to_string(),
-            "n1".into(),
+            format!("n{i}"),
             "--node-id".into(),
-            format!("{}-n1", sim.cluster()),
+            format!("{}-n{i}", sim.cluster()),
             "--mgmt-addr".into(),
             dp_mgmt.clone(),
             "--admin-addr".into(),
@@ -385,49 +377,78 @@ fn pod_to_service_through_the_dataplane_and_the_proxy() {
     )
     .expect("spawn the dataplane");
     wait_listening(&node.host, dp_mgmt.parse().expect("addr"), "the dataplane");
+    let peers = sim
+        .nodes()
+        .iter()
+        .filter(|p| p.index != i)
+        .map(|p| PeerNode {
+            name: format!("n{}", p.index),
+            pod_cidr: p.pod_cidr.to_string(),
+            underlay_ip: p.uplink.addr().to_string(),
+        })
+        .collect();
     register(
         &node.host,
         dp_mgmt,
         NodeNetwork {
-            node_name: "n1".into(),
+            node_name: format!("n{i}"),
             mode: NetworkMode::Underlay as i32,
             pod_cidr: node.pod_cidr.to_string(),
             service_cidrs: vec!["10.96.0.0/16".into()],
             underlay_ip: node.uplink.addr().to_string(),
             vni: 0,
-            peers: vec![],
+            peers,
             gateway_ip: String::new(),
         },
-        vec![
-            steering("uid-a", "client-a", &node, 0, ip_a),
-            steering("uid-b", "server-b", &node, 1, ip_b),
-        ],
+        pods,
     );
-
     sim.spawn_with(
         SpawnSpec::new(
-            "dpu-proxy-n1",
+            format!("dpu-proxy-n{i}"),
             node.netns(Place::Dpu).clone(),
             env!("CARGO_BIN_EXE_dpu-proxy"),
         )
         .args([
-            "--node",
-            "n1",
-            "--mgmt-addr",
-            &proxy_mgmt,
-            "--admin-addr",
-            "127.0.0.1:15000",
-            "--workers",
-            "1",
+            "--node".to_string(),
+            format!("n{i}"),
+            "--mgmt-addr".into(),
+            proxy_mgmt.clone(),
+            "--admin-addr".into(),
+            "127.0.0.1:15000".into(),
+            "--workers".into(),
+            "1".into(),
         ])
         .health(proxy_mgmt.clone()),
     )
     .expect("spawn dpu-proxy");
     wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
+    proxy_mgmt
+}
+
+#[test]
+fn pod_to_service_through_the_dataplane_and_the_proxy() {
+    let sim = SimGuard::up(
+        SimConfig::new(unique_cluster("pxe2e"))
+            .with_nodes(1)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let node = sim.node(1).expect("node 1").clone();
+    let (ip_a, ip_b) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6));
+    let pod_a = attach_pod(&sim, &node, 0, "client-a", ip_a);
+    let pod_b = attach_pod(&sim, &node, 1, "server-b", ip_b);
+    let proxy_mgmt = start_node(
+        &sim,
+        1,
+        vec![
+            steering("uid-a", "client-a", &node, 0, ip_a),
+            steering("uid-b", "server-b", &node, 1, ip_b),
+        ],
+    );
     push(
         &node.host,
-        proxy_mgmt,
-        node_config(&node, ip_a, ip_b, &format!("{mgmt_ip}:15080")),
+        proxy_mgmt.clone(),
+        node_config(&node, ip_a, ip_b, &proxy_mgmt),
     );
     assert!(admin(&node.dpu, "/ready").contains("config version 1"));
 
@@ -507,5 +528,110 @@ fn pod_to_service_through_the_dataplane_and_the_proxy() {
     let sim_name = sim.cluster().to_string();
     drop(sim);
     let left = dpumesh_sim::leftovers(&sim_name).expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// NodeConfig of node `i` of the two-node test: its one local pod, and the
+/// service `web` whose endpoint is pod c on node 2.
+fn cross_node_config(
+    node: &Node,
+    i: usize,
+    local: (&str, &str, &str, Ipv4Addr),
+    c: Ipv4Addr,
+    mgmt: &str,
+) -> NodeConfig {
+    let (uid, name, app, ip) = local;
+    let v = node.vf(0).expect("vf 0");
+    let cfg = json!({
+        "version": 1,
+        "node": {"name": format!("n{i}"), "networkMode": "underlay",
+                 "podCidr": node.pod_cidr.to_string(), "serviceCidrs": ["10.96.0.0/16"],
+                 "dpuMgmtAddr": mgmt},
+        "pods": [{"uid": uid, "name": name, "namespace": "default", "serviceAccount": name,
+                  "labels": {"app": app}, "ips": [ip.to_string()], "mac": v.mac.to_string(),
+                  "vfIndex": v.index, "representor": v.representor}],
+        "services": [{
+            "hostname": HOST, "namespace": "default", "vips": [VIP],
+            "ports": [{"port": 80, "name": "http", "targetPort": SERVER_PORT}],
+            "endpoints": [{"address": c.to_string(), "node": "n2",
+                           "labels": {"app": "server"}, "serviceAccount": "server-c"}],
+        }],
+    });
+    serde_json::from_value(cfg).expect("test NodeConfig parses")
+}
+
+#[test]
+fn pod_to_service_on_another_node_through_both_proxies() {
+    let sim = SimGuard::up(
+        SimConfig::new(unique_cluster("pxe2x"))
+            .with_nodes(2)
+            .with_vfs(1),
+    )
+    .expect("sim up");
+    let (n1, n2) = (
+        sim.node(1).expect("node 1").clone(),
+        sim.node(2).expect("node 2").clone(),
+    );
+    let (ip_a, ip_c) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 7));
+    let pod_a = attach_pod(&sim, &n1, 0, "client-a", ip_a);
+    let pod_c = attach_pod(&sim, &n2, 0, "server-c", ip_c);
+    let m1 = start_node(&sim, 1, vec![steering("uid-a", "client-a", &n1, 0, ip_a)]);
+    let m2 = start_node(&sim, 2, vec![steering("uid-c", "server-c", &n2, 0, ip_c)]);
+    push(
+        &n1.host,
+        m1.clone(),
+        cross_node_config(&n1, 1, ("uid-a", "client-a", "client", ip_a), ip_c, &m1),
+    );
+    push(
+        &n2.host,
+        m2.clone(),
+        cross_node_config(&n2, 2, ("uid-c", "server-c", "server", ip_c), ip_c, &m2),
+    );
+    let server = PodServer::start(&pod_c, "server-c", SERVER_PORT);
+    let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+
+    // a → VIP: node 1's proxy (outbound, 15001) → fabric → node 2's proxy
+    // (inbound, 15006) → c; c sees a's own IP.
+    for h2 in [false, true] {
+        let (status, body) = get(&pod_a, vip, "web", "/x", h2);
+        assert_eq!(status, StatusCode::OK, "h2={h2}: {body}");
+        assert_eq!(body, format!("served by server-c to {ip_a}"), "h2={h2}");
+    }
+    // (Node 2's proxy may reuse one pooled upstream connection for both.)
+    let peers = server.peer_ips();
+    assert!(
+        !peers.is_empty() && peers.iter().all(|ip| *ip == ip_a),
+        "server peers: {peers:?}"
+    );
+
+    // Each side counted it, from its own point of view.
+    let out = admin(&n1.dpu, "/metrics");
+    let sent = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("destination_service", HOST),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/server-c",
+        ),
+        ("response_code", "200"),
+    ];
+    assert_eq!(requests_total(&out, &sent), 2.0, "{out}");
+    let inb = admin(&n2.dpu, "/metrics");
+    let received = [
+        ("reporter", "destination"),
+        ("destination_workload", "server"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/server-c",
+        ),
+        ("response_code", "200"),
+    ];
+    assert_eq!(requests_total(&inb, &received), 2.0, "{inb}");
+
+    drop(server);
+    let name = sim.cluster().to_string();
+    drop(sim);
+    let left = dpumesh_sim::leftovers(&name).expect("leftovers");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
