@@ -31,6 +31,8 @@ pub enum BenchCommand {
     Cni(bench::cni::CniArgs),
     /// dpu-proxy vs Envoy vs HAProxy vs no proxy: req/s, latency, CPU per request, RSS.
     Proxy(bench::proxy::ProxyArgs),
+    /// eBPF dataplane: TC program cost per packet, pod->pod throughput and latency vs plain kernel forwarding.
+    Dataplane(bench::dataplane::DataplaneArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,5 +41,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Bench(BenchCommand::Cni(args)) => bench::cni::run(args),
         Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args),
+        Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane::run(args),
     }
 }

@@ -51,7 +51,9 @@ struct Args {
     /// Where bpffs is (or gets) mounted; maps are pinned in <root>/<node-id>/.
     #[arg(long, env = "DATAPLANE_BPF_PIN_ROOT", default_value = bpf::loader::BPFFS_ROOT)]
     bpf_pin_root: PathBuf,
-    /// Name of this DPU's pin directory (default: --node). The simulator uses `<cluster>-n<i>`.
+    /// Name of this DPU's pin directory. Default: `<cluster>-n<i>` when running
+    /// in the simulator's DPU netns `dm-<cluster>-n<i>-dpu` (so `sim down`
+    /// removes the pins), else --node.
     #[arg(long, env = "DATAPLANE_NODE_ID")]
     node_id: Option<String>,
     /// After a restart, entries a previous run left in the maps keep
@@ -59,6 +61,14 @@ struct Args {
     /// the first SetNodeNetwork, whatever was not re-added is removed.
     #[arg(long, env = "DATAPLANE_RESTORE_GRACE_SECS", default_value_t = 30)]
     restore_grace_secs: u64,
+    /// Measure the TC programs' per-packet cost with BPF_PROG_TEST_RUN
+    /// (this many runs per path), print JSON and exit (for `dpumesh bench
+    /// dataplane`; runs in the current netns, needs a netdev named by
+    /// --prog-cost-peer).
+    #[arg(long, hide = true)]
+    prog_cost: Option<u32>,
+    #[arg(long, hide = true, default_value = "pf0vf1")]
+    prog_cost_peer: String,
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. "info" or "dpumesh_dataplane=debug").
     #[arg(long, env = "DPUMESH_LOG", default_value = "info")]
     log_level: String,
@@ -73,6 +83,12 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(repeat) = args.prog_cost {
+        let costs = bpf::cost::program_costs(repeat, &args.prog_cost_peer)
+            .context("measuring the TC programs")?;
+        println!("{}", serde_json::to_string(&costs)?);
+        return Ok(());
+    }
     let node = args.node.clone().unwrap_or_else(hostname);
     let representors = match args.representors.trim() {
         "auto" => Representors::Discover,
@@ -81,7 +97,11 @@ fn main() -> anyhow::Result<()> {
     let backend: Arc<dyn SteeringBackend> = match args.backend {
         Backend::Memory => MemoryBackend::new(),
         Backend::Ebpf => {
-            let node_id = args.node_id.clone().unwrap_or_else(|| node.clone());
+            let node_id = args
+                .node_id
+                .clone()
+                .or_else(sim_node_id)
+                .unwrap_or_else(|| node.clone());
             let pin = PinDir::under(&args.bpf_pin_root, &node_id).context("--node-id")?;
             let dp = BpfDataplane::load(&pin).with_context(|| {
                 format!(
@@ -144,6 +164,26 @@ async fn reconcile_after_grace(registry: Arc<PodRegistry>, grace: Duration) {
         Ok(Err(e)) => tracing::error!(error = %e, "reconcile failed"),
         Err(e) => tracing::error!(error = %e, "reconcile task failed"),
     }
+}
+
+/// `<cluster>-n<i>` when this process runs in the simulator's DPU netns
+/// `dm-<cluster>-n<i>-dpu` (found in /run/netns by the netns inode).
+fn sim_node_id() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata("/proc/self/ns/net").ok()?;
+    for entry in std::fs::read_dir("/run/netns").ok()?.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.ino() != ours.ino() || meta.dev() != ours.dev() {
+            continue;
+        }
+        let name = entry.file_name().into_string().ok()?;
+        let id = name.strip_prefix("dm-")?.strip_suffix("-dpu")?;
+        let (cluster, node) = id.rsplit_once("-n")?;
+        if !cluster.is_empty() && !node.is_empty() && node.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(id.to_string());
+        }
+    }
+    None
 }
 
 fn hostname() -> String {

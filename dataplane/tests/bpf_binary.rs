@@ -19,8 +19,9 @@ use dpumesh_sim::{Netns, Place, ProcessRecord, Sim, SimConfig, SimGuard};
 
 const CONTROL: &str = "192.168.100.2:15081";
 
+/// The binary, with its pin dir derived from the netns it runs in
+/// (`dm-<c>-n1-dpu` → `<c>-n1`, which `sim down` removes).
 fn spawn_dataplane(sim: &Sim, name: &str) -> ProcessRecord {
-    let node_id = format!("{}-n1", sim.cluster());
     let p = sim
         .spawn(
             1,
@@ -30,8 +31,6 @@ fn spawn_dataplane(sim: &Sim, name: &str) -> ProcessRecord {
             [
                 "--node",
                 "node-1",
-                "--node-id",
-                &node_id,
                 "--mgmt-addr",
                 CONTROL,
                 "--restore-grace-secs",

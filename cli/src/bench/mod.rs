@@ -3,6 +3,7 @@
 //! the summary format of `shared/brief/bench-json.md`.
 
 pub mod cni;
+pub mod dataplane;
 pub mod load;
 pub mod procstat;
 pub mod proxy;

@@ -5,6 +5,7 @@
 //! Unsafe code in this module is limited to `maps.rs` (`aya::Pod` impls).
 
 pub mod backend;
+pub mod cost;
 pub mod loader;
 pub mod maps;
 pub mod netcfg;
