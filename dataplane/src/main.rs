@@ -97,6 +97,13 @@ fn main() -> anyhow::Result<()> {
     let backend: Arc<dyn SteeringBackend> = match args.backend {
         Backend::Memory => MemoryBackend::new(),
         Backend::Ebpf => {
+            // Fail before pinning anything when this is not a DPU netns.
+            if nix::net::if_::if_nametoindex(args.uplink.as_str()).is_err() {
+                anyhow::bail!(
+                    "--backend ebpf: the uplink {:?} is not in this network namespace; run in the DPU's netns, pass --uplink, or use --backend memory",
+                    args.uplink
+                );
+            }
             let node_id = args
                 .node_id
                 .clone()
