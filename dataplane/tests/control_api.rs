@@ -788,6 +788,8 @@ async fn real_binary_serves_and_stops_on_sigterm() {
     let addr = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_dpumesh-dataplane"))
         .args([
+            "--backend",
+            "memory",
             "--mgmt-addr",
             &addr,
             "--node",
