@@ -11,5 +11,6 @@
 pub mod client;
 pub mod config;
 pub mod proto;
+pub mod server;
 
 pub use config::NodeConfig;

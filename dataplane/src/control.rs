@@ -16,7 +16,6 @@ use dpumesh_api::proto::v1::{
     SetNodeNetworkRequest, SetNodeNetworkResponse, StatusRequest,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::registry::{PodKey, PodRegistry, RegistryError};
@@ -196,23 +195,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     router(state)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(dpumesh_api::server::incoming(listener), shutdown)
         .await
 }
 
-/// Completes on SIGTERM or SIGINT, so the control server can drain and exit 0.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the signal's default action ends the process anyway.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM, shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT, shutting down"),
-    }
-}
+pub use dpumesh_api::server::shutdown_signal;

@@ -14,7 +14,6 @@ use dpumesh_api::proto::v1::{
     PushOutcome, StatusRequest,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::config_store::{ConfigStore, Offer};
@@ -153,25 +152,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     router(state)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(dpumesh_api::server::incoming(listener), shutdown)
         .await
 }
 
-/// Completes on SIGTERM or SIGINT (what a pod's container runtime and an
-/// operator's Ctrl-C send), so the control server can drain and exit 0.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process just dies on the signal, which
-        // is the default behaviour anyway; never complete here.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM, shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT, shutting down"),
-    }
-}
+pub use dpumesh_api::server::shutdown_signal;
