@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::spec::{code, AddResult, CniEnv, CniError, CniResult, NetConf};
@@ -27,7 +27,7 @@ struct WireError {
     details: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, PartialEq, Debug)]
 #[serde(rename_all = "camelCase")]
 struct VersionInfo {
     #[serde(default)]
@@ -68,14 +68,24 @@ impl Ipam {
             name: ipam.plugin.clone(),
             version: conf.cni_version.clone(),
         };
-        let out = me.exec(
-            env,
-            "VERSION",
-            &serde_json::json!({"cniVersion": conf.cni_version}),
-        )?;
-        let info: VersionInfo = serde_json::from_slice(&out).unwrap_or(VersionInfo {
-            supported_versions: vec![],
-        });
+        let cache = VersionCache::new(&conf.state_dir, &me.plugin);
+        let info = match cache.as_ref().and_then(VersionCache::load) {
+            Some(info) => info,
+            None => {
+                let out = me.exec(
+                    env,
+                    "VERSION",
+                    &serde_json::json!({"cniVersion": conf.cni_version}),
+                )?;
+                let info: VersionInfo = serde_json::from_slice(&out).unwrap_or(VersionInfo {
+                    supported_versions: vec![],
+                });
+                if let Some(c) = &cache {
+                    c.store(&info);
+                }
+                info
+            }
+        };
         if !info.supported_versions.contains(&conf.cni_version) {
             let ours = crate::spec::SUPPORTED_VERSIONS;
             let best = ours
@@ -203,6 +213,88 @@ impl Ipam {
 }
 
 /// a <= b for dotted versions.
+/// The IPAM plugin's `VERSION` answer, cached in the state dir so that ADD and
+/// DEL do not pay one extra plugin process each (≈ 5 ms). The entry is keyed by
+/// the plugin's path and identified by its inode, size and mtime: replacing or
+/// upgrading the binary invalidates it. Any problem reading or writing the cache
+/// only means asking the plugin again.
+struct VersionCache {
+    file: PathBuf,
+    plugin: String,
+    stamp: String,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CachedVersion {
+    plugin: String,
+    stamp: String,
+    #[serde(flatten)]
+    info: VersionInfo,
+}
+
+impl VersionCache {
+    fn new(state_dir: &Path, plugin: &Path) -> Option<VersionCache> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(plugin).ok()?;
+        let stamp = format!(
+            "{}:{}:{}.{}",
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        );
+        // One file per plugin path, named by an FNV-1a hash of the path.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in plugin.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Some(VersionCache {
+            file: state_dir
+                .join("ipam-versions")
+                .join(format!("{h:016x}.json")),
+            plugin: plugin.display().to_string(),
+            stamp,
+        })
+    }
+
+    fn load(&self) -> Option<VersionInfo> {
+        let bytes = std::fs::read(&self.file).ok()?;
+        let cached: CachedVersion = serde_json::from_slice(&bytes).ok()?;
+        (cached.plugin == self.plugin
+            && cached.stamp == self.stamp
+            && !cached.info.supported_versions.is_empty())
+        .then_some(cached.info)
+    }
+
+    fn store(&self, info: &VersionInfo) {
+        if info.supported_versions.is_empty() {
+            return;
+        }
+        let Some(dir) = self.file.parent() else {
+            return;
+        };
+        let entry = CachedVersion {
+            plugin: self.plugin.clone(),
+            stamp: self.stamp.clone(),
+            info: VersionInfo {
+                supported_versions: info.supported_versions.clone(),
+            },
+        };
+        let Ok(bytes) = serde_json::to_vec(&entry) else {
+            return;
+        };
+        // Write-then-rename: concurrent ADDs never read a torn file.
+        let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+        let ok = std::fs::create_dir_all(dir).is_ok()
+            && std::fs::write(&tmp, bytes).is_ok()
+            && std::fs::rename(&tmp, &self.file).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
 fn version_le(a: &str, b: &str) -> bool {
     let p = |s: &str| -> Vec<u32> { s.split('.').map(|x| x.parse().unwrap_or(0)).collect() };
     p(a) <= p(b)
@@ -210,6 +302,35 @@ fn version_le(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{VersionCache, VersionInfo};
+
+    #[test]
+    fn version_cache_is_invalidated_when_the_plugin_changes() {
+        let dir = std::env::temp_dir().join(format!("dm-ipam-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let plugin = dir.join("host-local");
+        std::fs::write(&plugin, b"v1").expect("plugin file");
+        let info = VersionInfo {
+            supported_versions: vec!["0.4.0".into(), "1.0.0".into()],
+        };
+        let cache = VersionCache::new(&dir, &plugin).expect("cache");
+        assert_eq!(cache.load(), None, "nothing cached yet");
+        cache.store(&info);
+        assert_eq!(
+            VersionCache::new(&dir, &plugin).and_then(|c| c.load()),
+            Some(info)
+        );
+        // A replaced binary (new inode/size) must be asked again.
+        std::fs::remove_file(&plugin).expect("remove");
+        std::fs::write(&plugin, b"version 2").expect("plugin file");
+        assert_eq!(
+            VersionCache::new(&dir, &plugin).and_then(|c| c.load()),
+            None
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn version_order() {
         assert!(super::version_le("1.0.0", "1.1.0"));
