@@ -33,6 +33,8 @@ pub enum BenchCommand {
     Proxy(bench::proxy::ProxyArgs),
     /// eBPF dataplane: TC program cost per packet, pod->pod throughput and latency vs plain kernel forwarding.
     Dataplane(bench::dataplane::DataplaneArgs),
+    /// No mesh vs Envoy sidecars vs dpumesh on a 2-node cluster: req/s, latency, host/DPU CPU, memory per pod.
+    Mesh(bench::mesh::MeshArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,5 +44,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Cni(args)) => bench::cni::run(args),
         Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args),
         Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane::run(args),
+        Command::Bench(BenchCommand::Mesh(args)) => bench::mesh::run(args),
     }
 }

