@@ -39,8 +39,13 @@ fn chart_lints_and_renders_in_dpu_and_host_mode() {
     );
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("helm_check prints JSON");
     assert_eq!(report["failures"], serde_json::json!([]));
-    assert!(report["helm_sdk"].as_str().unwrap_or_default().starts_with("v4"));
-    assert!(report["objects_dpu"].as_u64().unwrap_or(0) > report["objects_host"].as_u64().unwrap_or(0));
+    assert!(report["helm_sdk"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("v4"));
+    assert!(
+        report["objects_dpu"].as_u64().unwrap_or(0) > report["objects_host"].as_u64().unwrap_or(0)
+    );
 }
 
 /// The checker is not a rubber stamp: a chart whose CNI installer runs the wrong binary
