@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod demo;
 pub mod sim;
+pub mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// The demo: a simulated cluster with DPUs, the mesh components, traffic and results.
     Demo(demo::DemoArgs),
+    /// Live view of one DPU: per-pod rps, errors, latency, bytes, drops, steering; DPU CPU and memory.
+    Top(top::TopArgs),
     /// Side-by-side benchmarks (docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Top(args) => top::run(args),
         Command::Bench(BenchCommand::Cni(args)) => bench::cni::run(args),
         Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args),
         Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane::run(args),
