@@ -10,3 +10,5 @@ pub mod local;
 pub mod push;
 pub mod translate;
 pub mod xds;
+pub mod k8s;
+pub mod leader;

@@ -27,10 +27,53 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Role {
-    /// Cluster-wide controller (Kubernetes watchers): not implemented yet.
-    Controller,
+    /// Cluster-wide controller: Kubernetes watchers → per-node inventory (docs/controller.md).
+    Controller(ControllerArgs),
     /// Per-node adapter: xDS (istiod over ADS, or a local directory) → NodeConfig → dpu-proxy.
     Adapter(AdapterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ControllerArgs {
+    /// kubeconfig file; default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Write each node's inventory to DIR/<node>/ (node.yaml, pods.yaml, services.yaml, endpoints.yaml).
+    #[arg(long, required_unless_present = "grpc_addr")]
+    output_dir: Option<PathBuf>,
+    /// Serve the inventory stream (gRPC dpumesh.controller.v1.Inventory) on this address.
+    #[arg(long)]
+    grpc_addr: Option<std::net::SocketAddr>,
+    /// Service CIDR(s) written into every node.yaml (repeat for several).
+    #[arg(long = "service-cidr", default_values_t = ["10.96.0.0/16".to_string()])]
+    service_cidrs: Vec<String>,
+    /// Cluster DNS suffix (service hostnames are <name>.<ns>.svc.<dns-domain>).
+    #[arg(long, default_value = "cluster.local")]
+    dns_domain: String,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// DPU control address for nodes without the dpumesh.io/dpu-mgmt-addr annotation.
+    #[arg(long, default_value = "192.168.100.2:15080")]
+    dpu_mgmt_addr: String,
+    /// Leader election on a Lease: only the leader writes (false: always write).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// The Lease's namespace.
+    #[arg(long, default_value = "dpumesh-system")]
+    lease_namespace: String,
+    /// The Lease's name.
+    #[arg(long, default_value = "dpumesh-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease; default <hostname>-<pid>.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// leaseDurationSeconds.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
+    /// Time between acquire/renew attempts, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    retry_period_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,11 +128,69 @@ fn main() -> ExitCode {
         }
     };
     match args.role {
-        Role::Controller => {
-            eprintln!("dpumesh-controller controller: the Kubernetes watchers are not implemented yet (docs/adapter.md)");
-            ExitCode::from(2)
-        }
+        Role::Controller(c) => runtime.block_on(controller(c)),
         Role::Adapter(a) => runtime.block_on(adapter(a)),
+    }
+}
+
+async fn controller(c: ControllerArgs) -> ExitCode {
+    use dpumesh_controller::k8s::{build::ClusterSettings, run};
+    use dpumesh_controller::leader::LeaseSettings;
+    if c.lease_duration_secs == 0 || c.retry_period_ms == 0 {
+        eprintln!("--lease-duration-secs and --retry-period-ms must be positive");
+        return ExitCode::from(2);
+    }
+    let lease_duration = Duration::from_secs(c.lease_duration_secs);
+    let retry_period = Duration::from_millis(c.retry_period_ms);
+    if retry_period >= lease_duration {
+        eprintln!("--retry-period-ms must be shorter than --lease-duration-secs");
+        return ExitCode::from(2);
+    }
+    let listener = match c.grpc_addr {
+        Some(addr) => match run::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let client = match run::client(c.kubeconfig.as_deref()).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let identity = c.identity.unwrap_or_else(run::default_identity);
+    let options = run::Options {
+        output_dir: c.output_dir,
+        grpc_addr: c.grpc_addr,
+        settings: ClusterSettings {
+            service_cidrs: c.service_cidrs,
+            dns_domain: c.dns_domain,
+            trust_domain: c.trust_domain,
+            dpu_mgmt_addr: c.dpu_mgmt_addr,
+        },
+        lease: c.leader_elect.then(|| LeaseSettings {
+            namespace: c.lease_namespace,
+            name: c.lease_name,
+            identity,
+            lease_duration,
+            renew_deadline: lease_duration * 2 / 3,
+            retry_period,
+        }),
+    };
+    tokio::select! {
+        r = run::run(client, options, listener) => match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
     }
 }
 

@@ -1,0 +1,428 @@
+//! Cluster state → one inventory per node (pure; no I/O).
+
+use std::collections::BTreeMap;
+
+use dpumesh_api::config::{Interception, Locality, NetworkMode, NodeInfo, Protocol};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use serde::Serialize;
+
+use super::annotations;
+use super::state::ClusterState;
+use crate::inventory::{Inventory, PodSpec, PortSpec, ServiceSpec};
+
+/// Cluster-wide settings that are not in any Kubernetes object.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub service_cidrs: Vec<String>,
+    pub dns_domain: String,
+    pub trust_domain: String,
+    /// Default DPU control address for nodes without the annotation.
+    pub dpu_mgmt_addr: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            service_cidrs: vec!["10.96.0.0/16".to_string()],
+            dns_domain: "cluster.local".to_string(),
+            trust_domain: "cluster.local".to_string(),
+            dpu_mgmt_addr: "192.168.100.2:15080".to_string(),
+        }
+    }
+}
+
+/// One node's part of the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInventory {
+    pub inventory: Inventory,
+    /// Endpoints of every service, from the EndpointSlices.
+    pub endpoints: Vec<ServiceEndpoints>,
+}
+
+/// The endpoints of one service (merged over its EndpointSlices).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEndpoints {
+    pub hostname: String,
+    pub namespace: String,
+    pub ports: Vec<EndpointPortSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPortSpec {
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSpec {
+    pub ip: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// `<namespace>/<name>` of the pod behind it, when the slice says.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    pub ready: bool,
+}
+
+/// The result of one build: every node's inventory, and why objects were left out.
+#[derive(Debug, Clone, Default)]
+pub struct Built {
+    pub nodes: BTreeMap<String, NodeInventory>,
+    /// One line per object left out (`pod default/x: ...`), sorted.
+    pub skipped: Vec<String>,
+}
+
+/// Builds every node's inventory from the cluster state.
+pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
+    let mut skipped = Vec::new();
+    let services = services(state, settings, &mut skipped);
+    let endpoints = endpoints(state, settings);
+    let mut pods_by_node: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
+    for pod in state.pods.iter() {
+        match pod_spec(pod, state, settings) {
+            Ok(Some((node, spec))) => pods_by_node.entry(node).or_default().push(spec),
+            Ok(None) => {}
+            Err(why) => skipped.push(format!(
+                "pod {}/{}: {why}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            )),
+        }
+    }
+    let mut nodes = BTreeMap::new();
+    for node in state.nodes.iter() {
+        let name = node.name_any();
+        match node_info(node, settings) {
+            Ok(info) => {
+                let mut pods = pods_by_node.remove(&name).unwrap_or_default();
+                pods.sort_by_key(PodSpec::key);
+                nodes.insert(
+                    name,
+                    NodeInventory {
+                        inventory: Inventory {
+                            node: info,
+                            pods,
+                            services: services.clone(),
+                        },
+                        endpoints: endpoints.clone(),
+                    },
+                );
+            }
+            Err(why) => skipped.push(format!("node {name}: {why}")),
+        }
+    }
+    for (node, pods) in pods_by_node {
+        for pod in pods {
+            skipped.push(format!("pod {}: its node {node:?} is unknown", pod.key()));
+        }
+    }
+    skipped.sort();
+    Built { nodes, skipped }
+}
+
+fn node_info(node: &Node, settings: &ClusterSettings) -> Result<NodeInfo, String> {
+    let spec = node.spec.clone().unwrap_or_default();
+    let pod_cidr = spec
+        .pod_cidr
+        .filter(|c| !c.is_empty())
+        .or_else(|| spec.pod_cidrs.and_then(|c| c.into_iter().next()))
+        .ok_or("spec.podCIDR is not set yet")?;
+    let ann = node.annotations();
+    let network_mode = match ann.get(annotations::NETWORK_MODE).map(String::as_str) {
+        None | Some("underlay") => NetworkMode::Underlay,
+        Some("overlay") => NetworkMode::Overlay,
+        Some(other) => {
+            return Err(format!(
+                "annotation {}: {other:?} is neither \"underlay\" nor \"overlay\"",
+                annotations::NETWORK_MODE
+            ))
+        }
+    };
+    let dpu_mgmt_addr = ann
+        .get(annotations::DPU_MGMT_ADDR)
+        .cloned()
+        .unwrap_or_else(|| settings.dpu_mgmt_addr.clone());
+    let labels = node.labels();
+    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    Ok(NodeInfo {
+        name: node.name_any(),
+        network_mode,
+        pod_cidr,
+        service_cidrs: settings.service_cidrs.clone(),
+        dpu_mgmt_addr,
+        trust_domain: settings.trust_domain.clone(),
+        dns_domain: settings.dns_domain.clone(),
+        locality: Locality {
+            region: label("topology.kubernetes.io/region"),
+            zone: label("topology.kubernetes.io/zone"),
+            subzone: label("topology.istio.io/subzone"),
+        },
+    })
+}
+
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// `Ok(None)`: a pod that is not (or not yet) on a VF: not scheduled, host
+/// network, finished, no IP or no `dpumesh.io/vf-index` yet.
+fn pod_spec(
+    pod: &Pod,
+    state: &ClusterState,
+    settings: &ClusterSettings,
+) -> Result<Option<(String, PodSpec)>, String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let Some(node) = spec.node_name.filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    if spec.host_network == Some(true) {
+        return Ok(None);
+    }
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return Ok(None);
+    }
+    let ann = pod.annotations();
+    let Some(vf) = ann.get(annotations::VF_INDEX) else {
+        return Ok(None);
+    };
+    let vf_index: u32 = vf.trim().parse().map_err(|_| {
+        format!(
+            "annotation {}: {vf:?} is not a VF index",
+            annotations::VF_INDEX
+        )
+    })?;
+    let mac = ann
+        .get(annotations::MAC)
+        .ok_or_else(|| format!("annotation {} is missing", annotations::MAC))?
+        .to_ascii_lowercase();
+    if !valid_mac(&mac) {
+        return Err(format!(
+            "annotation {}: {mac:?} is not a MAC address",
+            annotations::MAC
+        ));
+    }
+    let representor = ann
+        .get(annotations::REPRESENTOR)
+        .cloned()
+        .unwrap_or_else(|| format!("pf0vf{vf_index}"));
+    let mut ips: Vec<String> = status
+        .pod_ips
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.ip)
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.filter(|ip| !ip.is_empty()));
+    }
+    if ips.is_empty() {
+        return Ok(None);
+    }
+    let namespace = pod.namespace().unwrap_or_else(|| "default".to_string());
+    let service_account = spec
+        .service_account_name
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let meshed = meshed(pod, state, &namespace);
+    Ok(Some((
+        node,
+        PodSpec {
+            uid: pod.uid().unwrap_or_default(),
+            name: pod.name_any(),
+            spiffe_id: format!(
+                "spiffe://{}/ns/{namespace}/sa/{service_account}",
+                settings.trust_domain
+            ),
+            namespace,
+            service_account,
+            labels: pod.labels().clone(),
+            ips,
+            mac,
+            vf_index,
+            representor,
+            meshed,
+            interception: Interception::default(),
+        },
+    )))
+}
+
+fn meshed(pod: &Pod, state: &ClusterState, namespace: &str) -> bool {
+    let off = |v: Option<&String>| v.map(|v| v.eq_ignore_ascii_case("false")).unwrap_or(false);
+    let ann = pod.annotations();
+    if off(ann.get(annotations::MESHED))
+        || off(ann.get("sidecar.istio.io/inject"))
+        || off(pod.labels().get("sidecar.istio.io/inject"))
+    {
+        return false;
+    }
+    let ns_labels = state.namespaces.get(namespace).map(|n| n.labels().clone());
+    let ns_labels = ns_labels.unwrap_or_default();
+    !(ns_labels.get("istio-injection").map(String::as_str) == Some("disabled")
+        || ns_labels.get(annotations::MESHED).map(String::as_str) == Some("false"))
+}
+
+fn hostname(name: &str, namespace: &str, settings: &ClusterSettings) -> String {
+    format!("{name}.{namespace}.svc.{}", settings.dns_domain)
+}
+
+fn protocol(app_protocol: Option<&str>, name: &str) -> Option<Protocol> {
+    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => Some(Protocol::Http),
+        Some("http2" | "kubernetes.io/h2c") => Some(Protocol::Http2),
+        Some("grpc") => Some(Protocol::Grpc),
+        Some("grpc-web") => Some(Protocol::GrpcWeb),
+        Some("tcp") => Some(Protocol::Tcp),
+        Some("tls") => Some(Protocol::Tls),
+        Some("https") => Some(Protocol::Https),
+        _ => Protocol::from_port_name(name),
+    }
+}
+
+fn services(
+    state: &ClusterState,
+    settings: &ClusterSettings,
+    skipped: &mut Vec<String>,
+) -> Vec<ServiceSpec> {
+    let mut out = Vec::new();
+    for svc in state.services.iter() {
+        let namespace = svc.namespace().unwrap_or_else(|| "default".to_string());
+        if let Some(s) = service_spec(svc, &namespace, settings, skipped) {
+            out.push(s);
+        }
+    }
+    out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    out
+}
+
+fn service_spec(
+    svc: &Service,
+    namespace: &str,
+    settings: &ClusterSettings,
+    skipped: &mut Vec<String>,
+) -> Option<ServiceSpec> {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let what = format!("service {namespace}/{}", svc.name_any());
+    if spec.type_.as_deref() == Some("ExternalName") {
+        skipped.push(format!("{what}: ExternalName services are not in the mesh inventory"));
+        return None;
+    }
+    let mut vips: Vec<String> = spec.cluster_ips.unwrap_or_default();
+    if vips.is_empty() {
+        vips.extend(spec.cluster_ip);
+    }
+    vips.retain(|ip| !ip.is_empty() && ip != "None");
+    let mut ports = Vec::new();
+    for p in spec.ports.unwrap_or_default() {
+        let name = p.name.clone().unwrap_or_default();
+        if !matches!(p.protocol.as_deref(), None | Some("TCP")) {
+            skipped.push(format!(
+                "{what}: port {} ({}) is not TCP",
+                p.port,
+                p.protocol.unwrap_or_default()
+            ));
+            continue;
+        }
+        let Ok(port) = u16::try_from(p.port) else {
+            skipped.push(format!("{what}: port {} is out of range", p.port));
+            continue;
+        };
+        let target_port = match p.target_port {
+            Some(IntOrString::Int(t)) => u16::try_from(t).ok(),
+            _ => None,
+        };
+        ports.push(PortSpec {
+            port,
+            protocol: protocol(p.app_protocol.as_deref(), &name),
+            name,
+            target_port,
+        });
+    }
+    Some(ServiceSpec {
+        hostname: hostname(&svc.name_any(), namespace, settings),
+        namespace: namespace.to_string(),
+        vips,
+        ports,
+    })
+}
+
+fn endpoints(state: &ClusterState, settings: &ClusterSettings) -> Vec<ServiceEndpoints> {
+    let mut by_service: BTreeMap<String, ServiceEndpoints> = BTreeMap::new();
+    for slice in state.endpoint_slices.iter() {
+        let Some(service) = slice.labels().get("kubernetes.io/service-name").cloned() else {
+            continue;
+        };
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let namespace = slice.namespace().unwrap_or_else(|| "default".to_string());
+        let host = hostname(&service, &namespace, settings);
+        let entry = by_service
+            .entry(host.clone())
+            .or_insert_with(|| ServiceEndpoints {
+                hostname: host,
+                namespace: namespace.clone(),
+                ports: Vec::new(),
+                endpoints: Vec::new(),
+            });
+        for p in slice.ports.clone().unwrap_or_default() {
+            let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            let port = EndpointPortSpec {
+                name: p.name.unwrap_or_default(),
+                port,
+                protocol: p.protocol.unwrap_or_else(|| "TCP".to_string()),
+            };
+            if !entry.ports.contains(&port) {
+                entry.ports.push(port);
+            }
+        }
+        for ep in slice.endpoints.clone().unwrap_or_default() {
+            let cond = ep.conditions.unwrap_or_default();
+            let pod = ep
+                .target_ref
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r.namespace.unwrap_or_else(|| namespace.clone()),
+                        r.name.unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            for ip in ep.addresses {
+                if entry.endpoints.iter().any(|e| e.ip == ip) {
+                    continue;
+                }
+                entry.endpoints.push(EndpointSpec {
+                    ip,
+                    node: ep.node_name.clone().unwrap_or_default(),
+                    zone: ep.zone.clone().unwrap_or_default(),
+                    pod: pod.clone(),
+                    // Unset means ready (the EndpointSlice API's rule).
+                    ready: cond.ready.unwrap_or(true),
+                });
+            }
+        }
+    }
+    let mut out: Vec<ServiceEndpoints> = by_service.into_values().collect();
+    for s in &mut out {
+        s.endpoints.sort_by(|a, b| a.ip.cmp(&b.ip));
+        s.ports.sort_by(|a, b| (a.port, &a.name).cmp(&(b.port, &b.name)));
+    }
+    out
+}
