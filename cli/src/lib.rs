@@ -21,6 +21,8 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// The demo: a simulated cluster with DPUs, the mesh components, traffic and results.
     Demo(demo::DemoArgs),
+    #[command(name = "demo-app", hide = true)]
+    DemoApp(demo::app::AppArgs),
     /// Live view of one DPU: per-pod rps, errors, latency, bytes, drops, steering; DPU CPU and memory.
     Top(top::TopArgs),
     /// Side-by-side benchmarks (docs/benchmarks.md).
@@ -44,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::DemoApp(args) => demo::app::run(args),
         Command::Top(args) => top::run(args),
         Command::Bench(BenchCommand::Cni(args)) => bench::cni::run(args),
         Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args),
