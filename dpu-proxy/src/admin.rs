@@ -129,6 +129,7 @@ impl Admin {
                     "pending_requests": g(&c.state.pending),
                     "active_requests": g(&c.state.requests),
                     "active_retries": g(&c.state.retries),
+                    "retries_total": c.state.retries_total.load(Ordering::Relaxed),
                     "overflows": c.state.overflows.load(Ordering::Relaxed),
                     "ejections_total": c.state.ejections_total.load(Ordering::Relaxed),
                     "endpoints": endpoints,

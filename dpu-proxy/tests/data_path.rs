@@ -255,6 +255,16 @@ async fn retries_exhausted_set_urx() {
         p.proxy.stats.flag_count(Flag::UpstreamRetryLimitExceeded),
         1
     );
+    // The cluster counts the retries it made (shown as `retries_total` in /stats).
+    let compiled = dpu_proxy::proxy::ConfigSource::snapshot(&*p.store).expect("served");
+    let cluster = compiled.cluster(DEFAULT).expect("default cluster");
+    assert_eq!(
+        cluster
+            .state
+            .retries_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
 }
 
 #[tokio::test]

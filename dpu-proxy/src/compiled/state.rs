@@ -40,6 +40,8 @@ pub struct ClusterState {
     pub overflows: AtomicU64,
     /// Ejections by outlier detection, ever.
     pub ejections_total: AtomicU64,
+    /// Retries made, ever (Envoy's `upstream_rq_retry`).
+    pub retries_total: AtomicU64,
 }
 
 /// Outlier-detection state of one endpoint of one cluster.

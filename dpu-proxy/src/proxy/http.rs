@@ -704,6 +704,7 @@ struct RetryInFlight<'a>(&'a ClusterRt);
 impl<'a> RetryInFlight<'a> {
     fn new(c: &'a ClusterRt) -> Self {
         c.state.retries.fetch_add(1, Ordering::Relaxed);
+        c.state.retries_total.fetch_add(1, Ordering::Relaxed);
         RetryInFlight(c)
     }
 }
