@@ -89,9 +89,10 @@ pub struct MeshArgs {
     /// Runs of every way; the median of each figure is reported (default 3, 1 with --quick).
     #[arg(long)]
     pub runs: Option<usize>,
-    /// Concurrent client connections (default 16).
-    #[arg(long, default_value_t = 16)]
-    pub connections: u32,
+    /// Concurrent client connections, comma-separated; each count is a case
+    /// (default 1,16: unloaded latency and a saturating load; 16 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    pub connections: Option<Vec<u32>>,
     /// Simulator cluster name (default: a fresh unique one); it is torn down at the end.
     #[arg(long)]
     pub cluster: Option<String>,
@@ -205,8 +206,12 @@ pub fn run(args: MeshArgs) -> Result<()> {
     } else {
         Duration::from_secs(1)
     };
-    if args.connections == 0 {
-        bail!("--connections must be at least 1");
+    let connections: Vec<u32> =
+        args.connections
+            .clone()
+            .unwrap_or_else(|| if args.quick { vec![16] } else { vec![1, 16] });
+    if connections.is_empty() || connections.contains(&0) {
+        bail!("--connections: every count must be at least 1 (got {connections:?})");
     }
     need("h2load", "nghttp2-client")?;
     need("nginx", "nginx")?;
@@ -234,14 +239,17 @@ pub fn run(args: MeshArgs) -> Result<()> {
         Way::ALL.map(Way::name).join(", ")
     );
 
-    let mut samples: Vec<(Way, Vec<Sample>)> = Way::ALL.iter().map(|w| (*w, vec![])).collect();
+    let mut samples: Vec<((Way, u32), Vec<Sample>)> = connections
+        .iter()
+        .flat_map(|c| Way::ALL.iter().map(move |w| ((*w, *c), vec![])))
+        .collect();
     for run in 0..runs {
-        for (way, v) in samples.iter_mut() {
+        for ((way, conns), v) in samples.iter_mut() {
             let s = bench
-                .measure(*way, args.connections, duration, warmup)
-                .with_context(|| format!("way {} (run {})", way.name(), run + 1))?;
+                .measure(*way, *conns, duration, warmup)
+                .with_context(|| format!("way {} c={conns} (run {})", way.name(), run + 1))?;
             eprintln!(
-                "run {}/{runs} {:<14} {:>8.0} req/s p99 {:.3} ms host cpu {:.2} s dpu cpu {:.2} s",
+                "run {}/{runs} {:<14} c={conns:<3} {:>8.0} req/s p99 {:.3} ms host cpu {:.2} s dpu cpu {:.2} s",
                 run + 1,
                 way.name(),
                 s.rps,
@@ -262,13 +270,7 @@ pub fn run(args: MeshArgs) -> Result<()> {
         memory.points, memory.kb_per_pod
     );
 
-    let cases = build_cases(
-        &samples,
-        args.connections,
-        duration,
-        sidecar_pod_kb,
-        &memory,
-    );
+    let cases = build_cases(&samples, duration, sidecar_pod_kb, &memory);
     let command = format!(
         "dpumesh bench mesh{}{}{}{}{}",
         if args.json { " --json" } else { "" },
@@ -279,11 +281,13 @@ pub fn run(args: MeshArgs) -> Result<()> {
         args.runs
             .map(|r| format!(" --runs {r}"))
             .unwrap_or_default(),
-        if args.connections != 16 {
-            format!(" --connections {}", args.connections)
-        } else {
-            String::new()
-        },
+        args.connections
+            .as_ref()
+            .map(|c| format!(
+                " --connections {}",
+                c.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            ))
+            .unwrap_or_default(),
     );
     let summary = Summary {
         scenario: "mesh".into(),
@@ -294,11 +298,10 @@ pub fn run(args: MeshArgs) -> Result<()> {
     print!("{}", summary.table());
     print!("{}", cpu_table(&summary.cases));
     println!(
-        "(median of {runs} run(s) of {:.1} s per way, {} connections, HTTP/1.1; host cpu = \
+        "(median of {runs} run(s) of {:.1} s per way and connection count, HTTP/1.1; host cpu = \
          sidecars (pods' + hosts' netns, nginx and h2load excluded), dpu cpu = dataplane + \
          dpu-proxy; cpu µs/req = host + dpu)",
         duration.as_secs_f64(),
-        args.connections
     );
     for line in goals(&summary.cases) {
         println!("{line}");
@@ -312,19 +315,18 @@ pub fn run(args: MeshArgs) -> Result<()> {
 }
 
 fn build_cases(
-    samples: &[(Way, Vec<Sample>)],
-    connections: u32,
+    samples: &[((Way, u32), Vec<Sample>)],
     duration: Duration,
     sidecar_pod_kb: Option<f64>,
     memory: &PodMemory,
 ) -> Vec<Case> {
     let med = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
-    let direct_p99 = samples
-        .iter()
-        .find(|(w, _)| *w == Way::Direct)
-        .map(|(_, v)| med(v, |s| s.p99));
     let mut cases = Vec::new();
-    for (way, v) in samples {
+    for ((way, connections), v) in samples {
+        let direct_p99 = samples
+            .iter()
+            .find(|((w, c), _)| *w == Way::Direct && c == connections)
+            .map(|(_, v)| med(v, |s| s.p99));
         let meshed = *way != Way::Direct;
         let p99 = med(v, |s| s.p99);
         let cpu_per_req = median(
@@ -376,7 +378,7 @@ fn build_cases(
         cases.push(Case {
             name: way.name().into(),
             protocol: HttpVersion::Http1.label().into(),
-            connections,
+            connections: *connections,
             rps: round(med(v, |s| s.rps), 1),
             p50_ms: Some(round(med(v, |s| s.p50), 3)),
             p90_ms: Some(round(med(v, |s| s.p90), 3)),
@@ -386,8 +388,15 @@ fn build_cases(
             extra,
         });
     }
-    let goal_values = goal_checks(&cases);
-    if let Some(c) = cases.iter_mut().find(|c| c.name == Way::Dpumesh.name()) {
+    let counts: BTreeSet<u32> = cases.iter().map(|c| c.connections).collect();
+    for conns in counts {
+        let goal_values = goal_checks(&cases, conns);
+        let Some(c) = cases
+            .iter_mut()
+            .find(|c| c.name == Way::Dpumesh.name() && c.connections == conns)
+        else {
+            continue;
+        };
         c.extra.insert(
             "goals".into(),
             Value::Object(
@@ -432,9 +441,10 @@ struct Goal {
     met: bool,
 }
 
-/// The issue's four goals, dpumesh against the sidecars of the same run.
-fn goal_checks(cases: &[Case]) -> Vec<Goal> {
-    let find = |n: &str| cases.iter().find(|c| c.name == n);
+/// The issue's four goals, dpumesh against the sidecars of the same run, at
+/// `conns` connections.
+fn goal_checks(cases: &[Case], conns: u32) -> Vec<Goal> {
+    let find = |n: &str| cases.iter().find(|c| c.name == n && c.connections == conns);
     let (Some(mesh), Some(side)) = (find(Way::Dpumesh.name()), find(Way::Sidecar.name())) else {
         return Vec::new();
     };
@@ -482,13 +492,17 @@ fn goal_checks(cases: &[Case]) -> Vec<Goal> {
 }
 
 fn goals(cases: &[Case]) -> Vec<String> {
-    let mut out = vec!["goals (issue 7), dpumesh against the sidecars of this run:".to_string()];
-    for g in goal_checks(cases) {
+    let mut out = Vec::new();
+    let counts: BTreeSet<u32> = cases.iter().map(|c| c.connections).collect();
+    for conns in counts {
         out.push(format!(
-            "  {} — {}",
-            g.text,
-            if g.met { "met" } else { "NOT met" }
+            "goals (issue 7), dpumesh against the sidecars of this run, {conns} connection(s):"
         ));
+        out.extend(
+            goal_checks(cases, conns)
+                .into_iter()
+                .map(|g| format!("  {} — {}", g.text, if g.met { "met" } else { "NOT met" })),
+        );
     }
     out
 }
@@ -1204,7 +1218,7 @@ mod tests {
             case("envoy-sidecar", 3.0, 4.0, 0.9, Some(40000.0), Some(2.0)),
             case("dpumesh", 1.5, 0.0, 0.2, Some(12.0), Some(0.5)),
         ];
-        let g = goal_checks(&good);
+        let g = goal_checks(&good, 16);
         assert_eq!(g.len(), 4);
         assert!(
             g.iter().all(|g| g.met),
@@ -1215,7 +1229,8 @@ mod tests {
             case("envoy-sidecar", 3.0, 4.0, 0.9, Some(40000.0), Some(2.0)),
             case("dpumesh", 3.0, 0.5, 0.4, Some(150.0), Some(1.5)),
         ];
-        let g = goal_checks(&bad);
+        let g = goal_checks(&bad, 16);
+        assert!(goal_checks(&bad, 1).is_empty());
         assert!(g.iter().all(|g| !g.met));
         assert!(goals(&bad).join("\n").contains("NOT met"));
     }
