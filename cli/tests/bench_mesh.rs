@@ -58,7 +58,10 @@ fn quick_mesh_bench_measures_the_three_ways_and_ends_with_json() {
             assert!(c[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {c}");
         }
         if name == "direct" {
-            assert!(c["cpu_s_per_req"].is_null() && c["mem_per_pod_kb"].is_null(), "{c}");
+            assert!(
+                c["cpu_s_per_req"].is_null() && c["mem_per_pod_kb"].is_null(),
+                "{c}"
+            );
         } else {
             assert!(c["cpu_s_per_req"].as_f64().is_some(), "{c}");
             assert!(c["rss_mb"].as_f64().is_some_and(|m| m > 0.0), "{c}");
@@ -66,13 +69,24 @@ fn quick_mesh_bench_measures_the_three_ways_and_ends_with_json() {
         }
     }
     // The sidecars do their work on the host side; a sidecar costs megabytes.
-    let sidecar = cases.iter().find(|c| c["name"] == "envoy-sidecar").expect("sidecar");
-    assert!(sidecar["host_cpu_s"].as_f64().is_some_and(|x| x > 0.0), "{sidecar}");
+    let sidecar = cases
+        .iter()
+        .find(|c| c["name"] == "envoy-sidecar")
+        .expect("sidecar");
     assert!(
-        sidecar["mem_per_pod_kb"].as_f64().is_some_and(|x| x > 1000.0),
+        sidecar["host_cpu_s"].as_f64().is_some_and(|x| x > 0.0),
         "{sidecar}"
     );
-    let mesh = cases.iter().find(|c| c["name"] == "dpumesh").expect("dpumesh");
+    assert!(
+        sidecar["mem_per_pod_kb"]
+            .as_f64()
+            .is_some_and(|x| x > 1000.0),
+        "{sidecar}"
+    );
+    let mesh = cases
+        .iter()
+        .find(|c| c["name"] == "dpumesh")
+        .expect("dpumesh");
     assert!(mesh["goals"].is_object(), "{mesh}");
     assert!(mesh["proxy_rss_kb_by_pods"].is_object(), "{mesh}");
     assert!(leftovers(&cluster).expect("leftovers").is_empty());
