@@ -1060,6 +1060,11 @@ fn cpu_now(started: &Started) -> Cpu {
     c
 }
 
+/// A counter for display (metric values are floats; sums of nothing are -0.0).
+fn n(x: f64) -> u64 {
+    x.max(0.0).round() as u64
+}
+
 fn pct(n: f64, total: f64) -> f64 {
     if total > 0.0 {
         100.0 * n / total
@@ -1130,9 +1135,9 @@ fn report(
             "    {:<8} {:>9}% {:>8} = {:>5.1}%      {:>8} = {:>5.1}%",
             v,
             w,
-            c,
+            n(c),
             pct(c, client_total),
-            m,
+            n(m),
             pct(m, metric_total)
         );
         split.insert(
@@ -1164,15 +1169,18 @@ fn report(
     let app_saw_503 = seen.iter().filter(|s| s.details_status == 503).count();
     println!("\n  Fault injection on details (productpage -> details):");
     println!(
-        "    abort 503: configured {:>3}%, observed {:>5.1}% ({aborted} of {details_total} requests flagged FI; productpage saw {app_saw_503} details 503s)",
+        "    abort 503:    configured {:>3}%, observed {:>5.1}% ({} of {} requests flagged FI; productpage saw {app_saw_503} details 503s)",
         bookinfo::DETAILS_ABORT_PCT,
-        pct(aborted, details_total)
+        pct(aborted, details_total),
+        n(aborted),
+        n(details_total)
     );
     println!(
-        "    delay {} ms: configured {:>3}%, observed {:>5.1}% ({delayed} flagged DI)",
+        "    delay {} ms: configured {:>3}%, observed {:>5.1}% ({} flagged DI)",
         bookinfo::DETAILS_DELAY_MS,
         bookinfo::DETAILS_DELAY_PCT,
-        pct(delayed, details_total)
+        pct(delayed, details_total),
+        n(delayed)
     );
 
     // Retries and ejections: dpu-proxy's /stats per cluster.
@@ -1258,8 +1266,10 @@ fn report(
         .filter(|s| s.ratings_status.is_some_and(|c| c != 200))
         .count();
     println!(
-        "    {retries_total} retries made; {ratings_requests} requests to ratings, {ratings_failed} still failed after retries \
+        "    {retries_total} retries made; {} requests to ratings, {} still failed after retries \
          (reviews saw {ratings_app_failures} ratings errors); ejected: {}",
+        n(ratings_requests),
+        n(ratings_failed),
         if ejected_pods.is_empty() {
             "none".to_string()
         } else {
@@ -1293,9 +1303,9 @@ fn report(
         println!(
             "    {:<12} {:>9} {:>7} {:>7} {:>12.2}",
             svc,
-            total,
-            class('2'),
-            class('5'),
+            n(total),
+            n(class('2')),
+            n(class('5')),
             if dur_n > 0.0 { dur_sum / dur_n } else { 0.0 }
         );
     }
@@ -1348,11 +1358,11 @@ fn report(
             c("requests_out"),
             c("requests_in"),
             c("responses_5xx"),
-            steered,
-            proxied,
-            bypassed,
-            pkts_in,
-            drops
+            n(steered),
+            n(proxied),
+            n(bypassed),
+            n(pkts_in),
+            n(drops)
         );
         per_pod.insert(
             pod.plan.name.to_string(),
@@ -1362,6 +1372,31 @@ fn report(
                    "packets_in": pkts_in, "drops": drops}),
         );
     }
+
+    let mut reasons: BTreeMap<String, f64> = BTreeMap::new();
+    for (_, _, _, dm) in &scraped.nodes {
+        for s in dm
+            .iter()
+            .filter(|s| s.name == "dpumesh_dataplane_pod_drops_total")
+        {
+            *reasons.entry(s.label("reason").to_string()).or_default() += s.value;
+        }
+    }
+    let reasons: Vec<String> = reasons
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(r, v)| format!("{r} {}", n(*v)))
+        .collect();
+    println!(
+        "    steered = connections the dataplane handed to dpu-proxy; proxied = packets delivered to its sockets;\n    \
+         bypassed = packets forwarded without it. Drops by reason: {}{}",
+        if reasons.is_empty() { "none".to_string() } else { reasons.join(", ") },
+        if reasons.iter().any(|r| r.starts_with("unsupported")) {
+            " (unsupported: the pods' IPv6 neighbour discovery; the dataplane is IPv4-only)"
+        } else {
+            ""
+        }
+    );
 
     // CPU: host side vs DPU side.
     let secs = elapsed.as_secs_f64().max(1e-9);
