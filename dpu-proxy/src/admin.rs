@@ -80,12 +80,14 @@ impl Admin {
     /// cluster, counters per pod.
     pub fn stats(&self) -> serde_json::Value {
         let (accepted, rejected) = self.store.counters();
+        let mut proxy_stats = self.proxy.stats.to_json();
+        proxy_stats["hbone_upstream"] = self.proxy.hbone_upstream().into();
         let mut v = serde_json::json!({
             "config_version": self.store.serving_version(),
             "config_pushes_accepted": accepted,
             "config_pushes_rejected": rejected,
             "access_log_dropped": self.proxy.access_log.dropped(),
-            "proxy": self.proxy.stats.to_json(),
+            "proxy": proxy_stats,
         });
         let Some(cfg) = self.store.snapshot() else {
             return v;

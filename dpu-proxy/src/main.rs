@@ -60,6 +60,10 @@ struct Args {
     /// Lifetime of workload certificates from the built-in CA; renewed at half of it.
     #[arg(long, default_value_t = 24 * 3600)]
     workload_cert_ttl_seconds: u64,
+    /// Root of the built-in CA shared by the nodes (created by the first
+    /// proxy, loaded by the others); empty = a root of this process only.
+    #[arg(long, default_value = "/run/dpumesh/ca/root.pem")]
+    ca_root_file: Option<PathBuf>,
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. "info" or "dpu_proxy=debug").
     #[arg(long, env = "DPUMESH_LOG", default_value = "info")]
     log_level: String,
@@ -108,12 +112,11 @@ fn main() -> anyhow::Result<()> {
         data.spawn(proxy.clone().serve(listener, spec));
     }
 
-    // HBONE is not yet on the outbound path (docs/identity.md), so a busy
-    // 15008 (e.g. several proxies on one test host) must not stop the proxy.
-    if args.hbone_port != 0 {
-        if let Err(e) = start_hbone(&data, &store, &args) {
-            tracing::error!(error = format!("{e:#}"), "HBONE disabled");
-        }
+    // Identities + HBONE (client on the outbound path, server for tunnels
+    // steered to the inbound listener, and the 15008 listener). Without
+    // identities the proxy still serves plaintext.
+    if let Err(e) = start_hbone(&data, &store, &proxy, &args) {
+        tracing::error!(error = format!("{e:#}"), "HBONE disabled");
     }
 
     // Control gRPC and admin: a current-thread runtime on this thread.
@@ -171,16 +174,33 @@ fn main() -> anyhow::Result<()> {
 fn start_hbone(
     data: &tokio::runtime::Runtime,
     store: &Arc<ConfigStore>,
+    proxy: &Arc<Proxy>,
     args: &Args,
 ) -> anyhow::Result<()> {
     use dpu_proxy::authz::{PolicyGate, PolicyIndex};
-    use dpu_proxy::hbone::HboneServer;
+    use dpu_proxy::hbone::{HboneClient, HboneServer};
     use dpu_proxy::identity::{follow_config, BuiltinCa, CaConfig, CertStore};
+    use dpu_proxy::proxy::TunnelsToProxy;
 
     let mut ca = CaConfig::new(&args.trust_domain);
     ca.workload_ttl = Duration::from_secs(args.workload_cert_ttl_seconds.max(60));
-    let ca = Arc::new(BuiltinCa::new(ca).context("built-in CA")?);
-    let certs = Arc::new(CertStore::new(&args.trust_domain, ca).context("certificate store")?);
+    let ca = match &args.ca_root_file {
+        Some(path) if !path.as_os_str().is_empty() => {
+            match BuiltinCa::with_shared_root(ca.clone(), path) {
+                Ok(ca) => {
+                    tracing::info!(root = %path.display(), "built-in CA under the shared root");
+                    ca
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared CA root unusable: this process gets a root of its own (other nodes will not trust it)");
+                    BuiltinCa::new(ca).context("built-in CA")?
+                }
+            }
+        }
+        _ => BuiltinCa::new(ca).context("built-in CA")?,
+    };
+    let certs =
+        Arc::new(CertStore::new(&args.trust_domain, Arc::new(ca)).context("certificate store")?);
     let gate = Arc::new(PolicyGate::new(PolicyIndex::default()));
     let local = certs.clone();
     let server = Arc::new(
@@ -188,24 +208,39 @@ fn start_hbone(
             certs.clone(),
             Arc::new(move |t: SocketAddr| local.identity_for_ip(t.ip()).is_some()),
         )
-        .with_gate(gate.clone()),
+        .with_handler(Arc::new(TunnelsToProxy(proxy.clone()))),
     );
-    let addr = SocketAddr::new(args.listen_ip, args.hbone_port);
-    let listener = {
-        let _in_runtime = data.enter();
-        let std = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("binding the HBONE listener {addr}"))?;
-        std.set_nonblocking(true)?;
-        tokio::net::TcpListener::from_std(std)?
-    };
-    tracing::info!(%addr, trust_domain = %args.trust_domain, "HBONE listening");
+    proxy.enable_hbone_server(server.clone());
+    proxy.enable_hbone_client(Arc::new(HboneClient::new(certs.clone())));
     data.spawn(follow_config(store.subscribe(), certs.clone(), gate));
+    let rotation_certs = certs.clone();
     data.spawn(async move {
-        let _rotation = certs.spawn_rotation(Duration::from_secs(30));
-        if let Err(e) = server.serve(listener).await {
-            tracing::error!(error = %e, "HBONE listener failed");
-        }
+        let _rotation = rotation_certs.spawn_rotation(Duration::from_secs(30));
+        std::future::pending::<()>().await
     });
+    // The dedicated 15008 listener (tunnels steered to the inbound listener
+    // work without it); a busy port (several proxies on one test host) only
+    // disables it.
+    if args.hbone_port != 0 {
+        let addr = SocketAddr::new(args.listen_ip, args.hbone_port);
+        let bound = {
+            let _in_runtime = data.enter();
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+        };
+        match bound {
+            Ok(listener) => {
+                tracing::info!(%addr, trust_domain = %args.trust_domain, "HBONE listening");
+                data.spawn(async move {
+                    if let Err(e) = server.serve(listener).await {
+                        tracing::error!(error = %e, "HBONE listener failed");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "HBONE listener disabled"),
+        }
+    }
     Ok(())
 }
 

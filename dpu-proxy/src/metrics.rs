@@ -357,6 +357,8 @@ pub struct Metrics {
     tcp_received: Family<TcpLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
+    /// Inbound policy decisions that refused or audited something, by policy.
+    authz: Family<Vec<(&'static str, String)>, Counter>,
     /// Pairs of traffic whose local pod is not in the config (inbound to an
     /// address the config does not know).
     pub unattributed: PairCache,
@@ -380,6 +382,13 @@ impl Metrics {
         let tcp_received = Family::<TcpLabels, Counter>::default();
         let tcp_opened = Family::<TcpLabels, Counter>::default();
         let tcp_closed = Family::<TcpLabels, Counter>::default();
+        let authz = Family::<Vec<(&'static str, String)>, Counter>::default();
+        registry.register(
+            "dpumesh_authz",
+            "Inbound policy decisions counted under the policy's name: action deny \
+             (AuthorizationPolicy), peer_authentication (plaintext under STRICT) or audit",
+            authz.clone(),
+        );
         registry.register(
             "istio_requests",
             "Requests, by source and destination workload, response code and flags",
@@ -430,9 +439,23 @@ impl Metrics {
             tcp_received,
             tcp_opened,
             tcp_closed,
+            authz,
             unattributed: PairCache::default(),
             cluster_id: cluster_id.to_string(),
         }
+    }
+
+    /// Counts one inbound policy decision: `action` is `deny`,
+    /// `peer_authentication` or `audit`; `pod` is `namespace/name` of the
+    /// destination pod; `protocol` `tcp` or `http`.
+    pub fn authz(&self, policy: &str, action: &str, pod: &str, protocol: &str) {
+        let labels = vec![
+            ("policy", policy.to_string()),
+            ("action", action.to_string()),
+            ("destination_pod", pod.to_string()),
+            ("protocol", protocol.to_string()),
+        ];
+        self.authz.get_or_create(&labels).inc();
     }
 
     /// The registry in the Prometheus/OpenMetrics text format.

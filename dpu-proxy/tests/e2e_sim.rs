@@ -349,7 +349,12 @@ fn node_config(node: &Node, a: Ipv4Addr, b: Ipv4Addr, mgmt: &str) -> NodeConfig 
 /// Starts node `i`'s dataplane (eBPF; peers: every other node, underlay) and
 /// dpu-proxy in its DPU netns, registers `pods` with the dataplane; returns
 /// the proxy's control address.
-fn start_node(sim: &SimGuard, i: usize, pods: Vec<PodSteering>) -> String {
+fn start_node(
+    sim: &SimGuard,
+    i: usize,
+    pods: Vec<PodSteering>,
+    ca_root: &std::path::Path,
+) -> String {
     let node = sim.node(i).expect("node").clone();
     let mgmt_ip = node.mgmt_dpu.addr();
     let dp_mgmt = format!("{mgmt_ip}:15081");
@@ -417,6 +422,9 @@ fn start_node(sim: &SimGuard, i: usize, pods: Vec<PodSteering>) -> String {
             "127.0.0.1:15000".into(),
             "--workers".into(),
             "1".into(),
+            // One CA root for the test's nodes, so their proxies trust each other.
+            "--ca-root-file".into(),
+            ca_root.display().to_string(),
         ])
         .health(proxy_mgmt.clone()),
     )
@@ -437,6 +445,7 @@ fn pod_to_service_through_the_dataplane_and_the_proxy() {
     let (ip_a, ip_b) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6));
     let pod_a = attach_pod(&sim, &node, 0, "client-a", ip_a);
     let pod_b = attach_pod(&sim, &node, 1, "server-b", ip_b);
+    let ca_dir = tempfile::tempdir().expect("tempdir");
     let proxy_mgmt = start_node(
         &sim,
         1,
@@ -444,6 +453,7 @@ fn pod_to_service_through_the_dataplane_and_the_proxy() {
             steering("uid-a", "client-a", &node, 0, ip_a),
             steering("uid-b", "server-b", &node, 1, ip_b),
         ],
+        &ca_dir.path().join("root.pem"),
     );
     push(
         &node.host,
@@ -575,8 +585,20 @@ fn pod_to_service_on_another_node_through_both_proxies() {
     let (ip_a, ip_c) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 7));
     let pod_a = attach_pod(&sim, &n1, 0, "client-a", ip_a);
     let pod_c = attach_pod(&sim, &n2, 0, "server-c", ip_c);
-    let m1 = start_node(&sim, 1, vec![steering("uid-a", "client-a", &n1, 0, ip_a)]);
-    let m2 = start_node(&sim, 2, vec![steering("uid-c", "server-c", &n2, 0, ip_c)]);
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca_root = ca_dir.path().join("root.pem");
+    let m1 = start_node(
+        &sim,
+        1,
+        vec![steering("uid-a", "client-a", &n1, 0, ip_a)],
+        &ca_root,
+    );
+    let m2 = start_node(
+        &sim,
+        2,
+        vec![steering("uid-c", "server-c", &n2, 0, ip_c)],
+        &ca_root,
+    );
     push(
         &n1.host,
         m1.clone(),
@@ -590,8 +612,9 @@ fn pod_to_service_on_another_node_through_both_proxies() {
     let server = PodServer::start(&pod_c, "server-c", SERVER_PORT);
     let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
 
-    // a → VIP: node 1's proxy (outbound, 15001) → fabric → node 2's proxy
-    // (inbound, 15006) → c; c sees a's own IP.
+    // a → VIP: node 1's proxy (outbound, 15001) → HBONE (mTLS, CONNECT
+    // 10.244.2.7:8080 to 10.244.2.7:15008, steered by node 2's dataplane to
+    // its proxy) → c; c sees a's own IP.
     for h2 in [false, true] {
         let (status, body) = get(&pod_a, vip, "web", "/x", h2);
         assert_eq!(status, StatusCode::OK, "h2={h2}: {body}");
@@ -625,9 +648,64 @@ fn pod_to_service_on_another_node_through_both_proxies() {
             "destination_principal",
             "spiffe://cluster.local/ns/default/sa/server-c",
         ),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/client-a",
+        ),
+        ("connection_security_policy", "mutual_tls"),
         ("response_code", "200"),
     ];
     assert_eq!(requests_total(&inb, &received), 2.0, "{inb}");
+    // Node 1 went over HBONE (h1 and h2 each keep their own pooled tunnel).
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin(&n1.dpu, "/stats")).expect("stats JSON");
+    assert!(
+        stats["proxy"]["hbone_upstream"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
+
+    // STRICT on node 2: plaintext from a pod of node 1 straight to c's IP on
+    // a port no service has (node 1 passes it through in plaintext) is
+    // refused by node 2's proxy (counted); the HBONE path still works.
+    let mut strict = cross_node_config(&n2, 2, ("uid-c", "server-c", "server", ip_c), ip_c, &m2);
+    strict.version = 2;
+    strict.inbound_policies = serde_json::from_value(json!([{
+        "name": "server-c-in", "peerAuthentication": {"mode": "STRICT"},
+        "authorization": [{"name": "default/deny-admin", "action": "DENY",
+                           "rules": [{"to": [{"paths": ["/admin"]}]}]}]
+    }]))
+    .expect("policies parse");
+    strict.pods[0].inbound_policy = Some("server-c-in".into());
+    push(&n2.host, m2.clone(), strict);
+    let (status, body) = get(&pod_a, vip, "web", "/x", false);
+    assert_eq!(status, StatusCode::OK, "over HBONE under STRICT: {body}");
+    let (status, body) = get(&pod_a, vip, "web", "/admin", false);
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::FORBIDDEN, "RBAC: access denied"),
+        "L7 deny on node 2 with the client's principal"
+    );
+    let direct: SocketAddr = SocketAddr::new(ip_c.into(), 9090);
+    let refused = pod_a
+        .run(move || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&direct, Duration::from_secs(5))
+            else {
+                return true;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: c\r\n\r\n");
+            let mut buf = [0u8; 64];
+            matches!(s.read(&mut buf), Ok(0) | Err(_))
+        })
+        .expect("netns");
+    assert!(refused, "plaintext to a STRICT pod got an answer");
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin(&n2.dpu, "/stats")).expect("stats JSON");
+    assert!(
+        stats["proxy"]["peer_authn_refused"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
 
     drop(server);
     let name = sim.cluster().to_string();

@@ -590,3 +590,238 @@ async fn config_swaps_under_load_lose_nothing() {
     assert_eq!(p.store.serving_version(), 51);
     assert!(v1.hits() > 0 && v2.hits() > 0, "both route versions served");
 }
+
+// ---------------------------------------------------------------------------
+// Inbound governance on 15006: PeerAuthentication and AuthorizationPolicy.
+// The destination pod "server" is at 127.0.0.2; the client pod "client" at
+// 127.0.0.1 (identity spiffe://cluster.local/ns/default/sa/default); any
+// other loopback address is a remote plaintext client without a principal.
+
+const SERVER_IP: &str = "127.0.0.2";
+const CLIENT_PRINCIPAL: &str = "cluster.local/ns/default/sa/default";
+
+/// The test config plus the server pod governed by `policy`, and `svc` (the
+/// service whose endpoint is the server, so the inbound port's protocol is known).
+fn inbound_config(svc: serde_json::Value, policy: serde_json::Value) -> serde_json::Value {
+    let mut cfg = node_config(json!([svc]), json!([]), json!([]));
+    cfg["pods"].as_array_mut().expect("pods").push(json!({
+        "uid": "u2", "name": "server", "namespace": "default", "serviceAccount": "server",
+        "ips": [SERVER_IP], "mac": "02:00:00:00:00:02", "vfIndex": 2,
+        "representor": "pf0vf2", "labels": {"app": "server"}, "inboundPolicy": "server-in"
+    }));
+    let mut policy = policy;
+    policy["name"] = "server-in".into();
+    cfg["inboundPolicies"] = json!([policy]);
+    cfg
+}
+
+fn authz_count(p: &TestProxy, policy: &str, action: &str) -> f64 {
+    let mut text = String::new();
+    p.proxy.metrics.encode(&mut text).expect("encode");
+    text.lines()
+        .filter(|l| l.starts_with("dpumesh_authz_total{"))
+        .filter(|l| {
+            l.contains(&format!("policy=\"{policy}\""))
+                && l.contains(&format!("action=\"{action}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn get_from(
+    src: &str,
+    proxy: std::net::SocketAddr,
+    path: &str,
+) -> Result<Reply, std::io::Error> {
+    let mut c =
+        Client::connect_from(format!("{src}:0").parse().expect("src"), proxy, false).await?;
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "server")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    c.send(req).await.map_err(std::io::Error::other)
+}
+
+#[tokio::test]
+async fn inbound_strict_refuses_plaintext_and_port_override_permits() {
+    let up = Upstream::start_on(SERVER_IP, "server", Behaviour::Echo).await;
+    let port = up.addr.port();
+    let svc = service(
+        "server",
+        "10.96.0.20",
+        80,
+        "http",
+        None,
+        &[(&up, json!({}))],
+    );
+    let dst = up.addr.to_string();
+    // STRICT for the pod.
+    let strict = inbound_config(
+        svc.clone(),
+        json!({"peerAuthentication": {"mode": "STRICT"}}),
+    );
+    let p = TestProxy::start_with(strict, &[&dst], settings(), Direction::Inbound).await;
+    let r = get_from("127.0.0.1", p.addr(&dst), "/").await;
+    assert!(r.is_err(), "plaintext under STRICT must be refused: {r:?}");
+    assert_eq!(up.hits(), 0, "nothing reached the pod");
+    assert_eq!(p.proxy.stats.peer_authn_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(authz_count(&p, "server-in", "peer_authentication"), 1.0);
+
+    // Same pod, this port PERMISSIVE: plaintext passes.
+    let mut cfg = inbound_config(
+        svc,
+        json!({"peerAuthentication": {"mode": "STRICT", "portModes": {port.to_string(): "PERMISSIVE"}}}),
+    );
+    cfg["version"] = 2.into();
+    let offer = p
+        .store
+        .offer(serde_json::from_value(cfg).expect("config parses"));
+    assert!(matches!(offer, Offer::Accepted { .. }), "{offer:?}");
+    let r = get_from("127.0.0.1", p.addr(&dst), "/")
+        .await
+        .expect("served");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.hits(), 1);
+    assert_eq!(p.proxy.stats.peer_authn_refused.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn inbound_http_deny_beats_allow_with_403_counted_per_policy() {
+    let up = Upstream::start_on(SERVER_IP, "server", Behaviour::Echo).await;
+    let svc = service(
+        "server",
+        "10.96.0.20",
+        80,
+        "http",
+        None,
+        &[(&up, json!({}))],
+    );
+    let dst = up.addr.to_string();
+    let policy = json!({"authorization": [
+        {"name": "default/allow-client", "action": "ALLOW",
+         "rules": [{"from": [{"principals": [CLIENT_PRINCIPAL]}]}]},
+        {"name": "default/deny-admin", "action": "DENY",
+         "rules": [{"to": [{"paths": ["/admin*"]}]}]},
+        {"name": "default/audit-posts", "action": "AUDIT",
+         "rules": [{"to": [{"methods": ["GET"]}], "when": [{"key": "request.headers[x-audit]", "values": ["yes"]}]}]}
+    ]});
+    let p = TestProxy::start_with(
+        inbound_config(svc, policy),
+        &[&dst],
+        settings(),
+        Direction::Inbound,
+    )
+    .await;
+    let proxy = p.addr(&dst);
+
+    // The client pod is allowed...
+    let r = get_from("127.0.0.1", proxy, "/reviews")
+        .await
+        .expect("served");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // ...with the headers an Envoy sidecar adds on its inbound side.
+    assert_eq!(
+        r.seen_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(r.seen_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert!(r.seen_header("x-request-id").is_some_and(|v| v.len() == 36));
+
+    // ...but DENY beats ALLOW: the same client to /admin gets Envoy's RBAC 403.
+    let r = get_from("127.0.0.1", proxy, "/admin/users")
+        .await
+        .expect("answered");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.text(), "RBAC: access denied");
+    assert_eq!(authz_count(&p, "default/deny-admin", "deny"), 1.0);
+
+    // A remote plaintext client has no principal: no ALLOW matches.
+    let r = get_from("127.0.0.9", proxy, "/reviews")
+        .await
+        .expect("answered");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.text(), "RBAC: access denied");
+    assert_eq!(authz_count(&p, "(no ALLOW policy matched)", "deny"), 1.0);
+
+    // AUDIT only counts.
+    let mut c = Client::connect_from("127.0.0.1:0".parse().expect("src"), proxy, true)
+        .await
+        .expect("h2c");
+    let r = c.get("server", "/reviews", &[("x-audit", "yes")]).await;
+    assert_eq!(r.status, 200, "audited, still allowed: {}", r.text());
+    assert_eq!(authz_count(&p, "default/audit-posts", "audit"), 1.0);
+
+    assert_eq!(up.hits(), 2, "only the allowed requests reached the pod");
+    assert_eq!(p.proxy.stats.authz_denied.load(Ordering::Relaxed), 2);
+}
+
+/// A TCP echo server on `ip` (a pod).
+async fn tcp_echo(ip: &str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn inbound_tcp_deny_resets_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo(SERVER_IP).await;
+    let svc = json!({
+        "hostname": "db.default.svc.cluster.local", "namespace": "default",
+        "vips": ["10.96.0.30"], "ports": [{"port": 5432, "name": "tcp-db"}],
+        "endpoints": [{"address": SERVER_IP, "ports": {"tcp-db": echo.port()}}],
+    });
+    let policy = json!({"authorization": [
+        {"name": "default/deny-outsiders", "action": "DENY",
+         "rules": [{"from": [{"ipBlocks": ["127.0.0.8/29"]}]}]},
+        {"name": "default/allow-all", "action": "ALLOW", "rules": [{}]}
+    ]});
+    let dst = echo.to_string();
+    let p = TestProxy::start_with(
+        inbound_config(svc, policy),
+        &[&dst],
+        settings(),
+        Direction::Inbound,
+    )
+    .await;
+    let proxy = p.addr(&dst);
+    let connect = |src: &'static str| async move {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind(format!("{src}:0").parse().expect("src"))
+            .expect("bind");
+        s.connect(proxy).await.expect("connect")
+    };
+
+    // Allowed source: bytes echo through.
+    let mut ok = connect("127.0.0.1").await;
+    ok.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    ok.read_exact(&mut buf).await.expect("echo");
+    assert_eq!(&buf, b"ping");
+
+    // Denied source (in the DENY ipBlock, although ALLOW matches everything): reset.
+    let mut denied = connect("127.0.0.9").await;
+    let _ = denied.write_all(b"ping").await;
+    let mut buf = [0u8; 4];
+    let r = denied.read(&mut buf).await;
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+            || matches!(r, Ok(0)),
+        "denied connection must end without data: {r:?}"
+    );
+    assert_eq!(authz_count(&p, "default/deny-outsiders", "deny"), 1.0);
+}

@@ -524,6 +524,7 @@ async fn served_config_drives_identities_and_policies() {
         peer_addr: "192.0.2.12:40000".parse().expect("addr"),
         local_identity: sleep.clone(),
         target: "10.244.3.5:9080".parse().expect("addr"),
+        client: None,
     };
     assert_eq!(gate.check(&tunnel), Err("foo/deny-all".to_string()));
 
@@ -542,4 +543,186 @@ async fn served_config_drives_identities_and_policies() {
     }
     assert!(certs.get(&sleep).is_none());
     assert_eq!(gate.check(&tunnel), Ok(()));
+}
+
+// ---------------------------------------------------------------------------
+// HBONE-terminated streams through dpu-proxy's inbound path: the server pod's
+// policy sees the peer's verified principal, the pod sees the original client
+// IP (from `Forwarded: for=`), L7 denies answer 403, metrics say mutual_tls.
+
+/// A real HTTP/1.1 server in the pod answering "<peer ip> <xfp> <xfcc>".
+async fn http_pod(ip: &str) -> SocketAddr {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let l = TcpListener::bind((ip, 0)).await.expect("bind pod");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, peer)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_string()
+                        };
+                        let body = format!(
+                            "{} {} {}",
+                            peer.ip(),
+                            h("x-forwarded-proto"),
+                            h("x-forwarded-client-cert")
+                        );
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One HTTP/1.1 GET over a tunnel stream.
+async fn get_over(io: tokio::io::DuplexStream, path: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .expect("h1 over the tunnel");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "reviews")
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn hbone_streams_go_through_the_inbound_policy_with_the_peer_principal() {
+    use dpu_proxy::config_store::ConfigStore;
+    use dpu_proxy::proxy::{ConfigSource, Proxy, ProxySettings, TunnelsToProxy};
+
+    let pod_ip = "127.0.0.51";
+    let pod = http_pod(pod_ip).await;
+    let reviews = id("default", "reviews");
+    let productpage = id("default", "productpage");
+    let intruder = id("other", "intruder");
+    let ca = ca(TD);
+    let server_store = store(ca.clone(), &[(reviews.clone(), pod_ip)]).await;
+    let client_store = store(
+        ca.clone(),
+        &[
+            (productpage.clone(), "127.0.0.52"),
+            (intruder.clone(), "127.0.0.53"),
+        ],
+    )
+    .await;
+
+    let cfg: NodeConfig = serde_json::from_value(json!({
+        "version": 1,
+        "node": {"name": "n2", "networkMode": "underlay", "podCidr": "127.0.0.0/8",
+                 "dpuMgmtAddr": "192.168.100.2:15080"},
+        "pods": [{"uid": "r1", "name": "reviews-v1", "namespace": "default",
+                  "serviceAccount": "reviews", "ips": [pod_ip], "mac": "02:00:00:00:00:33",
+                  "vfIndex": 3, "representor": "pf0vf3", "labels": {"app": "reviews"},
+                  "inboundPolicy": "reviews-in"}],
+        "services": [{"hostname": "reviews.default.svc.cluster.local", "namespace": "default",
+                      "vips": ["10.96.0.40"], "ports": [{"port": 9080, "name": "http"}],
+                      "endpoints": [{"address": pod_ip, "ports": {"http": pod.port()},
+                                     "serviceAccount": "reviews", "node": "n2"}]}],
+        "inboundPolicies": [{"name": "reviews-in",
+            "peerAuthentication": {"mode": "STRICT"},
+            "authorization": [
+                {"name": "default/allow-productpage", "action": "ALLOW",
+                 "rules": [{"from": [{"principals": ["cluster.local/ns/default/sa/productpage"]}]}]},
+                {"name": "default/deny-admin", "action": "DENY",
+                 "rules": [{"to": [{"paths": ["/admin"]}]}]}
+            ]}]
+    }))
+    .expect("config parses");
+    let config_store = ConfigStore::new();
+    assert!(matches!(
+        config_store.offer(cfg),
+        dpu_proxy::config_store::Offer::Accepted { .. }
+    ));
+    let source: Arc<dyn ConfigSource> = config_store.clone();
+    let proxy = Proxy::new(source, ProxySettings::default());
+    let local_ip: IpAddr = pod_ip.parse().expect("ip");
+    let server = Arc::new(
+        HboneServer::new(
+            server_store,
+            Arc::new(move |t: SocketAddr| t.ip() == local_ip),
+        )
+        .with_handler(Arc::new(TunnelsToProxy(proxy.clone()))),
+    );
+    let l = TcpListener::bind((pod_ip, 0)).await.expect("bind hbone");
+    let hbone = l.local_addr().expect("addr");
+    tokio::spawn(server.clone().serve(l));
+
+    let client = HboneClient::new(client_store);
+    let client_ip: IpAddr = "127.0.0.52".parse().expect("ip");
+    // Allowed principal: delivered from the original client IP, over "https".
+    let io = client
+        .connect_for(&productpage, &reviews, hbone, pod, Some(client_ip))
+        .await
+        .expect("tunnel opens");
+    let (status, body) = get_over(io, "/reviews/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        format!(
+            "127.0.0.52 https By={};URI={}",
+            reviews.as_str(),
+            productpage.as_str()
+        )
+    );
+
+    // DENY beats ALLOW for the same principal.
+    let io = client
+        .connect_for(&productpage, &reviews, hbone, pod, Some(client_ip))
+        .await
+        .expect("tunnel opens");
+    let (status, body) = get_over(io, "/admin").await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+
+    // Another principal: no ALLOW matches.
+    let io = client
+        .connect_for(&intruder, &reviews, hbone, pod, None)
+        .await
+        .expect("tunnel opens");
+    let (status, body) = get_over(io, "/reviews/1").await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+
+    // Plaintext to the same pod would be refused (STRICT); over HBONE it is
+    // mutual TLS, and the metrics say so, with both principals.
+    let mut text = String::new();
+    proxy.metrics.encode(&mut text).expect("metrics");
+    let line = |code: &str, principal: &str| {
+        text.lines().any(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")
+                && l.contains(&format!("source_principal=\"{principal}\""))
+                && l.contains(&format!("destination_principal=\"{}\"", reviews.as_str()))
+                && l.contains(&format!("response_code=\"{code}\""))
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(line("200", productpage.as_str()), "{text}");
+    assert!(line("403", productpage.as_str()), "{text}");
+    assert!(line("403", intruder.as_str()), "{text}");
+    assert!(
+        text.contains("dpumesh_authz_total{policy=\"default/deny-admin\",action=\"deny\""),
+        "{text}"
+    );
 }

@@ -88,7 +88,7 @@ impl InboundGate for PolicyGate {
             return Err(format!("{}: {why}", policy.name));
         }
         let req = AuthzRequest {
-            source_ip: t.peer_addr.ip(),
+            source_ip: t.client.unwrap_or(t.peer_addr.ip()),
             source_principal: effective_principal(pa, port, Some(t.peer.as_str())),
             destination_ip: t.target.ip(),
             destination_port: port,

@@ -28,6 +28,11 @@ pub struct EndpointRt {
     pub workload_id: u32,
     /// Outlier detection, carried across config swaps.
     pub outlier: Arc<OutlierState>,
+    /// Node the endpoint runs on (`Endpoint.node`; empty = unknown).
+    pub node: String,
+    /// SPIFFE ID the endpoint must prove over mTLS (from its service account);
+    /// `None` when the endpoint has no service account.
+    pub spiffe_id: Option<String>,
 }
 
 impl EndpointRt {
@@ -40,6 +45,8 @@ impl EndpointRt {
             workload: Arc::new(WorkloadLabels::unknown()),
             workload_id: u32::MAX,
             outlier: Arc::default(),
+            node: String::new(),
+            spiffe_id: None,
         }
     }
 
@@ -202,6 +209,8 @@ impl ClusterRt {
             rt.workload = workload;
             rt.workload_id = workload_id;
             rt.outlier = carry.endpoint(&c.name, addr);
+            rt.node = ep.node.clone();
+            rt.spiffe_id = (!principal.is_empty()).then(|| principal.clone());
             endpoints.push(Arc::new(rt));
         }
         let groups = match &c.locality_lb {

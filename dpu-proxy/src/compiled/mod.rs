@@ -15,7 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use dpumesh_api::config::{
-    cluster_name, Cluster, Locality, NodeConfig, Protocol, ValidationError, ValidationErrors,
+    cluster_name, Cluster, InboundPolicy, Locality, NodeConfig, Protocol, ValidationError,
+    ValidationErrors,
 };
 
 pub use cluster::{
@@ -51,6 +52,9 @@ pub struct PodRt {
     pub counters: Arc<PodCounters>,
     /// Local rate limit on everything the pod sends.
     pub rate_limit: Option<Arc<TokenBucket>>,
+    /// Inbound governance (PeerAuthentication + AuthorizationPolicy) of the
+    /// pod, from `pods[].inboundPolicy`; `None` = PERMISSIVE, allow all.
+    pub inbound: Option<Arc<InboundPolicy>>,
 }
 
 /// One port of one service: what a connection to `(VIP, port)` (or to an
@@ -327,6 +331,11 @@ impl CompiledConfig {
             }
         }
 
+        let inbound_policies: HashMap<&str, Arc<InboundPolicy>> = config
+            .inbound_policies
+            .iter()
+            .map(|p| (p.name.as_str(), Arc::new(p.clone())))
+            .collect();
         // Pods, by each of their IPs.
         let mut pods_by_ip = HashMap::new();
         let mut pods = Vec::new();
@@ -370,6 +379,19 @@ impl CompiledConfig {
                     .rate_limit
                     .as_ref()
                     .map(|rl| Carry::bucket(old.and_then(|o| o.1.as_ref()), rl)),
+                inbound: match pod.inbound_policy.as_deref() {
+                    None => None,
+                    Some(name) => match inbound_policies.get(name) {
+                        Some(p) => Some(p.clone()),
+                        None => {
+                            errs.push(
+                                format!("pods[{i}].inboundPolicy"),
+                                format!("{name:?} names no entry of inboundPolicies"),
+                            );
+                            None
+                        }
+                    },
+                },
             });
             pods.push(rt.clone());
             for (j, ip) in pod.ips.iter().enumerate() {

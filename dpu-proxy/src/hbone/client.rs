@@ -3,7 +3,7 @@
 //! between them.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -60,6 +60,19 @@ impl HboneClient {
         dial: SocketAddr,
         target: SocketAddr,
     ) -> Result<DuplexStream, HboneError> {
+        self.connect_for(src, dst, dial, target, None).await
+    }
+
+    /// [`HboneClient::connect`] on behalf of the client at `client`, whose IP
+    /// is sent as `Forwarded: for=<ip>` so the server can deliver from it.
+    pub async fn connect_for(
+        &self,
+        src: &SpiffeId,
+        dst: &SpiffeId,
+        dial: SocketAddr,
+        target: SocketAddr,
+        client: Option<IpAddr>,
+    ) -> Result<DuplexStream, HboneError> {
         let key = PoolKey {
             src: src.clone(),
             dst: dst.clone(),
@@ -71,11 +84,18 @@ impl HboneClient {
             // The pooled connection died (GOAWAY, reset, peer restart): redial once.
             Err(_) => self.sender(&key, true).await?.ready().await?,
         };
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::CONNECT)
             .version(Version::HTTP_2)
-            .uri(target.to_string())
-            .body(())?;
+            .uri(target.to_string());
+        if let Some(ip) = client {
+            let v = match ip {
+                IpAddr::V4(v4) => format!("for={v4}"),
+                IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+            };
+            req = req.header("forwarded", v);
+        }
+        let req = req.body(())?;
         let (resp, send) = sender.send_request(req, false)?;
         let resp = resp.await?;
         if resp.status() != StatusCode::OK {

@@ -11,7 +11,9 @@ mod client;
 mod server;
 
 pub use client::{HboneClient, PoolKey};
-pub use server::{HboneServer, HboneStats, InboundGate, InboundTunnel, TargetPolicy};
+pub use server::{
+    HboneServer, HboneStats, InboundGate, InboundTunnel, TargetPolicy, TunnelHandler,
+};
 
 use std::io;
 

@@ -26,12 +26,25 @@ pub struct InboundTunnel {
     pub local_identity: SpiffeId,
     /// `:authority` of the CONNECT.
     pub target: SocketAddr,
+    /// The original client's IP from the CONNECT's `Forwarded: for=` header
+    /// (trusted because the peer is authenticated), if sent.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// Decides whether a tunnel may reach its target; `Err` carries the name of
 /// the policy that refused it (counted and logged).
 pub trait InboundGate: Send + Sync {
     fn check(&self, tunnel: &InboundTunnel) -> Result<(), String>;
+}
+
+/// Takes over tunnels instead of the server's own TCP connect: dpu-proxy's
+/// inbound path (policy with the peer identity, delivery from the original
+/// client IP, L7 governance and metrics).
+pub trait TunnelHandler: Send + Sync {
+    /// Before `200`: `Err(policy)` refuses the CONNECT with `403`.
+    fn admit(&self, tunnel: &InboundTunnel) -> Result<(), String>;
+    /// After `200`: serve the tunnel's bytes.
+    fn deliver(&self, tunnel: InboundTunnel, io: tokio::io::DuplexStream);
 }
 
 /// Which targets the server may connect to (the pods of this node).
@@ -66,6 +79,7 @@ pub struct HboneServer {
     store: Arc<CertStore>,
     targets: TargetPolicy,
     gate: Option<Arc<dyn InboundGate>>,
+    handler: Option<Arc<dyn TunnelHandler>>,
     pub stats: Arc<HboneStats>,
 }
 
@@ -76,6 +90,7 @@ impl HboneServer {
             store,
             targets,
             gate: None,
+            handler: None,
             stats: Arc::default(),
         }
     }
@@ -83,6 +98,19 @@ impl HboneServer {
     pub fn with_gate(mut self, gate: Arc<dyn InboundGate>) -> Self {
         self.gate = Some(gate);
         self
+    }
+
+    /// Tunnels go to `handler` (which applies policy) instead of the gate
+    /// and a direct TCP connect.
+    pub fn with_handler(mut self, handler: Arc<dyn TunnelHandler>) -> Self {
+        self.handler = Some(handler);
+        self
+    }
+
+    /// Serves one accepted connection (e.g. steered to the inbound
+    /// listener for `<pod ip>:15008`).
+    pub async fn accept_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        self.connection(tcp, peer).await
     }
 
     /// Accept connections until the listener fails.
@@ -169,12 +197,35 @@ impl HboneServer {
             tracing::info!(%peer, %target, "HBONE target is not a local pod");
             return refuse(&mut respond, StatusCode::FORBIDDEN);
         }
+        let client = req
+            .headers()
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::proxy::forwarded_for);
         let tunnel = InboundTunnel {
             peer,
             peer_addr,
             local_identity,
             target,
+            client,
         };
+        if let Some(handler) = &self.handler {
+            if let Err(policy) = handler.admit(&tunnel) {
+                tracing::info!(peer = %tunnel.peer, %target, %policy, "HBONE tunnel denied by policy");
+                return refuse(&mut respond, StatusCode::FORBIDDEN);
+            }
+            let send = match respond.send_response(Response::new(()), false) {
+                Ok(s) => s,
+                Err(e) => return tracing::debug!(error = %e, "HBONE stream gone before 200"),
+            };
+            self.stats.streams_ok.fetch_add(1, Ordering::Relaxed);
+            let (ours, theirs) = tokio::io::duplex(super::CHUNK);
+            handler.deliver(tunnel, theirs);
+            if let Err(e) = pipe(send, req.into_body(), ours).await {
+                tracing::debug!(%target, error = %e, "HBONE stream ended with error");
+            }
+            return;
+        }
         if let Some(gate) = &self.gate {
             if let Err(policy) = gate.check(&tunnel) {
                 tracing::info!(peer = %tunnel.peer, %target, %policy, "HBONE tunnel denied by policy");

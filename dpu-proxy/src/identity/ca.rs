@@ -118,6 +118,64 @@ impl BuiltinCa {
         })
     }
 
+    /// A CA whose root is shared through `path` (one PEM file: the root's
+    /// PKCS#8 private key, then its certificate), so that several dpu-proxy
+    /// processes (nodes) trust each other. The first process creates the
+    /// file (atomically, mode 0600); the others load it. Each process makes
+    /// its own intermediate under that root.
+    pub fn with_shared_root(
+        config: CaConfig,
+        path: &std::path::Path,
+    ) -> Result<Self, IdentityError> {
+        let bad = |why: String| IdentityError::Ca(format!("{}: {why}", path.display()));
+        let pem = match std::fs::read_to_string(path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let now = SystemTime::now();
+                let td = config.trust_domain.clone();
+                let key = KeyPair::generate()?;
+                let params = ca_params(
+                    format!("dpumesh root CA {td}"),
+                    &td,
+                    now,
+                    config.root_ttl,
+                    None,
+                );
+                let cert = params.self_signed(&key)?;
+                let pem = format!("{}{}", key.serialize_pem(), cert.pem());
+                write_new(path, &pem).map_err(|e| bad(e.to_string()))?;
+                std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let key = KeyPair::from_pem(&pem).map_err(|e| bad(format!("root key: {e}")))?;
+        let cert_pem = pem
+            .find("-----BEGIN CERTIFICATE-----")
+            .map(|i| &pem[i..])
+            .ok_or_else(|| bad("no CERTIFICATE block".into()))?;
+        let root_issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(|e| bad(format!("root certificate: {e}")))?;
+        let root = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| bad(format!("root certificate: {e}")))?;
+        let now = SystemTime::now();
+        let td = config.trust_domain.clone();
+        let int_key = KeyPair::generate()?;
+        let int_params = ca_params(
+            format!("dpumesh intermediate CA {td}"),
+            &td,
+            now,
+            config.intermediate_ttl,
+            Some(0),
+        );
+        let int_cert = int_params.signed_by(&int_key, &root_issuer)?;
+        Ok(Self {
+            root,
+            intermediate: int_cert.der().clone(),
+            issuer: Issuer::new(int_params, int_key),
+            config,
+        })
+    }
+
     pub fn config(&self) -> &CaConfig {
         &self.config
     }
@@ -179,5 +237,31 @@ impl CertIssuer for BuiltinCa {
 
     fn trust_anchors(&self) -> Vec<CertificateDer<'static>> {
         vec![self.root.clone()]
+    }
+}
+
+/// Writes `content` to `path` only if it does not exist yet: a temporary file
+/// hard-linked into place (fails if another process got there first, which
+/// is fine: the caller then reads theirs).
+fn write_new(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
     }
 }

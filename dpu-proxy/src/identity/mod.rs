@@ -39,6 +39,8 @@ pub enum IdentityError {
     Unknown(String),
     #[error("issuer failed for {id}: {reason}")]
     Issuer { id: String, reason: String },
+    #[error("shared CA root {0}")]
+    Ca(String),
 }
 
 /// A parsed SPIFFE ID of the Istio form `spiffe://<td>/ns/<ns>/sa/<sa>`.

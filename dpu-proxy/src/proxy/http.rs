@@ -18,13 +18,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use dpumesh_api::config::{HashKey, LbKind, Protocol};
 
+use super::inbound::{Gate, Io};
 use super::observe::{grpc_status, headers_size, Completion, RequestHead, Trail};
-use super::upstream::{PoolKey, ReqBody, UpstreamBody, UpstreamError};
+use super::upstream::{HboneTarget, PoolKey, ReqBody, UpstreamBody, UpstreamError};
 use super::{ConnCtx, Direction, Flag, Flags, Proxy, UpstreamSource};
+use crate::authz::HttpAttrs;
 use crate::compiled::{
     ActionRt, ActiveRequest, ClusterRt, ForwardRt, RedirectRt, RequestView, RetryRt, RouteRt,
     StrMatcher, TryOutcome,
@@ -167,6 +168,43 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// What an Envoy sidecar adds on its inbound side: the client's IP appended
+/// to `x-forwarded-for`, `x-forwarded-proto` when absent (`https` over
+/// mTLS, else `http`), and over mTLS `x-forwarded-client-cert` with the
+/// verified peer (`By=<our identity>;URI=<peer identity>`, Istio's
+/// APPEND_FORWARD).
+fn forwarded_headers(h: &mut HeaderMap, ctx: &ConnCtx) {
+    let ip = ctx.peer.ip().to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if ctx.mtls { "https" } else { "http" };
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if let (true, Some(peer), Some(local)) = (ctx.mtls, ctx.principal, ctx.local_principal) {
+        let entry = format!("By={local};URI={peer}");
+        let value = match h
+            .get(&X_FORWARDED_CLIENT_CERT)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.is_empty() => format!("{prev},{entry}"),
+            _ => entry,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+        }
+    }
+}
+
 fn request_id() -> HeaderValue {
     let a = lb::random_u64();
     let b = lb::random_u64();
@@ -245,7 +283,7 @@ async fn buffer_body(mut body: Incoming, limit: usize) -> Result<Payload, hyper:
 }
 
 impl Proxy {
-    pub(super) async fn serve_http(self: Arc<Self>, stream: TcpStream, ctx: ConnCtx) {
+    pub(super) async fn serve_http(self: Arc<Self>, stream: Io, ctx: ConnCtx) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -380,6 +418,27 @@ impl Proxy {
             }
         }
 
+        if ctx.direction == Direction::Inbound {
+            if let Some(policy) = Proxy::inbound_policy(&cfg, &ctx) {
+                let path = path_and_query.split('?').next().unwrap_or("/");
+                let attrs = HttpAttrs {
+                    host: &authority,
+                    method: parts.method.as_str(),
+                    path,
+                    headers: &parts.headers,
+                };
+                if let Gate::Deny(_) = self.gate_request(&cfg, &policy, &ctx, attrs) {
+                    let mut r = Response::new(RespBody::local(Some(Bytes::from_static(
+                        b"RBAC: access denied",
+                    ))));
+                    *r.status_mut() = StatusCode::FORBIDDEN;
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    return r;
+                }
+            }
+            forwarded_headers(&mut parts.headers, &ctx);
+        }
         let svc = cfg.service_for(ctx.dst);
         if ctx.direction == Direction::Inbound || svc.is_none() {
             // Inbound: deliver to the pod. Outbound to no known service: Istio's
@@ -825,6 +884,9 @@ impl Proxy {
             src: self.source_ip(ctx),
             dst: ep.addr,
             h2,
+            hbone: self
+                .snapshot()
+                .and_then(|cfg| HboneTarget::for_endpoint(&cfg, &cluster, &ep, ctx.peer.ip())),
         };
         let pool = self.pool.clone();
         let cluster = cluster.clone();
@@ -885,6 +947,10 @@ impl Proxy {
                 src,
                 dst: ep.addr,
                 h2: msg.h2,
+                hbone: trail
+                    .cfg
+                    .as_deref()
+                    .and_then(|cfg| HboneTarget::for_endpoint(cfg, cluster, ep, ctx.peer.ip())),
             };
             let req = msg.build(payload.take());
             let send = self.pool.send(
@@ -1023,6 +1089,7 @@ impl Proxy {
             src: self.source_ip(ctx),
             dst: ctx.dst,
             h2: msg.h2,
+            hbone: None,
         };
         let req = msg.build(ReqBody::Streaming(body));
         match self

@@ -7,6 +7,7 @@
 
 mod flags;
 mod http;
+mod inbound;
 mod observe;
 mod tcp;
 pub mod upstream;
@@ -23,10 +24,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use flags::{Flag, Flags};
+pub use inbound::{forwarded_for, TunnelsToProxy};
 
 use crate::access_log::AccessLog;
 use crate::compiled::CompiledConfig;
+use crate::hbone::{HboneClient, HboneServer};
 use crate::metrics::Metrics;
+use inbound::{Gate, Io};
 use upstream::Pool;
 
 /// Where the data path gets its config snapshot from.
@@ -136,6 +140,10 @@ pub struct Stats {
     pub mirrored: AtomicU64,
     /// WebSocket / Upgrade tunnels established.
     pub upgrades: AtomicU64,
+    /// Inbound plaintext connections refused by PeerAuthentication STRICT.
+    pub peer_authn_refused: AtomicU64,
+    /// Inbound connections reset and requests answered 403 by AuthorizationPolicy.
+    pub authz_denied: AtomicU64,
 }
 
 impl Stats {
@@ -165,6 +173,8 @@ impl Stats {
             "tcp_idle_timeouts": g(&self.tcp_idle_timeouts),
             "mirrored": g(&self.mirrored),
             "upgrades": g(&self.upgrades),
+            "peer_authn_refused": g(&self.peer_authn_refused),
+            "authz_denied": g(&self.authz_denied),
             "response_flags": flags,
         })
     }
@@ -188,6 +198,9 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pool: Arc<Pool>,
+    /// HBONE server that connections steered to `<pod ip>:15008` on the
+    /// inbound listener are handed to (set once at start).
+    hbone_server: std::sync::OnceLock<Arc<HboneServer>>,
     /// Set to true to drain: listeners stop accepting, HTTP connections
     /// finish their in-flight requests and close.
     draining: watch::Sender<bool>,
@@ -199,6 +212,12 @@ pub(crate) struct ConnCtx {
     pub peer: SocketAddr,
     pub dst: SocketAddr,
     pub direction: Direction,
+    /// Verified SPIFFE ID of the peer (HBONE tunnels), interned.
+    pub principal: Option<&'static str>,
+    /// Whether the connection arrived over mutual TLS (HBONE).
+    pub mtls: bool,
+    /// The identity this proxy proved to that peer (HBONE), interned.
+    pub local_principal: Option<&'static str>,
 }
 
 impl Proxy {
@@ -220,8 +239,26 @@ impl Proxy {
             metrics,
             access_log,
             pool: Arc::new(Pool::default()),
+            hbone_server: Default::default(),
             draining: watch::Sender::new(false),
         })
+    }
+
+    /// Sends upstream connections to endpoints on other nodes whose cluster
+    /// is `ISTIO_MUTUAL` over HBONE with `client` (once; later calls are ignored).
+    pub fn enable_hbone_client(&self, client: Arc<HboneClient>) {
+        let _ = self.pool.hbone.set(client);
+    }
+
+    /// Upstream connections (tunnels) opened over HBONE so far.
+    pub fn hbone_upstream(&self) -> u64 {
+        self.pool.hbone_opened.load(Ordering::Relaxed)
+    }
+
+    /// Connections the dataplane steers to `<local pod ip>:15008` arrive on
+    /// the inbound listener; they are handed to `server` (once).
+    pub fn enable_hbone_server(&self, server: Arc<HboneServer>) {
+        let _ = self.hbone_server.set(server);
     }
 
     /// Starts draining (see [`Proxy::serve`]); [`Proxy::drained`] tells when done.
@@ -294,7 +331,17 @@ impl Proxy {
                 peer: normalize(peer),
                 dst: normalize(dst),
                 direction: spec.direction,
+                principal: None,
+                mtls: false,
+                local_principal: None,
             };
+            if spec.direction == Direction::Inbound && ctx.dst.port() == crate::hbone::HBONE_PORT {
+                if let Some(server) = self.hbone_server.get() {
+                    let server = server.clone();
+                    tokio::spawn(async move { server.accept_connection(stream, peer).await });
+                    continue;
+                }
+            }
             let proxy = self.clone();
             tokio::spawn(async move {
                 proxy
@@ -331,17 +378,70 @@ impl Proxy {
             }
             Direction::Inbound => cfg.service_for(ctx.dst).map(|s| s.protocol),
         };
+        let policy = Proxy::inbound_policy(&cfg, &ctx);
+        if let Some(p) = &policy {
+            // PeerAuthentication first: STRICT refuses plaintext before a byte is read.
+            if let Gate::Deny(_) = self.gate_connection(&cfg, p, &ctx, false) {
+                Io::Tcp(stream).reset();
+                return;
+            }
+        }
         drop(cfg);
         let is_http = match declared.flatten() {
             Some(p) => p.is_http(),
             None => sniff_http(&stream, self.settings.sniff_timeout).await,
         };
+        self.serve_io(Io::Tcp(stream), ctx, is_http, policy, false)
+            .await;
+    }
+
+    /// A CONNECT stream the HBONE server accepted (the peer's identity is
+    /// verified and in `ctx`); declared TCP ports were authorized already.
+    pub(crate) async fn serve_tunnel(
+        self: Arc<Self>,
+        mut io: tokio::io::DuplexStream,
+        ctx: ConnCtx,
+    ) {
+        let Some(cfg) = self.snapshot() else {
+            self.stats.no_config.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let declared = cfg.service_for(ctx.dst).and_then(|s| s.protocol);
+        let policy = Proxy::inbound_policy(&cfg, &ctx);
+        drop(cfg);
+        let (is_http, prefix) = match declared {
+            Some(p) => (p.is_http(), bytes::Bytes::new()),
+            None => inbound::sniff_tunnel(&mut io, self.settings.sniff_timeout).await,
+        };
+        let checked = declared.is_some();
+        self.serve_io(Io::Tunnel { io, prefix }, ctx, is_http, policy, checked)
+            .await;
+    }
+
+    async fn serve_io(
+        self: Arc<Self>,
+        io: Io,
+        ctx: ConnCtx,
+        is_http: bool,
+        policy: Option<Arc<dpumesh_api::config::InboundPolicy>>,
+        l4_checked: bool,
+    ) {
         if is_http {
-            self.serve_http(stream, ctx).await;
-        } else {
-            self.stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
-            self.proxy_tcp(stream, ctx).await;
+            self.serve_http(io, ctx).await;
+            return;
         }
+        if let (Some(p), false) = (&policy, l4_checked) {
+            let denied = match self.snapshot() {
+                Some(cfg) => matches!(self.gate_connection(&cfg, p, &ctx, true), Gate::Deny(_)),
+                None => true,
+            };
+            if denied {
+                io.reset();
+                return;
+            }
+        }
+        self.stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+        self.proxy_tcp(io, ctx).await;
     }
 }
 
@@ -369,6 +469,21 @@ const METHODS: &[&[u8]] = &[
     b"CONNECT ",
 ];
 
+/// `Some(true)`: the first bytes are HTTP (a method or the h2 preface);
+/// `Some(false)`: they are not; `None`: too few bytes to tell.
+fn classify(seen: &[u8]) -> Option<bool> {
+    if H2_PREFACE.starts_with(seen) && seen.len() < H2_PREFACE.len() {
+        // Could still become the preface (or "PRI" of nothing): wait for more.
+        None
+    } else if seen.starts_with(H2_PREFACE) || METHODS.iter().any(|m| seen.starts_with(m)) {
+        Some(true)
+    } else if !METHODS.iter().any(|m| m.starts_with(seen)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Peeks at the client's first bytes: an HTTP/1.x method or the h2 preface
 /// means HTTP. Nothing within `timeout` (a server-first protocol) means TCP.
 async fn sniff_http(stream: &TcpStream, timeout: Duration) -> bool {
@@ -383,13 +498,8 @@ async fn sniff_http(stream: &TcpStream, timeout: Duration) -> bool {
         if n == 0 {
             return false;
         }
-        let seen = &buf[..n];
-        if H2_PREFACE.starts_with(seen) && n < H2_PREFACE.len() {
-            // Could still become the preface (or "PRI" of nothing): wait for more.
-        } else if seen.starts_with(H2_PREFACE) || METHODS.iter().any(|m| seen.starts_with(m)) {
-            return true;
-        } else if !METHODS.iter().any(|m| m.starts_with(seen)) {
-            return false;
+        if let Some(http) = classify(&buf[..n]) {
+            return http;
         }
         if n == last {
             // No new bytes yet: peek returns at once while data is queued.

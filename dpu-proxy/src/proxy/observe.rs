@@ -111,10 +111,7 @@ impl Completion {
         let response_bytes = self.response_head_bytes + body_bytes;
         let grpc_status = grpc_trailer.or(self.grpc_status);
         let p = &self.proxy;
-        let security = match self.ctx.direction {
-            Direction::Outbound => SecurityPolicy::Unknown,
-            Direction::Inbound => SecurityPolicy::None,
-        };
+        let security = security_policy(&self.ctx);
         let key = RequestKey {
             protocol: if self.grpc {
                 RequestProtocol::Grpc
@@ -223,6 +220,16 @@ impl Completion {
     }
 }
 
+/// `connection_security_policy`: `unknown` on the source side (as Istio),
+/// `mutual_tls` inbound over HBONE, `none` for inbound plaintext.
+fn security_policy(ctx: &ConnCtx) -> SecurityPolicy {
+    match (ctx.direction, ctx.mtls) {
+        (Direction::Outbound, _) => SecurityPolicy::Unknown,
+        (Direction::Inbound, true) => SecurityPolicy::MutualTls,
+        (Direction::Inbound, false) => SecurityPolicy::None,
+    }
+}
+
 /// The metrics of the (source, destination) pair of a request or connection.
 pub(crate) fn pair_for(
     proxy: &Proxy,
@@ -278,7 +285,13 @@ pub(crate) fn pair_for(
             })
         }
         Direction::Inbound => {
-            let src = cfg.workload_by_ip(ctx.peer.ip()).cloned();
+            let mut src = cfg.workload_by_ip(ctx.peer.ip()).cloned();
+            if let Some(principal) = ctx.principal {
+                // Over mTLS the source is who the peer proved to be.
+                if src.as_ref().is_none_or(|s| s.1.principal != principal) {
+                    src = Some(peer_workload(principal));
+                }
+            }
             let src_id = src.as_ref().map_or(u32::MAX, |s| s.0);
             let key = (svc_index as u64) << 32 | src_id as u64;
             let Some(pod) = cfg.pod_by_ip(ctx.dst.ip()) else {
@@ -301,6 +314,22 @@ pub(crate) fn pair_for(
     }
 }
 
+/// Labels of a peer known only by its verified SPIFFE ID (namespace from
+/// the ID, workload unknown), with an id outside the config's interned ids.
+fn peer_workload(principal: &str) -> (u32, Arc<WorkloadLabels>) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    principal.hash(&mut h);
+    let id = 0x8000_0000 | (h.finish() as u32 & 0x7fff_fffe);
+    let ns = principal
+        .split("/ns/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("unknown");
+    let w = WorkloadLabels::derive(None, ns, principal, &Default::default());
+    (id, Arc::new(w))
+}
+
 /// TCP connection reporting: opened now, closed (with bytes) at the end.
 pub(crate) struct TcpReport {
     pair: Arc<PairMetrics>,
@@ -319,10 +348,7 @@ impl TcpReport {
         let pair = pair_for(proxy, cfg, ctx, cluster, endpoint);
         let key = TcpKey {
             flags,
-            security: match ctx.direction {
-                Direction::Outbound => SecurityPolicy::Unknown,
-                Direction::Inbound => SecurityPolicy::None,
-            },
+            security: security_policy(&ctx),
         };
         pair.tcp_opened(&proxy.metrics, key);
         TcpReport { pair, key }

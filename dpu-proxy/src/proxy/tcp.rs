@@ -7,13 +7,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use dpumesh_api::config::LbKind;
 
+use super::inbound::Io;
 use super::observe::TcpReport;
-use super::upstream::connect;
+use super::upstream::HboneTarget;
 use super::{ConnCtx, Direction, Flag, Flags, Proxy, UpstreamSource};
 use crate::lb;
 
@@ -26,7 +26,7 @@ pub struct TcpOutcome {
 }
 
 impl Proxy {
-    pub(super) async fn proxy_tcp(&self, mut downstream: TcpStream, ctx: ConnCtx) {
+    pub(super) async fn proxy_tcp(&self, mut downstream: Io, ctx: ConnCtx) {
         let Some(cfg) = self.snapshot() else {
             return;
         };
@@ -76,10 +76,23 @@ impl Proxy {
                 Direction::Inbound => c.tcp_in.fetch_add(1, Ordering::Relaxed),
             };
         }
-        let mut upstream = match connect(src, addr, connect_timeout).await {
+        let hbone = match (cluster, ep) {
+            (Some(c), Some(e)) => HboneTarget::for_endpoint(&cfg, c, e, ctx.peer.ip()),
+            _ => None,
+        };
+        let mut upstream = match self
+            .pool
+            .connect_io(src, addr, hbone.as_ref(), connect_timeout)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(upstream = %addr, error = %e, "tcp upstream connect failed");
+                if hbone.is_some() {
+                    // Refused by the remote side (policy) or unreachable:
+                    // the client sees a reset, as with a sidecar.
+                    downstream.reset();
+                }
                 self.stats.flags[Flag::UpstreamConnectionFailure as usize]
                     .fetch_add(1, Ordering::Relaxed);
                 let mut flags = Flags::default();
@@ -113,11 +126,11 @@ impl Proxy {
 
 /// Copies both ways until both sides close, an error, or `idle` passes
 /// without a byte in either direction.
-pub async fn copy_with_idle_timeout(
-    a: &mut TcpStream,
-    b: &mut TcpStream,
-    idle: Duration,
-) -> TcpOutcome {
+pub async fn copy_with_idle_timeout<A, B>(a: &mut A, b: &mut B, idle: Duration) -> TcpOutcome
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut ta = Activity {
@@ -156,14 +169,14 @@ pub async fn copy_with_idle_timeout(
 }
 
 /// Stamps the time of the last byte read.
-struct Activity<'a> {
-    inner: &'a mut TcpStream,
+struct Activity<'a, T> {
+    inner: &'a mut T,
     start: Instant,
     last: Arc<AtomicU64>,
     read: u64,
 }
 
-impl AsyncRead for Activity<'_> {
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<'_, T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -180,7 +193,7 @@ impl AsyncRead for Activity<'_> {
     }
 }
 
-impl AsyncWrite for Activity<'_> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<'_, T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

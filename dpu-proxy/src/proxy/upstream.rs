@@ -13,7 +13,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,8 +26,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
+use dpumesh_api::config::TlsMode;
+
+use super::inbound::{intern, Io};
 use crate::compiled::state::ClusterState;
-use crate::compiled::{ActiveRequest, ClusterRt};
+use crate::compiled::{ActiveRequest, ClusterRt, CompiledConfig, EndpointRt};
+use crate::hbone::HboneClient;
+use crate::identity::SpiffeId;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -130,6 +135,46 @@ pub struct PoolKey {
     pub src: Option<IpAddr>,
     pub dst: SocketAddr,
     pub h2: bool,
+    /// Set: the connection is an HBONE tunnel to `dst` (mTLS to another node).
+    pub hbone: Option<HboneTarget>,
+}
+
+/// How to reach an endpoint on another node over HBONE: as the source pod's
+/// identity, to `<endpoint ip>:15008`, which must prove the endpoint's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HboneTarget {
+    /// SPIFFE ID of the source pod (interned).
+    pub src: &'static str,
+    /// SPIFFE ID the endpoint must prove (interned).
+    pub dst: &'static str,
+    pub dial: SocketAddr,
+    /// The original client's IP, sent in `Forwarded: for=`.
+    pub client: IpAddr,
+}
+
+impl HboneTarget {
+    /// HBONE is used when the cluster's TLS mode is `ISTIO_MUTUAL`, the
+    /// endpoint runs on another node (its `node` is set and is not ours), it
+    /// has a service account (the identity to check), and the client is a
+    /// local pod (the identity to present).
+    pub fn for_endpoint(
+        cfg: &CompiledConfig,
+        cluster: &ClusterRt,
+        ep: &EndpointRt,
+        client: IpAddr,
+    ) -> Option<HboneTarget> {
+        if cluster.tls != TlsMode::IstioMutual || ep.node.is_empty() || ep.node == cfg.node_name {
+            return None;
+        }
+        let dst = ep.spiffe_id.as_deref()?;
+        let src = cfg.pod_by_ip(client)?;
+        Some(HboneTarget {
+            src: intern(&src.spiffe_id),
+            dst: intern(dst),
+            dial: SocketAddr::new(ep.addr.ip(), crate::hbone::HBONE_PORT),
+            client,
+        })
+    }
 }
 
 /// Why an upstream exchange failed before response headers arrived.
@@ -184,17 +229,63 @@ const MAX_IDLE_PER_KEY: usize = 64;
 
 pub struct Pool {
     shards: Vec<Mutex<HashMap<PoolKey, Idle>>>,
+    /// The HBONE client for keys with `hbone` set; without it, such keys
+    /// connect in plaintext (HBONE not enabled in this process).
+    pub(crate) hbone: OnceLock<Arc<HboneClient>>,
+    /// Tunnels opened through `hbone`.
+    pub(crate) hbone_opened: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Pool {
     fn default() -> Self {
         Pool {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hbone: OnceLock::new(),
+            hbone_opened: Default::default(),
         }
     }
 }
 
 impl Pool {
+    /// Connects to `dst`: through an HBONE tunnel when `hbone` is set and
+    /// the client is enabled, else TCP (from `src` when given).
+    pub(crate) async fn connect_io(
+        &self,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+        hbone: Option<&HboneTarget>,
+        timeout: Duration,
+    ) -> io::Result<Io> {
+        let (Some(t), Some(client)) = (hbone, self.hbone.get()) else {
+            return connect(src, dst, timeout).await.map(Io::Tcp);
+        };
+        let bad =
+            |e: crate::identity::IdentityError| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let src_id = SpiffeId::parse(t.src).map_err(bad)?;
+        let dst_id = SpiffeId::parse(t.dst).map_err(bad)?;
+        let fut = client.connect_for(&src_id, &dst_id, t.dial, dst, Some(t.client));
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(io)) => {
+                self.hbone_opened.fetch_add(1, Ordering::Relaxed);
+                Ok(Io::Tunnel {
+                    io,
+                    prefix: Bytes::new(),
+                })
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%dst, via = %t.dial, error = %e, "HBONE upstream failed");
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    e.to_string(),
+                ))
+            }
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "HBONE connect timeout",
+            )),
+        }
+    }
+
     fn shard(&self, key: &PoolKey) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Idle>> {
         let mut h = std::hash::DefaultHasher::new();
         key.hash(&mut h);
@@ -313,7 +404,8 @@ impl Pool {
                 None => {
                     self.open_slot(&key, cluster, connect_timeout).await?;
                     let slot = Slot(state.clone());
-                    let stream = connect(key.src, key.dst, connect_timeout)
+                    let stream = self
+                        .connect_io(key.src, key.dst, key.hbone.as_ref(), connect_timeout)
                         .await
                         .map_err(UpstreamError::Connect)?;
                     let (s, conn) = http2::Builder::new(TokioExecutor::new())
@@ -361,7 +453,8 @@ impl Pool {
             }
         }
         let slot = Slot(state);
-        let stream = connect(key.src, key.dst, connect_timeout)
+        let stream = self
+            .connect_io(key.src, key.dst, key.hbone.as_ref(), connect_timeout)
             .await
             .map_err(UpstreamError::Connect)?;
         let (mut sender, conn) = http1::Builder::new()

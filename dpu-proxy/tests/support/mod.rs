@@ -78,9 +78,12 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &str, behaviour: Behaviour) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Upstream::start_on("127.0.0.1", name, behaviour).await
+    }
+
+    /// [`Upstream::start`] on another loopback address (a pod's IP).
+    pub async fn start_on(ip: &str, name: &str, behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicU64::new(0));
         let authorities = Arc::new(std::sync::Mutex::new(Vec::new()));
