@@ -34,6 +34,8 @@ use serde_json::json;
 const VIP: &str = "10.96.0.10";
 const SERVER_PORT: u16 = 8080;
 const HOST: &str = "web.default.svc.cluster.local";
+/// A plain-TCP port of the same service (the proxy's TCP path and metrics).
+const TCP_PORT: u16 = 9000;
 /// The metrics of the dashboard's CPU/memory panels come from the kubelet's
 /// cAdvisor (the components export no process metrics): the only names allowed
 /// that the components do not expose themselves.
@@ -151,7 +153,8 @@ fn node_config(node: &Node, a: Ipv4Addr, b: Ipv4Addr, mgmt: &str) -> NodeConfig 
         "pods": [pod("uid-a", "client-a", "client", 0, a), pod("uid-b", "server-b", "server", 1, b)],
         "services": [{
             "hostname": HOST, "namespace": "default", "vips": [VIP],
-            "ports": [{"port": 80, "name": "http", "targetPort": SERVER_PORT, "routeTable": "80"}],
+            "ports": [{"port": 80, "name": "http", "targetPort": SERVER_PORT, "routeTable": "80"},
+                      {"port": TCP_PORT, "name": "tcp-raw", "protocol": "TCP", "targetPort": SERVER_PORT}],
             "endpoints": [{"address": b.to_string(), "node": "n1",
                            "labels": {"app": "server"}, "serviceAccount": "server-b"}],
         }],
@@ -223,7 +226,8 @@ impl Drop for PodServer {
     }
 }
 
-/// Client traffic from a pod to the VIP until dropped: every 4th request to `/fail`.
+/// Client traffic from a pod to the VIP until dropped: every 4th request to `/fail`,
+/// every 10th over the plain-TCP port.
 struct Traffic {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
@@ -236,13 +240,16 @@ impl Traffic {
         let ok = Arc::new(AtomicU64::new(0));
         let (stopped, count, ns) = (stop.clone(), ok.clone(), ns.clone());
         let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+        let tcp: SocketAddr = format!("{VIP}:{TCP_PORT}").parse().expect("vip");
         let thread = std::thread::spawn(move || {
             ns.run(move || {
                 let mut n = 0u64;
                 while !stopped.load(Ordering::Relaxed) {
                     n += 1;
                     let path = if n % 4 == 0 { "/fail" } else { "/" };
-                    if http_get(vip, path).is_ok() {
+                    // Every 10th exchange over the service's plain-TCP port.
+                    let to = if n % 10 == 5 { tcp } else { vip };
+                    if http_get(to, path).is_ok() {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                     std::thread::sleep(Duration::from_millis(5));
@@ -424,6 +431,7 @@ fn top_once_shows_live_pod_traffic_and_dpu_processes() {
         "dpumesh top failed: {frame}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    println!("{frame}");
     assert!(mesh.traffic.ok.load(Ordering::Relaxed) > 0);
     assert!(frame.contains("config version 1"), "{frame}");
     assert!(frame.contains("backend ebpf"), "{frame}");
@@ -507,6 +515,7 @@ fn dashboard_queries_name_metrics_the_components_expose() {
         "istio_requests_total{",
         "istio_request_duration_milliseconds_bucket{",
         "dpumesh_dataplane_pod_steered_connections_total{",
+        "istio_tcp_connections_opened_total{",
     ] {
         assert!(
             proxy.contains(live) || dataplane.contains(live),

@@ -20,6 +20,21 @@ const KEYWORDS: &[&str] = &[
     "atan2",
     "inf",
     "nan",
+    // Aggregation operators: also written `sum by (x) (...)`, not followed by `(`.
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
 ];
 
 /// Keywords followed by a parenthesised label list (not an expression).
