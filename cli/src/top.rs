@@ -61,7 +61,7 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m)")),
     };
-    if !secs.is_finite() || secs < 0.1 || secs > 3600.0 {
+    if !(0.1..=3600.0).contains(&secs) {
         return Err(format!("{s:?}: the interval must be between 100ms and 1h"));
     }
     Ok(Duration::from_secs_f64(secs))

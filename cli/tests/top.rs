@@ -246,7 +246,7 @@ impl Traffic {
                 let mut n = 0u64;
                 while !stopped.load(Ordering::Relaxed) {
                     n += 1;
-                    let path = if n % 4 == 0 { "/fail" } else { "/" };
+                    let path = if n.is_multiple_of(4) { "/fail" } else { "/" };
                     // Every 10th exchange over the service's plain-TCP port.
                     let to = if n % 10 == 5 { tcp } else { vip };
                     if http_get(to, path).is_ok() {
