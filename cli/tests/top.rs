@@ -472,6 +472,25 @@ fn top_once_shows_live_pod_traffic_and_dpu_processes() {
     let out = dpumesh(&["top", "-c", &cluster, "--once", "--interval", "3parsecs"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+
+    // A component that goes away: the view goes on with what still answers...
+    assert!(mesh.sim.stop("dataplane-n1").expect("stop the dataplane"));
+    let out = dpumesh(&["top", "-c", &cluster, "--once", "--interval", "200ms"]);
+    let frame = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{frame}");
+    assert!(frame.contains("dataplane: unreachable"), "{frame}");
+    assert!(frame.contains("config version 1"), "{frame}");
+    let a = row(&frame, "client-a");
+    assert!(number(a[2], "client-a rps", &frame) >= 0.0);
+    assert_eq!(a[6], "-", "no dataplane, no packet columns: {frame}");
+    assert!(!frame.contains("dataplane-n1"), "{frame}");
+    // ...and fails when nothing answers.
+    assert!(mesh.sim.stop("dpu-proxy-n1").expect("stop the proxy"));
+    let out = dpumesh(&["top", "-c", &cluster, "--once", "--interval", "200ms"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dpu-proxy: unreachable"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("neither dpu-proxy nor the dataplane answered"));
     drop(mesh);
 }
 
