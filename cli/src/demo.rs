@@ -210,21 +210,39 @@ fn print_explore(sim: &Sim) {
     let mgmt = sim.nodes()[0].mgmt_dpu.addr();
     let dir = sim.state_dir().join("demo");
     println!("\nThe cluster is still running. Explore it:");
-    println!("  dpumesh sim status -c {c}                       # netns, VFs, pods, processes");
-    println!(
-        "  ip netns exec {client} curl -s -H 'Host: productpage' http://10.96.12.1:9080/   # a request through the mesh"
-    );
-    println!(
-        "  ip netns exec {host1} curl -s http://{mgmt}:{PROXY_ADMIN_PORT}/metrics       # node 1's dpu-proxy, from its host"
-    );
-    println!(
-        "  ip netns exec {host1} curl -s http://{mgmt}:{DATAPLANE_ADMIN_PORT}/metrics   # node 1's dataplane"
-    );
-    println!(
-        "  $EDITOR {}/node-1/xds/routes.json               # the adapter pushes every change",
-        dir.display()
-    );
-    println!("  dpumesh sim down -c {c}                         # tear it all down");
+    let lines = [
+        (
+            format!("dpumesh sim status -c {c}"),
+            "netns, VFs, pods, processes",
+        ),
+        (
+            format!(
+                "ip netns exec {client} curl -s -H 'Host: productpage' http://10.96.12.1:9080/"
+            ),
+            "a request through the mesh",
+        ),
+        (
+            format!("dpumesh top -c {c} --node 1"),
+            "live view of node 1's DPU",
+        ),
+        (
+            format!("ip netns exec {host1} curl -s http://{mgmt}:{PROXY_ADMIN_PORT}/metrics"),
+            "node 1's dpu-proxy, from its host",
+        ),
+        (
+            format!("ip netns exec {host1} curl -s http://{mgmt}:{DATAPLANE_ADMIN_PORT}/metrics"),
+            "node 1's dataplane",
+        ),
+        (
+            format!("$EDITOR {}/node-1/xds/routes.json", dir.display()),
+            "the adapter pushes every change",
+        ),
+        (format!("dpumesh sim down -c {c}"), "tear it all down"),
+    ];
+    let width = lines.iter().map(|(cmd, _)| cmd.len()).max().unwrap_or(0);
+    for (cmd, what) in lines {
+        println!("  {cmd:<width$}  # {what}");
+    }
 }
 
 /// On failure: the end of every process log, so the reason is on screen.
