@@ -88,8 +88,16 @@ async fn one_leader_writes_and_the_other_takes_over() {
     let mut stream = watch_node(&grpc(&leader), "node-1").await.expect("leader serves");
     let first = next(&mut stream).await.expect("inventory");
     assert!(first.pods_yaml.contains("name: a-v1"), "{}", first.pods_yaml);
-    let refused = watch_node(&grpc(follower), "node-1").await.expect_err("follower refuses");
-    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    // (Once the follower has read the Lease it names the leader.)
+    let mut refused = watch_node(&grpc(follower), "node-1").await.expect_err("follower refuses");
+    for _ in 0..100 {
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        if refused.message().contains(&format!("{leader:?}")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        refused = watch_node(&grpc(follower), "node-1").await.expect_err("follower refuses");
+    }
     assert!(refused.message().contains(&format!("{leader:?}")), "{}", refused.message());
 
     // A concurrent write to the Lease: the leader's next renewal is refused (409);
