@@ -239,14 +239,9 @@ impl Node {
         ))
     }
 
-    fn setup(
-        &self,
-        vf: &Vf,
-        claim: &mut Claim,
-        pod_ns: &File,
-        ipam: &Ipam,
-    ) -> CniResult<AddResult> {
-        // Into the pod netns.
+    /// Moves the VF into the pod netns, renames it to CNI_IFNAME, sets its
+    /// MAC and MTU and brings it up: (ifindex, MTU) in the pod netns.
+    fn move_into_pod(&self, vf: &Vf, pod_ns: &File) -> CniResult<(u32, Option<u32>)> {
         let link = self.nl.link(&vf.netdev)?.ok_or_else(|| {
             CniError::try_later(
                 format!("VF netdev {} vanished from the host netns", vf.netdev),
@@ -259,7 +254,7 @@ impl Node {
         let mtu = self.conf.mtu;
         let netdev = vf.netdev.clone();
         let mac = vf.mac;
-        let (if_index, if_mtu) = in_netns(pod_ns, move |nl| {
+        in_netns(pod_ns, move |nl| {
             let l = nl.link(&netdev)?.ok_or_else(|| {
                 CniError::netlink(
                     "VF not found in the pod netns after the move",
@@ -283,12 +278,30 @@ impl Node {
             nl.set_up(l.index)?;
             let now = nl.link(&ifname)?;
             Ok((l.index, now.and_then(|n| n.mtu)))
-        })?;
+        })
+    }
 
-        // IPAM.
+    fn setup(
+        &self,
+        vf: &Vf,
+        claim: &mut Claim,
+        pod_ns: &File,
+        ipam: &Ipam,
+    ) -> CniResult<AddResult> {
+        // IPAM runs while the VF moves: host-local only writes its files, and
+        // the move mostly waits on the kernel (an RCU grace period). The claim
+        // says "allocated" before the plugin starts, so a crash from here on
+        // has DEL/GC release the address.
         claim.ipam_allocated = true;
         self.state.write_claim(&self.pool_id, claim)?;
-        let ipr = ipam.add(&self.conf, &self.env)?;
+        let pending = ipam.start_add(&self.conf, &self.env)?;
+        self.dp.prewarm();
+        let moved = self.move_into_pod(vf, pod_ns);
+        // Always collect the plugin, also when the move failed: the rollback's
+        // IPAM DEL must come after its ADD.
+        let ipr = pending.finish();
+        let (if_index, if_mtu) = moved?;
+        let ipr = ipr?;
         if ipr.ips.is_empty() {
             return Err(CniError::new(
                 code::IPAM,

@@ -1,6 +1,5 @@
 //! The node's dataplane, over its gRPC control API (`dpumesh.v1.Dataplane`,
-//! see api/proto/dpumesh/v1/control.proto), on a current-thread runtime of
-//! the calling thread.
+//! see api/proto/dpumesh/v1/control.proto), on a one-worker runtime.
 
 use std::time::Duration;
 
@@ -16,6 +15,8 @@ pub struct Dataplane {
     addr: String,
     timeout: Duration,
     rt: tokio::runtime::Runtime,
+    /// A connection being opened ahead of the first call (see [`Dataplane::prewarm`]).
+    warm: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Channel, DpError>>>>,
 }
 
 /// Why a call failed: the difference matters for DEL and STATUS.
@@ -56,9 +57,18 @@ fn classify(s: tonic::Status) -> DpError {
     }
 }
 
+async fn connect(ep: tonic::transport::Endpoint) -> Result<Channel, DpError> {
+    ep.connect()
+        .await
+        .map_err(|e| DpError::Unreachable(format!("{e}: {:?}", std::error::Error::source(&e))))
+}
+
 impl Dataplane {
     pub fn new(addr: &str, timeout: Duration) -> CniResult<Dataplane> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // One worker thread, so that a prewarmed connect progresses while the
+        // calling thread does other work. It is started here, in the host netns.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| CniError::io("cannot start the gRPC runtime", e.to_string()))?;
@@ -66,7 +76,28 @@ impl Dataplane {
             addr: addr.to_string(),
             timeout,
             rt,
+            warm: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Starts connecting in the background, so that the next call finds the
+    /// HTTP/2 connection open (ADD calls this before its slow netns move).
+    /// A failed prewarm costs nothing: the call connects again.
+    pub fn prewarm(&self) {
+        let Ok(ep) = self.endpoint() else {
+            return;
+        };
+        let task = self.rt.spawn(async move { connect(ep).await });
+        if let Ok(mut w) = self.warm.lock() {
+            *w = Some(task);
+        }
+    }
+
+    fn endpoint(&self) -> Result<tonic::transport::Endpoint, DpError> {
+        Ok(dpumesh_api::client::endpoint(&self.addr)
+            .map_err(|e| DpError::Unreachable(e.to_string()))?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout))
     }
 
     pub fn addr(&self) -> &str {
@@ -74,13 +105,14 @@ impl Dataplane {
     }
 
     async fn channel(&self) -> Result<Channel, DpError> {
-        let ep = dpumesh_api::client::endpoint(&self.addr)
-            .map_err(|e| DpError::Unreachable(e.to_string()))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout);
-        ep.connect()
-            .await
-            .map_err(|e| DpError::Unreachable(format!("{e}: {:?}", std::error::Error::source(&e))))
+        let warm = self.warm.lock().ok().and_then(|mut w| w.take());
+        if let Some(Ok(Ok(channel))) = match warm {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            return Ok(channel);
+        }
+        connect(self.endpoint()?).await
     }
 
     pub fn add_pod(&self, pod: PodSteering) -> Result<bool, DpError> {

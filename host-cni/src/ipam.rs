@@ -122,13 +122,16 @@ impl Ipam {
     }
 
     pub fn add(&self, conf: &NetConf, env: &CniEnv) -> CniResult<AddResult> {
-        let out = self.exec(env, "ADD", &self.stdin_for(conf, None))?;
-        serde_json::from_slice(&out).map_err(|e| {
-            CniError::new(
-                code::IPAM,
-                format!("IPAM plugin {} returned an unreadable result", self.name),
-                format!("{e}: {}", String::from_utf8_lossy(&out)),
-            )
+        self.start_add(conf, env)?.finish()
+    }
+
+    /// Starts the plugin's ADD and returns without waiting for it, so that the
+    /// caller can overlap the allocation with other work (the VF's netns move,
+    /// which mostly waits on the kernel). [`PendingAdd::finish`] collects it.
+    pub fn start_add(&self, conf: &NetConf, env: &CniEnv) -> CniResult<PendingAdd<'_>> {
+        Ok(PendingAdd {
+            ipam: self,
+            run: self.start(env, "ADD", &self.stdin_for(conf, None))?,
         })
     }
 
@@ -145,6 +148,11 @@ impl Ipam {
     /// Runs the plugin. Its JSON error becomes ours: "try again later" stays
     /// code 11, anything else is code 101 with the plugin's own code and text.
     pub fn exec(&self, env: &CniEnv, command: &str, stdin: &Value) -> CniResult<Vec<u8>> {
+        self.start(env, command, stdin)?.finish()
+    }
+
+    /// Spawns the plugin with its input written; [`Running::finish`] waits.
+    fn start(&self, env: &CniEnv, command: &str, stdin: &Value) -> CniResult<Running<'_>> {
         let path_var = env
             .path
             .iter()
@@ -178,9 +186,60 @@ impl Ipam {
         let input = serde_json::to_vec(stdin).unwrap_or_default();
         if let Some(mut s) = child.stdin.take() {
             // A plugin may exit without reading (VERSION); a broken pipe is fine.
+            // The config is far below the pipe's buffer, so this does not block.
             let _ = s.write_all(&input);
         }
-        let out = child.wait_with_output().map_err(fail)?;
+        Ok(Running {
+            ipam: self,
+            command: command.to_string(),
+            child,
+        })
+    }
+}
+
+/// A plugin process started by [`Ipam::start`].
+struct Running<'a> {
+    ipam: &'a Ipam,
+    command: String,
+    child: std::process::Child,
+}
+
+/// An IPAM ADD in flight (see [`Ipam::start_add`]).
+pub struct PendingAdd<'a> {
+    ipam: &'a Ipam,
+    run: Running<'a>,
+}
+
+impl PendingAdd<'_> {
+    /// Waits for the plugin and parses its result.
+    pub fn finish(self) -> CniResult<AddResult> {
+        let name = self.ipam.name.clone();
+        let out = self.run.finish()?;
+        serde_json::from_slice(&out).map_err(|e| {
+            CniError::new(
+                code::IPAM,
+                format!("IPAM plugin {name} returned an unreadable result"),
+                format!("{e}: {}", String::from_utf8_lossy(&out)),
+            )
+        })
+    }
+}
+
+impl Running<'_> {
+    /// Waits for the plugin: its stdout, or its JSON error turned into ours.
+    fn finish(self) -> CniResult<Vec<u8>> {
+        let Running {
+            ipam,
+            command,
+            child,
+        } = self;
+        let out = child.wait_with_output().map_err(|e| {
+            CniError::new(
+                code::IPAM,
+                format!("cannot run IPAM plugin {}", ipam.plugin.display()),
+                e.to_string(),
+            )
+        })?;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -199,7 +258,7 @@ impl Ipam {
         };
         Err(CniError::new(
             code,
-            format!("IPAM plugin {} {command} failed: {msg}", self.name),
+            format!("IPAM plugin {} {command} failed: {msg}", ipam.name),
             format!(
                 "plugin error code {c}{}; check the \"ipam\" section and the plugin's state",
                 if details.is_empty() {
@@ -212,7 +271,6 @@ impl Ipam {
     }
 }
 
-/// a <= b for dotted versions.
 /// The IPAM plugin's `VERSION` answer, cached in the state dir so that ADD and
 /// DEL do not pay one extra plugin process each (≈ 5 ms). The entry is keyed by
 /// the plugin's path and identified by its inode, size and mtime: replacing or
@@ -295,6 +353,7 @@ impl VersionCache {
     }
 }
 
+/// a <= b for dotted versions.
 fn version_le(a: &str, b: &str) -> bool {
     let p = |s: &str| -> Vec<u32> { s.split('.').map(|x| x.parse().unwrap_or(0)).collect() };
     p(a) <= p(b)

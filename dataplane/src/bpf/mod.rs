@@ -9,6 +9,7 @@ pub mod cost;
 pub mod loader;
 pub mod maps;
 pub mod netcfg;
+mod rtnl;
 pub mod spec;
 
 pub use loader::{BpfDataplane, BpfError, PinDir};

@@ -1,17 +1,22 @@
 //! Kernel network state the programs rely on, in the netns the dataplane runs
 //! in (the DPU's): forwarding sysctls, the steering policy route, routes to
-//! peers' pod CIDRs and per-pod host routes. Done with iproute2 (`ip`), which
-//! is on every DPU image. Everything we add carries `proto` [`RT_PROTO`] so
-//! it can be found and swept without touching anyone else's routes.
+//! peers' pod CIDRs and per-pod host routes. Node-level setup is done with
+//! iproute2 (`ip`), which is on every DPU image; the per-pod parts, which run on
+//! every AddPod/RemovePod, over rtnetlink (`rtnl`). Everything we add carries
+//! `proto` [`RT_PROTO`] so it can be found and swept without touching anyone
+//! else's routes.
 use std::net::Ipv4Addr;
 use std::process::Command;
 
 use ipnet::Ipv4Net;
 
+use super::rtnl;
 use super::{STEER_MARK, STEER_RULE_PREF, STEER_TABLE};
 
 /// Route protocol tag of dpumesh routes (`ip route ... proto 77`).
 pub const RT_PROTO: &str = "77";
+/// [`RT_PROTO`] as a number, for rtnetlink requests.
+const RT_PROTO_NUM: u8 = 77;
 
 #[derive(Debug, thiserror::Error)]
 #[error("`ip {args}` failed: {detail}")]
@@ -88,7 +93,14 @@ pub fn prepare_link(ifname: &str) -> Result<(), NetCfgError> {
 /// solicitations). Without IPv6 in the kernel there is nothing to turn off.
 pub fn prepare_representor(ifname: &str) -> Result<(), NetCfgError> {
     let _ = sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1");
-    prepare_link(ifname)
+    // Over rtnetlink, not `ip`: this runs on every AddPod.
+    let fail = |e: std::io::Error| NetCfgError {
+        args: format!("link set dev {ifname} up"),
+        detail: e.to_string(),
+    };
+    let ifx = nix::net::if_::if_nametoindex(ifname)
+        .map_err(|e| fail(std::io::Error::from_raw_os_error(e as i32)))?;
+    rtnl::link_up(ifx).map_err(fail)
 }
 
 /// How peers' pod CIDRs are reached.
@@ -205,49 +217,38 @@ pub fn sweep_pod_routes(keep: &[Ipv4Addr]) -> Result<(), NetCfgError> {
 
 /// Route + permanent neighbour for a local pod, so that what the DPU itself
 /// sends to the pod (dpu-proxy's connections) leaves through its representor.
+/// Over rtnetlink (see `rtnl`): this runs on every AddPod.
 pub fn add_pod_route(ip4: Ipv4Addr, representor: &str, mac: [u8; 6]) -> Result<(), NetCfgError> {
-    let dst = format!("{ip4}/32");
-    let lladdr = mac
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    ip(&[
-        "-4",
-        "route",
-        "replace",
-        &dst,
-        "dev",
-        representor,
-        "scope",
-        "link",
-        "proto",
-        RT_PROTO,
-    ])?;
-    ip(&[
-        "-4",
-        "neigh",
-        "replace",
-        &ip4.to_string(),
-        "lladdr",
-        &lladdr,
-        "dev",
-        representor,
-        "nud",
-        "permanent",
-    ])?;
+    let fail = |what: String, e: std::io::Error| NetCfgError {
+        args: what,
+        detail: e.to_string(),
+    };
+    let ifx = nix::net::if_::if_nametoindex(representor).map_err(|e| {
+        fail(
+            format!("link show {representor}"),
+            std::io::Error::from_raw_os_error(e as i32),
+        )
+    })?;
+    rtnl::route_replace(ip4, ifx, RT_PROTO_NUM).map_err(|e| {
+        fail(
+            format!("-4 route replace {ip4}/32 dev {representor} scope link proto {RT_PROTO}"),
+            e,
+        )
+    })?;
+    rtnl::neigh_replace(ip4, mac, ifx).map_err(|e| {
+        fail(
+            format!("-4 neigh replace {ip4} dev {representor} nud permanent"),
+            e,
+        )
+    })?;
     Ok(())
 }
 
-/// Undoes [`add_pod_route`]; missing entries are fine.
+/// Undoes [`add_pod_route`]; missing entries (or a representor already gone,
+/// which takes its neighbours with it) are fine.
 pub fn remove_pod_route(ip4: Ipv4Addr, representor: &str) {
-    let _ = ip(&[
-        "-4",
-        "route",
-        "del",
-        &format!("{ip4}/32"),
-        "proto",
-        RT_PROTO,
-    ]);
-    let _ = ip(&["-4", "neigh", "del", &ip4.to_string(), "dev", representor]);
+    let _ = rtnl::route_del(ip4, RT_PROTO_NUM);
+    if let Ok(ifx) = nix::net::if_::if_nametoindex(representor) {
+        let _ = rtnl::neigh_del(ip4, ifx);
+    }
 }
