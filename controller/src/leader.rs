@@ -139,7 +139,11 @@ impl Elector {
             self.spec(None, transitions.saturating_add(1))
         });
         // metadata.resourceVersion is the one just read: a concurrent write → 409.
-        match self.api.replace(&name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(updated) => {
                 self.remember(&updated.spec.unwrap_or_default());
                 if !mine {
@@ -180,7 +184,9 @@ impl Elector {
                 result @ (Ok(Attempt::RenewConflict) | Err(_)) => {
                     match result {
                         Err(e) => tracing::warn!(lease = %self.settings.name, "lease: {e}"),
-                        _ => tracing::info!(lease = %self.settings.name, "renewal conflicted (409); reading the lease again"),
+                        _ => {
+                            tracing::info!(lease = %self.settings.name, "renewal conflicted (409); reading the lease again")
+                        }
                     }
                     if last_renew.is_some_and(|t| t.elapsed() >= self.settings.renew_deadline) {
                         tracing::warn!("could not renew the lease in time; stepping down");

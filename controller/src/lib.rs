@@ -6,9 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod inventory;
+pub mod k8s;
+pub mod leader;
 pub mod local;
 pub mod push;
 pub mod translate;
 pub mod xds;
-pub mod k8s;
-pub mod leader;

@@ -54,7 +54,13 @@ async fn one_leader_writes_and_the_other_takes_over() {
     let out = |id: &str| tmp.path().join(format!("out-{id}"));
     let grpc_a = format!("127.0.0.1:{}", free_port());
     let grpc_b = format!("127.0.0.1:{}", free_port());
-    let grpc = |id: &str| if id == "a" { grpc_a.clone() } else { grpc_b.clone() };
+    let grpc = |id: &str| {
+        if id == "a" {
+            grpc_a.clone()
+        } else {
+            grpc_b.clone()
+        }
+    };
     let args = |id: &'static str, grpc: &str| {
         [
             "--identity",
@@ -83,52 +89,99 @@ async fn one_leader_writes_and_the_other_takes_over() {
     wait_for("a leader", || holder(&server).is_some()).await;
     let leader = holder(&server).expect("holder");
     let follower = if leader == "a" { "b" } else { "a" };
-    wait_for("the leader's inventory", || pods(&out(&leader)) == ["default/a-v1"]).await;
+    wait_for("the leader's inventory", || {
+        pods(&out(&leader)) == ["default/a-v1"]
+    })
+    .await;
     // Only the leader serves the stream; the follower names the leader.
-    let mut stream = watch_node(&grpc(&leader), "node-1").await.expect("leader serves");
+    let mut stream = watch_node(&grpc(&leader), "node-1")
+        .await
+        .expect("leader serves");
     let first = next(&mut stream).await.expect("inventory");
-    assert!(first.pods_yaml.contains("name: a-v1"), "{}", first.pods_yaml);
+    assert!(
+        first.pods_yaml.contains("name: a-v1"),
+        "{}",
+        first.pods_yaml
+    );
     // (Once the follower has read the Lease it names the leader.)
-    let mut refused = watch_node(&grpc(follower), "node-1").await.expect_err("follower refuses");
+    let mut refused = watch_node(&grpc(follower), "node-1")
+        .await
+        .expect_err("follower refuses");
     for _ in 0..100 {
         assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
         if refused.message().contains(&format!("{leader:?}")) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        refused = watch_node(&grpc(follower), "node-1").await.expect_err("follower refuses");
+        refused = watch_node(&grpc(follower), "node-1")
+            .await
+            .expect_err("follower refuses");
     }
-    assert!(refused.message().contains(&format!("{leader:?}")), "{}", refused.message());
+    assert!(
+        refused.message().contains(&format!("{leader:?}")),
+        "{}",
+        refused.message()
+    );
 
     // A concurrent write to the Lease: the leader's next renewal is refused (409);
     // it reads the Lease again and renews; the follower still does not take it.
     let conflicts = server.lease_conflicts();
     server.batch(|bt| bt.race_next_lease_write());
-    wait_for("a 409 on the leader's renewal", || server.lease_conflicts() > conflicts).await;
-    let renewed_from = server.lease(NS, LEASE).expect("lease")["metadata"]["resourceVersion"].clone();
+    wait_for("a 409 on the leader's renewal", || {
+        server.lease_conflicts() > conflicts
+    })
+    .await;
+    let renewed_from =
+        server.lease(NS, LEASE).expect("lease")["metadata"]["resourceVersion"].clone();
     wait_for("the leader renews again", || {
         server.lease(NS, LEASE).expect("lease")["metadata"]["resourceVersion"] != renewed_from
     })
     .await;
     assert_eq!(holder(&server).as_deref(), Some(leader.as_str()));
     // Several renewals later the follower has written nothing.
-    let rv = |s: &ApiServer| s.lease(NS, LEASE).expect("lease")["metadata"]["resourceVersion"].clone();
+    let rv =
+        |s: &ApiServer| s.lease(NS, LEASE).expect("lease")["metadata"]["resourceVersion"].clone();
     for _ in 0..5 {
         let seen = rv(&server);
         wait_for("a renewal", || rv(&server) != seen).await;
     }
     assert_eq!(holder(&server).as_deref(), Some(leader.as_str()));
-    assert!(!out(follower).join("node-1").exists(), "the follower wrote an inventory");
-    assert_eq!(server.lease(NS, LEASE).expect("lease")["spec"]["leaseTransitions"], 0);
+    assert!(
+        !out(follower).join("node-1").exists(),
+        "the follower wrote an inventory"
+    );
+    assert_eq!(
+        server.lease(NS, LEASE).expect("lease")["spec"]["leaseTransitions"],
+        0
+    );
 
     // The leader dies without releasing the lease: after it expires the follower
     // takes over (one transition) and writes; the dead leader's output stays stale.
-    if leader == "a" { a.kill() } else { b.kill() }
-    wait_for("the follower takes over", || holder(&server).as_deref() == Some(follower)).await;
-    assert_eq!(server.lease(NS, LEASE).expect("lease")["spec"]["leaseTransitions"], 1);
-    wait_for("the new leader's inventory", || pods(&out(follower)) == ["default/a-v1"]).await;
-    let mut stream = watch_node(&grpc(follower), "node-1").await.expect("new leader serves");
-    assert!(next(&mut stream).await.expect("inventory").pods_yaml.contains("name: a-v1"));
+    if leader == "a" {
+        a.kill()
+    } else {
+        b.kill()
+    }
+    wait_for("the follower takes over", || {
+        holder(&server).as_deref() == Some(follower)
+    })
+    .await;
+    assert_eq!(
+        server.lease(NS, LEASE).expect("lease")["spec"]["leaseTransitions"],
+        1
+    );
+    wait_for("the new leader's inventory", || {
+        pods(&out(follower)) == ["default/a-v1"]
+    })
+    .await;
+    let mut stream = watch_node(&grpc(follower), "node-1")
+        .await
+        .expect("new leader serves");
+    assert!(next(&mut stream)
+        .await
+        .expect("inventory")
+        .pods_yaml
+        .contains("name: a-v1"));
     server.apply(PODS, pod("b-v1", "10.244.1.6", 2));
     wait_for("the new leader follows changes", || {
         pods(&out(follower)) == ["default/a-v1", "default/b-v1"]

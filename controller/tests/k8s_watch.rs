@@ -106,26 +106,57 @@ async fn watches_lists_resumes_and_relists() {
     assert_eq!(reviews.mac, "02:64:6d:01:00:01");
     assert_eq!(reviews.ips, vec!["10.244.1.5".to_string()]);
     assert_eq!(reviews.service_account, "sa-reviews-v1");
-    assert_eq!(reviews.spiffe_id, "spiffe://cluster.local/ns/default/sa/sa-reviews-v1");
-    assert_eq!(reviews.labels.get("app").map(String::as_str), Some("reviews"));
+    assert_eq!(
+        reviews.spiffe_id,
+        "spiffe://cluster.local/ns/default/sa/sa-reviews-v1"
+    );
+    assert_eq!(
+        reviews.labels.get("app").map(String::as_str),
+        Some("reviews")
+    );
     assert!(reviews.meshed);
     let hosts: Vec<&str> = n1.services.iter().map(|s| s.hostname.as_str()).collect();
-    assert_eq!(hosts, vec!["db.default.svc.cluster.local", "reviews.default.svc.cluster.local"]);
+    assert_eq!(
+        hosts,
+        vec![
+            "db.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local"
+        ]
+    );
     let svc = &n1.services[1];
     assert_eq!(svc.vips, vec!["10.96.0.10".to_string()]);
     assert_eq!(svc.ports[0].port, 9080);
     assert_eq!(svc.ports[0].target_port, Some(9080));
-    assert_eq!(svc.ports[0].protocol, Some(dpumesh_api::config::Protocol::Http));
-    assert_eq!(n1.services[0].ports[0].protocol, Some(dpumesh_api::config::Protocol::Tcp));
-    assert_eq!(n1.services[0].ports[0].target_port, None, "named targetPort");
-    let endpoints = std::fs::read_to_string(out.join("node-1/endpoints.yaml")).expect("endpoints.yaml");
-    assert!(endpoints.contains("10.244.1.5") && endpoints.contains("pod: default/reviews-v1"), "{endpoints}");
+    assert_eq!(
+        svc.ports[0].protocol,
+        Some(dpumesh_api::config::Protocol::Http)
+    );
+    assert_eq!(
+        n1.services[0].ports[0].protocol,
+        Some(dpumesh_api::config::Protocol::Tcp)
+    );
+    assert_eq!(
+        n1.services[0].ports[0].target_port, None,
+        "named targetPort"
+    );
+    let endpoints =
+        std::fs::read_to_string(out.join("node-1/endpoints.yaml")).expect("endpoints.yaml");
+    assert!(
+        endpoints.contains("10.244.1.5") && endpoints.contains("pod: default/reviews-v1"),
+        "{endpoints}"
+    );
 
     let n2 = load(&out, "node-2").expect("node-2");
     assert_eq!(n2.node.network_mode, NetworkMode::Overlay);
     assert_eq!(n2.node.dpu_mgmt_addr, "192.168.100.6:15080");
-    assert_eq!(pod_names(&out, "node-2"), vec!["default/productpage-v1", "legacy/old-v1"]);
-    assert!(!n2.pods[1].meshed, "namespace with istio-injection=disabled");
+    assert_eq!(
+        pod_names(&out, "node-2"),
+        vec!["default/productpage-v1", "legacy/old-v1"]
+    );
+    assert!(
+        !n2.pods[1].meshed,
+        "namespace with istio-injection=disabled"
+    );
 
     // The stream serves the same text as the files.
     let mut stream = watch_node(&grpc, "node-1").await.expect("WatchNode");
@@ -140,10 +171,20 @@ async fn watches_lists_resumes_and_relists() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
     // Watch: add, modify, delete.
-    server.apply(PODS, pod("reviews-v2", "default", "node-1", "10.244.1.6", Some("2")));
-    server.apply(SERVICES, service("reviews", "10.96.0.10", json!([
+    server.apply(
+        PODS,
+        pod("reviews-v2", "default", "node-1", "10.244.1.6", Some("2")),
+    );
+    server.apply(
+        SERVICES,
+        service(
+            "reviews",
+            "10.96.0.10",
+            json!([
         {"name": "http", "port": 9080, "targetPort": 9080},
-        {"name": "tls-secure", "port": 9443, "targetPort": 9443}])));
+        {"name": "tls-secure", "port": 9443, "targetPort": 9443}]),
+        ),
+    );
     wait_for("reviews-v2 and the new port", || {
         pod_names(&out, "node-1") == ["default/reviews-v1", "default/reviews-v2"]
             && load(&out, "node-1").is_some_and(|i| i.services[1].ports.len() == 2)
@@ -160,27 +201,46 @@ async fn watches_lists_resumes_and_relists() {
         }
     }
     server.delete(PODS, "default/reviews-v1");
-    wait_for("reviews-v1 deleted", || pod_names(&out, "node-1") == ["default/reviews-v2"]).await;
-    assert_eq!(server.lists(PODS), 1, "so far one list: {:?}", server.requests());
+    wait_for("reviews-v1 deleted", || {
+        pod_names(&out, "node-1") == ["default/reviews-v2"]
+    })
+    .await;
+    assert_eq!(
+        server.lists(PODS),
+        1,
+        "so far one list: {:?}",
+        server.requests()
+    );
 
     // A dropped connection: the watch resumes from the last resourceVersion and
     // gets the event made while it was down from the server's log; no relist.
     let rv_before = server.batch(|b| {
         let rv = b.resource_version();
         b.drop_watches(true);
-        b.apply(PODS, pod("ratings-v1", "default", "node-2", "10.244.2.9", Some("5")));
+        b.apply(
+            PODS,
+            pod("ratings-v1", "default", "node-2", "10.244.2.9", Some("5")),
+        );
         rv
     });
     wait_for("ratings-v1 after the resume", || {
         pod_names(&out, "node-2").contains(&"default/ratings-v1".to_string())
     })
     .await;
-    assert_eq!(server.lists(PODS), 1, "resumed, not relisted: {:?}", server.watches(PODS));
+    assert_eq!(
+        server.lists(PODS),
+        1,
+        "resumed, not relisted: {:?}",
+        server.watches(PODS)
+    );
     let resumed = server.watches(PODS);
     assert!(resumed.len() >= 2, "{resumed:?}");
     assert!(
-        resumed.iter().skip(1).any(|w| w.contains(&format!("resourceVersion={rv_before}&"))
-            || w.ends_with(&format!("resourceVersion={rv_before}"))),
+        resumed
+            .iter()
+            .skip(1)
+            .any(|w| w.contains(&format!("resourceVersion={rv_before}&"))
+                || w.ends_with(&format!("resourceVersion={rv_before}"))),
         "a watch resumed from resourceVersion {rv_before}: {resumed:?}"
     );
 
@@ -189,11 +249,21 @@ async fn watches_lists_resumes_and_relists() {
     server.batch(|b| {
         b.drop_watches(false);
         b.delete(PODS, "default/reviews-v2");
-        b.apply(PODS, pod("details-v1", "default", "node-1", "10.244.1.11", Some("6")));
+        b.apply(
+            PODS,
+            pod("details-v1", "default", "node-1", "10.244.1.11", Some("6")),
+        );
         b.compact();
     });
-    wait_for("relist after 410", || pod_names(&out, "node-1") == ["default/details-v1"]).await;
-    assert!(server.lists(PODS) >= 2, "relisted after 410: {:?}", server.requests());
+    wait_for("relist after 410", || {
+        pod_names(&out, "node-1") == ["default/details-v1"]
+    })
+    .await;
+    assert!(
+        server.lists(PODS) >= 2,
+        "relisted after 410: {:?}",
+        server.requests()
+    );
 
     // A node goes away: its directory goes away.
     server.delete(NODES, "node-2");

@@ -317,7 +317,9 @@ fn service_spec(
     let spec = svc.spec.clone().unwrap_or_default();
     let what = format!("service {namespace}/{}", svc.name_any());
     if spec.type_.as_deref() == Some("ExternalName") {
-        skipped.push(format!("{what}: ExternalName services are not in the mesh inventory"));
+        skipped.push(format!(
+            "{what}: ExternalName services are not in the mesh inventory"
+        ));
         return None;
     }
     let mut vips: Vec<String> = spec.cluster_ips.unwrap_or_default();
@@ -422,7 +424,8 @@ fn endpoints(state: &ClusterState, settings: &ClusterSettings) -> Vec<ServiceEnd
     let mut out: Vec<ServiceEndpoints> = by_service.into_values().collect();
     for s in &mut out {
         s.endpoints.sort_by(|a, b| a.ip.cmp(&b.ip));
-        s.ports.sort_by(|a, b| (a.port, &a.name).cmp(&(b.port, &b.name)));
+        s.ports
+            .sort_by(|a, b| (a.port, &a.name).cmp(&(b.port, &b.name)));
     }
     out
 }

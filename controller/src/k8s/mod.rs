@@ -5,9 +5,9 @@
 //! [`output`] writes those to a directory per node. Contract: `docs/controller.md`.
 
 pub mod build;
+pub mod output;
 pub mod run;
 pub mod serve;
-pub mod output;
 pub mod state;
 pub mod watch;
 

@@ -15,7 +15,7 @@ use super::build::{build, ClusterSettings};
 use super::output::{render, write_all};
 use super::serve::{proto::NodeInventory, InventoryService, Published};
 use super::watch::{spawn_all, Shared};
-use crate::leader::{Elector, LeaseSettings, Leadership};
+use crate::leader::{Elector, Leadership, LeaseSettings};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -171,7 +171,14 @@ pub async fn run(
                 endpoints_yaml,
             };
             inv.generation = match rendered.get(name) {
-                Some(old) if NodeInventory { generation: 0, ..old.clone() } == inv => old.generation,
+                Some(old)
+                    if NodeInventory {
+                        generation: 0,
+                        ..old.clone()
+                    } == inv =>
+                {
+                    old.generation
+                }
                 _ => {
                     generation += 1;
                     generation

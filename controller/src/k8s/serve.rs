@@ -43,7 +43,9 @@ fn not_serving(p: &Published) -> Status {
         Some(leader) => Status::unavailable(format!(
             "this replica is not the leader (the leader is {leader:?})"
         )),
-        None => Status::unavailable("this replica is not serving the inventory (not the leader, or not synced yet)"),
+        None => Status::unavailable(
+            "this replica is not serving the inventory (not the leader, or not synced yet)",
+        ),
     }
 }
 

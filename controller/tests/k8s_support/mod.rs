@@ -113,7 +113,10 @@ impl Inner {
             .collect();
         if let Some(kind) = self.kinds.get_mut(path) {
             if method != Method::GET {
-                return respond(StatusCode::METHOD_NOT_ALLOWED, &status(405, "MethodNotAllowed", "read only"));
+                return respond(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &status(405, "MethodNotAllowed", "read only"),
+                );
             }
             let watching = matches!(params.get("watch"), Some(&"true" | &"1"));
             if !watching {
@@ -155,7 +158,10 @@ impl Inner {
         if let Some(rest) = path.strip_prefix(LEASES) {
             return self.lease(method, rest, body);
         }
-        respond(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("no route for {path}")))
+        respond(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", &format!("no route for {path}")),
+        )
     }
 
     fn lease(&mut self, method: &Method, rest: &str, body: &[u8]) -> Response<Body> {
@@ -171,17 +177,30 @@ impl Inner {
                 Some(l) => respond(StatusCode::OK, l),
                 None => respond(
                     StatusCode::NOT_FOUND,
-                    &status(404, "NotFound", &format!("leases.coordination.k8s.io \"{name}\" not found")),
+                    &status(
+                        404,
+                        "NotFound",
+                        &format!("leases.coordination.k8s.io \"{name}\" not found"),
+                    ),
                 ),
             },
             (Method::POST, None) => {
                 let Ok(mut lease) = parsed else {
-                    return respond(StatusCode::BAD_REQUEST, &status(400, "BadRequest", "not JSON"));
+                    return respond(
+                        StatusCode::BAD_REQUEST,
+                        &status(400, "BadRequest", "not JSON"),
+                    );
                 };
-                let key = format!("{ns}/{}", lease["metadata"]["name"].as_str().unwrap_or_default());
+                let key = format!(
+                    "{ns}/{}",
+                    lease["metadata"]["name"].as_str().unwrap_or_default()
+                );
                 if self.leases.contains_key(&key) {
                     self.lease_conflicts += 1;
-                    return respond(StatusCode::CONFLICT, &status(409, "AlreadyExists", "already exists"));
+                    return respond(
+                        StatusCode::CONFLICT,
+                        &status(409, "AlreadyExists", "already exists"),
+                    );
                 }
                 let rv = self.next_rv();
                 lease["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -191,7 +210,10 @@ impl Inner {
             }
             (Method::PUT, Some(name)) => {
                 let Ok(mut lease) = parsed else {
-                    return respond(StatusCode::BAD_REQUEST, &status(400, "BadRequest", "not JSON"));
+                    return respond(
+                        StatusCode::BAD_REQUEST,
+                        &status(400, "BadRequest", "not JSON"),
+                    );
                 };
                 let key = format!("{ns}/{name}");
                 if std::mem::take(&mut self.lease_race) {
@@ -216,7 +238,10 @@ impl Inner {
                 self.leases.insert(key, lease.clone());
                 respond(StatusCode::OK, &lease)
             }
-            _ => respond(StatusCode::METHOD_NOT_ALLOWED, &status(405, "MethodNotAllowed", rest)),
+            _ => respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(405, "MethodNotAllowed", rest),
+            ),
         }
     }
 }
@@ -318,7 +343,9 @@ impl ApiServer {
             );
         }
         let inner = Arc::new(Mutex::new(inner));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shared = inner.clone();
         let task = tokio::spawn(async move {
@@ -332,7 +359,11 @@ impl ApiServer {
                         let shared = shared.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let path = parts.uri.path().to_string();
                             let query = parts.uri.query().unwrap_or_default().to_string();
                             let mut inner = shared.lock().expect("lock");
@@ -384,7 +415,12 @@ impl ApiServer {
     }
 
     pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
-        self.inner.lock().expect("lock").leases.get(&format!("{ns}/{name}")).cloned()
+        self.inner
+            .lock()
+            .expect("lock")
+            .leases
+            .get(&format!("{ns}/{name}"))
+            .cloned()
     }
 
     pub fn lease_conflicts(&self) -> u64 {
@@ -489,7 +525,9 @@ pub async fn watch_node(
 }
 
 /// The next message of a stream (20 s at most).
-pub async fn next(stream: &mut tonic::Streaming<NodeInventory>) -> Result<NodeInventory, tonic::Status> {
+pub async fn next(
+    stream: &mut tonic::Streaming<NodeInventory>,
+) -> Result<NodeInventory, tonic::Status> {
     match tokio::time::timeout(Duration::from_secs(20), stream.message()).await {
         Ok(Ok(Some(m))) => Ok(m),
         Ok(Ok(None)) => Err(tonic::Status::cancelled("stream ended")),
