@@ -33,6 +33,9 @@ use crate::compiled::{
 use crate::lb;
 
 /// Where a response body comes from.
+// The upstream body (with the pool key it returns its connection under) is
+// the common case; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub enum RespKind {
     Local(Option<Bytes>),
     Upstream(UpstreamBody),
@@ -886,7 +889,7 @@ impl Proxy {
             h2,
             hbone: self
                 .snapshot()
-                .and_then(|cfg| HboneTarget::for_endpoint(&cfg, &cluster, &ep, ctx.peer.ip())),
+                .and_then(|cfg| HboneTarget::for_endpoint(&cfg, cluster, &ep, ctx.peer.ip())),
         };
         let pool = self.pool.clone();
         let cluster = cluster.clone();
