@@ -179,6 +179,23 @@ fn demo_refuses_bad_arguments_before_touching_anything() {
     assert!(stderr.contains("--requests must be at least 1"), "{stderr}");
     assert!(leftovers(&cluster).expect("leftovers").is_empty());
 
+    // A cluster of that name is up: refused, and that cluster is left alone.
+    let other = dpumesh_sim::SimGuard::up(
+        dpumesh_sim::SimConfig::new(cluster.clone())
+            .with_nodes(1)
+            .with_vfs(1),
+    )
+    .expect("sim up");
+    let out = Command::new(BIN)
+        .args(["demo", "--cluster", &cluster])
+        .output()
+        .expect("run dpumesh demo");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is already up"), "{stderr}");
+    assert!(other.node(1).expect("node 1").host.exists(), "{stderr}");
+    drop(other);
+
     let out = Command::new(BIN)
         .args([
             "demo-app",
