@@ -89,6 +89,14 @@ def common(objects, mode):
         check(c["command"] == ["dpumesh-controller"] and "controller" in c["args"], f"{mode}: controller command")
         check(dep["spec"]["template"]["spec"]["serviceAccountName"] == "mesh-dpumesh-controller",
               f"{mode}: controller uses its ServiceAccount")
+        for arg in ["--grpc-addr=0.0.0.0:15085", "--lease-namespace=dpumesh-system",
+                    "--lease-name=mesh-dpumesh-controller", "--service-cidr=10.96.0.0/16"]:
+            check(arg in c["args"], f"{mode}: controller arg {arg}")
+        check({e["name"] for e in c["env"]} >= {"POD_NAME"}, f"{mode}: controller identity from POD_NAME")
+    svc = find(objects, "Service", "mesh-dpumesh-controller")
+    check(svc is not None and svc["spec"]["ports"][0]["port"] == 15085
+          and svc["spec"]["selector"].get("app.kubernetes.io/component") == "controller",
+          f"{mode}: controller Service for the inventory stream")
     ds = find(objects, "DaemonSet", "mesh-dpumesh-node")
     if check(ds is not None, f"{mode}: node DaemonSet"):
         spec = ds["spec"]["template"]["spec"]
@@ -122,6 +130,8 @@ def dpu_mode():
     if ds:
         adapter = containers(ds)["adapter"]
         check("--proxy-addr=192.168.100.2:15080" in adapter["args"], "dpu: adapter pushes to the DPU's mgmt address")
+        ctl = containers(find(objects, "Deployment", "mesh-dpumesh-controller"))["controller"]
+        check("--dpu-mgmt-addr=192.168.100.2:15080" in ctl["args"], "dpu: controller's node DPU address")
         check(set(containers(ds)) == {"adapter"}, "dpu: no dataplane/proxy on the host")
         env = {e["name"]: e.get("value") for e in containers(ds, init=True)["install-cni"]["env"]}
         check(env.get("DATAPLANE_MGMT_ADDR") == "192.168.100.2:15081", "dpu: CNI talks to the DPU dataplane")
@@ -146,6 +156,8 @@ def host_mode():
         cs = containers(ds)
         check(set(cs) == {"adapter", "dataplane", "dpu-proxy"}, f"host: node containers {sorted(cs)}")
         check("--proxy-addr=127.0.0.1:15080" in cs["adapter"]["args"], "host: adapter pushes to 127.0.0.1")
+        ctl = containers(find(objects, "Deployment", "mesh-dpumesh-controller"))["controller"]
+        check("--dpu-mgmt-addr=127.0.0.1:15080" in ctl["args"], "host: controller's node proxy address")
         check("--uplink=eth0" in cs["dataplane"]["args"], "host: dataplane uplink from values")
         env = {e["name"]: e.get("value") for e in containers(ds, init=True)["install-cni"]["env"]}
         check(env.get("DATAPLANE_MGMT_ADDR") == "127.0.0.1:15081", "host: CNI talks to the local dataplane")
@@ -168,6 +180,23 @@ def bad_values():
     refused(merged({"cni": {"podCIDR": "10.244.1.0/24", "pf": ""}}), ["cni.pf is required"], "sriov without pf")
     refused(merged({"cni": {"podCIDR": "not-a-cidr"}}), ["podCIDR"], "bad podCIDR")
     refused(merged({"dataplane": {"backend": "dpdk-magic"}}), ["backend"], "bad backend")
+    refused(merged({"cluster": {"serviceCIDRs": ["10.96.0.0"]}}), ["serviceCIDRs"], "bad service CIDR")
+
+
+def commands():
+    """Every container's command, args and env names, in both modes (for the caller to
+    check against the real binaries' --help)."""
+    out = []
+    for mode, extra in [("dpu", {"mode": "dpu"}), ("host", {"mode": "host"})]:
+        for o in render(merged(extra)):
+            if o.get("kind") not in ("Deployment", "DaemonSet"):
+                continue
+            spec = o["spec"]["template"]["spec"]
+            for c in spec.get("initContainers", []) + spec.get("containers", []):
+                out.append({"mode": mode, "object": o["metadata"]["name"], "container": c["name"],
+                            "command": c.get("command", []), "args": c.get("args", []),
+                            "env": [e["name"] for e in c.get("env", [])]})
+    return out
 
 
 def main():
@@ -179,7 +208,7 @@ def main():
     check(mon is not None and {e["port"] for e in mon["spec"]["podMetricsEndpoints"]} == {"proxy-admin", "dp-admin"},
           "PodMonitor scrapes both admin ports")
     print(json.dumps({"helm_sdk": helm.helm_sdk_version(), "objects_dpu": n_dpu, "objects_host": n_host,
-                      "failures": failures}, indent=2))
+                      "commands": commands(), "failures": failures}, indent=2))
     return 1 if failures else 0
 
 

@@ -85,3 +85,98 @@ fn chart_check_fails_on_a_broken_chart() {
     assert!(stdout.contains("leases"), "{stdout}");
     assert!(stdout.contains("installer command"), "{stdout}");
 }
+
+/// Every flag and environment variable the chart gives a container exists in that
+/// binary: checked against the real binaries' `--help` (built next to `dpumesh`).
+#[test]
+fn chart_flags_and_env_exist_in_the_binaries() {
+    let root = repo_root();
+    let out = Command::new(python())
+        .arg(root.join("scripts/helm_check.py"))
+        .arg(root.join("charts/dpumesh"))
+        .output()
+        .expect("running scripts/helm_check.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("helm_check prints JSON");
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_dpumesh"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let commands = report["commands"].as_array().expect("commands");
+    assert!(commands.len() >= 10, "{commands:?}");
+    let strs = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut checked = 0;
+    for c in commands {
+        let what = format!("{} {} {}", c["mode"], c["object"], c["container"]);
+        let command = strs(&c["command"]);
+        let args = strs(&c["args"]);
+        let program = bin_dir.join(command.first().expect("a command"));
+        assert!(
+            program.exists(),
+            "{what}: {} missing: cargo build --workspace --bins",
+            program.display()
+        );
+        // `dpumesh-controller --log-level=x controller ...`: the subcommand's help.
+        let sub: Vec<&String> = args
+            .iter()
+            .filter(|a| !a.starts_with("--"))
+            .take(1)
+            .collect();
+        let help = Command::new(&program)
+            .args(sub.iter().map(|s| s.as_str()))
+            .arg("--help")
+            .output()
+            .expect("--help");
+        assert!(help.status.success(), "{what}: --help failed");
+        let help = String::from_utf8_lossy(&help.stdout);
+        for a in args.iter().filter(|a| a.starts_with("--")) {
+            let flag = a.split('=').next().unwrap_or_default();
+            assert!(
+                has_flag(&help, flag),
+                "{what}: {} has no {flag}:\n{help}",
+                program.display()
+            );
+            checked += 1;
+        }
+        for e in strs(&c["env"]) {
+            let used_in_args = args.iter().any(|a| a.contains(&format!("$({e})")));
+            assert!(
+                used_in_args || help.contains(&e),
+                "{what}: env {e} is neither used in args nor read by {}",
+                program.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} flags/env checked");
+}
+
+/// `flag` as a whole word of `help` (`--node` does not match `--node-id`).
+fn has_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(i, _)| {
+        !help[i + flag.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+#[test]
+fn has_flag_matches_whole_flags_only() {
+    let help = "  --node-id <ID>\n  --mgmt-addr <A>\n";
+    assert!(has_flag(help, "--node-id"));
+    assert!(has_flag(help, "--mgmt-addr"));
+    assert!(!has_flag(help, "--node"));
+    assert!(!has_flag(help, "--mgmt"));
+}
