@@ -417,13 +417,21 @@ fn cpu_table(cases: &[Case]) -> String {
         None => "-".into(),
     };
     let mut out = format!(
-        "{:<16} {:>11} {:>10} {:>10} {:>16} {:>12} {:>12}\n",
-        "way", "host cpu s", "dpu cpu s", "app cpu s", "mesh cpu s/1k rq", "+p99 ms", "KB per pod"
+        "{:<16} {:>5} {:>11} {:>10} {:>10} {:>16} {:>12} {:>12}\n",
+        "way",
+        "conns",
+        "host cpu s",
+        "dpu cpu s",
+        "app cpu s",
+        "mesh cpu s/1k rq",
+        "+p99 ms",
+        "KB per pod"
     );
     for c in cases {
         out.push_str(&format!(
-            "{:<16} {:>11} {:>10} {:>10} {:>16} {:>12} {:>12}\n",
+            "{:<16} {:>5} {:>11} {:>10} {:>10} {:>16} {:>12} {:>12}\n",
             c.name,
+            c.connections,
             opt(f(c, "host_cpu_s"), 3),
             opt(f(c, "dpu_cpu_s"), 3),
             opt(f(c, "app_cpu_s"), 3),
