@@ -1406,7 +1406,9 @@ fn report(
         .map(|(r, v)| format!("{r} {}", n(*v)))
         .collect();
     println!(
-        "    steered = connections the dataplane handed to dpu-proxy; proxied = packets delivered to its sockets;\n    \
+        "    req out = requests the pod sent through its node's proxy; req in = requests that reached it through the\n    \
+         proxy's inbound side (from another node; same-node calls are counted once, as the sender's req out).\n    \
+         steered = connections the dataplane handed to dpu-proxy; proxied = packets delivered to its sockets;\n    \
          bypassed = packets forwarded without it. Drops by reason: {}{}",
         if reasons.is_empty() { "none".to_string() } else { reasons.join(", ") },
         if reasons.iter().any(|r| r.starts_with("unsupported")) {
