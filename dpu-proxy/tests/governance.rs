@@ -825,3 +825,39 @@ async fn inbound_tcp_deny_resets_the_connection() {
     );
     assert_eq!(authz_count(&p, "default/deny-outsiders", "deny"), 1.0);
 }
+
+#[tokio::test]
+async fn same_node_requests_get_the_destination_pods_inbound_policy() {
+    // client (127.0.0.1) → VIP → server pod on the same node: the traffic
+    // never reaches 15006, so the outbound side applies the server's policy
+    // with the client pod's identity.
+    let up = Upstream::start_on(SERVER_IP, "server", Behaviour::Echo).await;
+    let vip = "10.96.0.20:80";
+    let svc = service(
+        "server",
+        "10.96.0.20",
+        80,
+        "http",
+        None,
+        &[(&up, json!({}))],
+    );
+    let policy = json!({"peerAuthentication": {"mode": "STRICT"}, "authorization": [
+        {"name": "default/deny-client-secret", "action": "DENY",
+         "rules": [{"from": [{"principals": [CLIENT_PRINCIPAL]}], "to": [{"paths": ["/secret"]}]}]}
+    ]});
+    let p = TestProxy::start(inbound_config(svc, policy), &[vip]).await;
+    let r = get(p.addr(vip), "server", "/ok", &[]).await;
+    assert_eq!(
+        r.status,
+        200,
+        "STRICT does not refuse a local pod: {}",
+        r.text()
+    );
+    let r = get(p.addr(vip), "server", "/secret", &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (403, "RBAC: access denied")
+    );
+    assert_eq!(authz_count(&p, "default/deny-client-secret", "deny"), 1.0);
+    assert_eq!(up.hits(), 1);
+}

@@ -208,6 +208,27 @@ fn forwarded_headers(h: &mut HeaderMap, ctx: &ConnCtx) {
     }
 }
 
+/// Envoy's RBAC filter answer to a denied request.
+fn rbac_denied() -> Response<RespBody> {
+    let mut r = Response::new(RespBody::local(Some(Bytes::from_static(
+        b"RBAC: access denied",
+    ))));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// The request's attributes for authorization.
+fn attrs_of(msg: &Message) -> HttpAttrs<'_> {
+    HttpAttrs {
+        host: &msg.authority,
+        method: msg.parts.method.as_str(),
+        path: msg.path_and_query.split('?').next().unwrap_or("/"),
+        headers: &msg.parts.headers,
+    }
+}
+
 fn request_id() -> HeaderValue {
     let a = lb::random_u64();
     let b = lb::random_u64();
@@ -431,13 +452,7 @@ impl Proxy {
                     headers: &parts.headers,
                 };
                 if let Gate::Deny(_) = self.gate_request(&cfg, &policy, &ctx, attrs) {
-                    let mut r = Response::new(RespBody::local(Some(Bytes::from_static(
-                        b"RBAC: access denied",
-                    ))));
-                    *r.status_mut() = StatusCode::FORBIDDEN;
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    return r;
+                    return rbac_denied();
                 }
             }
             forwarded_headers(&mut parts.headers, &ctx);
@@ -946,6 +961,11 @@ impl Proxy {
                 );
             };
             trail.endpoint = Some(ep.clone());
+            if let Some(cfg) = trail.cfg.clone() {
+                if let Gate::Deny(_) = self.gate_local(&cfg, &ctx, ep.addr, Some(attrs_of(msg))) {
+                    return rbac_denied();
+                }
+            }
             let key = PoolKey {
                 src,
                 dst: ep.addr,
@@ -1085,6 +1105,11 @@ impl Proxy {
         trail: &mut Trail,
     ) -> Response<RespBody> {
         trail.upstream = Some(ctx.dst);
+        if let Some(cfg) = trail.cfg.clone() {
+            if let Gate::Deny(_) = self.gate_local(&cfg, &ctx, ctx.dst, Some(attrs_of(&msg))) {
+                return rbac_denied();
+            }
+        }
         if msg.upgrade.is_some() {
             return self.tunnel(ctx, None, msg, trail).await;
         }

@@ -233,6 +233,40 @@ impl Proxy {
         self.verdict(authorize(&policy.authorization, &req), &pod, "http", ctx)
     }
 
+    /// Same-node delivery (a local pod's connection or request to another
+    /// local pod never reaches 15006): the destination pod's inbound policy
+    /// is applied on the outbound side, with the source pod's identity (the
+    /// proxy itself vouches for it, as ztunnel's local path does).
+    pub(crate) fn gate_local(
+        &self,
+        cfg: &CompiledConfig,
+        ctx: &ConnCtx,
+        dst: SocketAddr,
+        http: Option<HttpAttrs<'_>>,
+    ) -> Gate {
+        if ctx.direction != Direction::Outbound {
+            return Gate::Pass;
+        }
+        let Some(pod) = cfg.pod_by_ip(dst.ip()) else {
+            return Gate::Pass;
+        };
+        let Some(policy) = pod.inbound.clone() else {
+            return Gate::Pass;
+        };
+        let local = ConnCtx {
+            peer: ctx.peer,
+            dst,
+            direction: Direction::Inbound,
+            principal: cfg.pod_by_ip(ctx.peer.ip()).map(|p| intern(&p.spiffe_id)),
+            mtls: true,
+            local_principal: Some(intern(&pod.spiffe_id)),
+        };
+        match http {
+            None => self.gate_connection(cfg, &policy, &local, true),
+            Some(h) => self.gate_request(cfg, &policy, &local, h),
+        }
+    }
+
     fn verdict(&self, v: Verdict, pod: &str, protocol: &str, ctx: &ConnCtx) -> Gate {
         let (deny, audited) = match v {
             Verdict::Allow { audited_by } => (None, audited_by),

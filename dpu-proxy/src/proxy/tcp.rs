@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use dpumesh_api::config::LbKind;
 
-use super::inbound::Io;
+use super::inbound::{Gate, Io};
 use super::observe::TcpReport;
 use super::upstream::HboneTarget;
 use super::{ConnCtx, Direction, Flag, Flags, Proxy, UpstreamSource};
@@ -75,6 +75,10 @@ impl Proxy {
                 Direction::Outbound => c.tcp_out.fetch_add(1, Ordering::Relaxed),
                 Direction::Inbound => c.tcp_in.fetch_add(1, Ordering::Relaxed),
             };
+        }
+        if let Gate::Deny(_) = self.gate_local(&cfg, &ctx, addr, None) {
+            downstream.reset();
+            return;
         }
         let hbone = match (cluster, ep) {
             (Some(c), Some(e)) => HboneTarget::for_endpoint(&cfg, c, e, ctx.peer.ip()),
