@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod config_dump;
 pub mod demo;
 pub mod sim;
 pub mod top;
@@ -25,6 +26,9 @@ pub enum Command {
     DemoApp(demo::app::AppArgs),
     /// Live view of one DPU: per-pod rps, errors, latency, bytes, drops, steering; DPU CPU and memory.
     Top(top::TopArgs),
+    /// A node's served config: `dpumesh config dump --node N` (NodeConfig + xDS sources).
+    #[command(subcommand)]
+    Config(config_dump::ConfigCommand),
     /// Side-by-side benchmarks (docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -47,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
         Command::DemoApp(args) => demo::app::run(args),
+        Command::Config(c) => config_dump::run(c),
         Command::Top(args) => top::run(args),
         Command::Bench(BenchCommand::Cni(args)) => bench::cni::run(args),
         Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args),
