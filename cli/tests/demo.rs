@@ -215,3 +215,57 @@ fn demo_refuses_bad_arguments_before_touching_anything() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_failing_step_tears_everything_down() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let cluster = unique_cluster("demf");
+    let _down = Down(cluster.clone());
+    let mut child = Command::new(BIN)
+        .args(["demo", "--cluster", &cluster, "--requests", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dpumesh demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    // When the traffic starts, kill one app: the demo must notice (step 8),
+    // fail, and still remove everything.
+    for line in lines.by_ref() {
+        let line = line.expect("stdout line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("[6]") {
+            let sim = dpumesh_sim::Sim::attach(&cluster).expect("cluster is up");
+            let app = sim
+                .processes()
+                .expect("processes")
+                .into_iter()
+                .find(|p| p.name == "app-reviews-v1")
+                .expect("app-reviews-v1 recorded");
+            let killed = Command::new("kill")
+                .args(["-9", &app.pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(killed.success());
+            break;
+        }
+    }
+    for line in lines {
+        seen.push_str(&line.expect("stdout line"));
+        seen.push('\n');
+    }
+    let out = child.wait_with_output().expect("wait for the demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the demo succeeded:\n{seen}");
+    assert!(
+        stderr.contains("processes died during the demo") && stderr.contains("app-reviews-v1"),
+        "{seen}\n{stderr}"
+    );
+    assert!(seen.contains("[9] tearing the cluster down"), "{seen}");
+    let left = leftovers(&cluster).expect("list leftovers");
+    assert!(left.is_empty(), "demo left behind: {left:?}");
+}
