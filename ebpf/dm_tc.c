@@ -145,9 +145,17 @@ static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
 {
 	struct bpf_fib_lookup fib = {};
 	struct dm_endpoint *dst;
-	__be32 daddr = p->ip->daddr;
+	__be32 daddr;
 	long rc;
+	int t;
 
+	/* Every way out of here is a routing hop. */
+	t = dm_ttl_dec(skb, p);
+	if (t == DM_TTL_EXPIRED)
+		return dm_drop(c, DM_DROP_TTL_EXCEEDED);
+	if (t)
+		return dm_drop(c, DM_DROP_MALFORMED);
+	daddr = p->ip->daddr;
 	dst = bpf_map_lookup_elem(&dm_ep_ip, &daddr);
 	if (dst) {
 		c->bypassed++;
@@ -282,6 +290,7 @@ static __always_inline int dm_from_fabric(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	__be32 daddr;
+	int t;
 
 	eth = data;
 	if ((void *)(eth + 1) > end)
@@ -314,6 +323,12 @@ static __always_inline int dm_from_fabric(struct __sk_buff *skb)
 			return dm_deliver_local(skb, cfg->steer_mark);
 		}
 	}
+	/* Routed into the pod: one hop, like the way out. */
+	t = dm_ttl_dec(skb, &p);
+	if (t == DM_TTL_EXPIRED)
+		return dm_drop(c, DM_DROP_TTL_EXCEEDED);
+	if (t)
+		return dm_drop(c, DM_DROP_MALFORMED);
 	c->bypassed++;
 	return dm_to_pod(&p, dst, cfg);
 }

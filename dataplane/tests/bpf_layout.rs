@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use dpumesh_dataplane::bpf::maps::{
-    CidrKey, CidrValue, Endpoint, NodeConfig, PodCounters, Tunnel, TunnelKey, COUNTER_SLOTS,
-    DROP_MAX, MAX_PEERS, MAX_PODS, MAX_PORTS, SLOT_UNATTRIBUTED,
+    CidrKey, CidrValue, DropReason, Endpoint, NodeConfig, PodCounters, Tunnel, TunnelKey,
+    COUNTER_SLOTS, DROP_MAX, MAX_PEERS, MAX_PODS, MAX_PORTS, SLOT_UNATTRIBUTED,
 };
 
 macro_rules! rust_layout {
@@ -93,6 +93,14 @@ fn rust_side() -> HashMap<String, usize> {
     m.insert("const.DM_COUNTER_SLOTS".into(), COUNTER_SLOTS as usize);
     m.insert("const.DM_MAX_PORTS".into(), MAX_PORTS);
     m.insert("const.DM_DROP_MAX".into(), DROP_MAX);
+    // Every drop reason: its C enum value is its Rust index, and its metric
+    // label is the C name without the prefix (ttl_exceeded = DM_DROP_TTL_EXCEEDED).
+    for r in DropReason::ALL {
+        m.insert(
+            format!("const.DM_DROP_{}", r.as_str().to_uppercase()),
+            r as usize,
+        );
+    }
     m
 }
 

@@ -11,6 +11,7 @@ use bpf_common::*;
 use dpumesh_dataplane::bpf::maps::{DropReason, MODE_UNDERLAY};
 use dpumesh_dataplane::bpf::{
     BpfDataplane, InterceptionSpec, NetworkSpec, PodSpec, GATEWAY_MAC, PROG_REP_INGRESS,
+    PROG_UPLINK_INGRESS,
 };
 
 const TC_ACT_SHOT: u32 = 2;
@@ -51,7 +52,11 @@ struct Run {
 }
 
 fn run(dp: &BpfDataplane, pkt: &[u8]) -> Run {
-    let prog = dp.program(PROG_REP_INGRESS).expect("program");
+    run_prog(dp, PROG_REP_INGRESS, pkt)
+}
+
+fn run_prog(dp: &BpfDataplane, name: &str, pkt: &[u8]) -> Run {
+    let prog = dp.program(name).expect("program");
     let mut out = vec![0u8; pkt.len() + 256];
     let r = prog
         .test_run(TestRunOptions {
@@ -223,6 +228,79 @@ fn capture_decision_follows_mesh_flag_cidrs_and_excluded_ports() {
         let u = dp.usage().unwrap();
         assert_eq!(u.pod_cidrs, 0);
         assert_eq!(u.node_cidrs, 2);
+    })
+    .expect("netns");
+}
+
+/// Routing is a hop: pod -> pod (representor ingress) and fabric -> pod
+/// (uplink ingress) decrement the TTL with a correct header checksum, and a
+/// packet whose TTL would reach 0 is dropped and counted as `ttl_exceeded`.
+#[test]
+fn routed_packets_lose_one_ttl_and_expiring_ones_are_dropped() {
+    let ns = NsGuard::new("ttl");
+    // A second "representor" for pod b: one end of a veth pair in this netns.
+    exec(
+        &ns.0,
+        "ip",
+        &[
+            "link", "add", "rep-b", "type", "veth", "peer", "name", "vf-b",
+        ],
+    )
+    .expect("veth pair");
+    ns.0.run(|| {
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        dp.apply_network(&network()).expect("network");
+        dp.apply_pod(&pod(false)).expect("pod a");
+        let b_mac = [0x02, 0, 0, 0x01, 0, 0x07];
+        let b_ip = Ipv4Addr::new(10, 244, 1, 7);
+        dp.apply_pod(&PodSpec {
+            uid: "uid-b".into(),
+            representor: "rep-b".into(),
+            vf_index: 1,
+            ipv4: b_ip,
+            mac: b_mac,
+            meshed: false,
+            interception: InterceptionSpec::default(),
+        })
+        .expect("pod b");
+
+        for ttl in [5u8, 2, 255] {
+            let pkt = with_ttl(udp(GATEWAY_MAC, POD_MAC, POD_IP, b_ip, 1000, 53), ttl);
+            assert_eq!(ipv4_header_sum(&pkt), 0xffff, "crafted checksum");
+            let r = run(&dp, &pkt);
+            assert_eq!(r.ret, TC_ACT_REDIRECT, "a -> b is forwarded (TTL {ttl})");
+            assert_eq!(&r.data[0..6], &b_mac, "eth dst = pod b");
+            assert_eq!(r.data[22], ttl - 1, "TTL decremented once");
+            assert_eq!(
+                ipv4_header_sum(&r.data),
+                0xffff,
+                "valid checksum (TTL {ttl})"
+            );
+            assert_eq!(&r.data[26..], &pkt[26..], "addresses and payload unchanged");
+        }
+
+        // TTL 1 (and 0) would reach 0 here: dropped, counted on the sender.
+        for ttl in [1u8, 0] {
+            let pkt = with_ttl(udp(GATEWAY_MAC, POD_MAC, POD_IP, b_ip, 1000, 53), ttl);
+            assert_eq!(run(&dp, &pkt).ret, TC_ACT_SHOT, "TTL {ttl} is dropped");
+        }
+        let a = dp.pod_counters("uid-a").unwrap().unwrap();
+        assert_eq!(a.drop_count(DropReason::TtlExceeded), 2);
+        assert_eq!(a.bypassed, 3);
+
+        // From the fabric to pod b: the same, charged to pod b.
+        let from_peer = Ipv4Addr::new(10, 244, 2, 9);
+        let peer_mac = [0x02, 0, 0, 0x02, 0, 0x09];
+        let pkt = with_ttl(udp(GATEWAY_MAC, peer_mac, from_peer, b_ip, 1000, 53), 5);
+        let r = run_prog(&dp, PROG_UPLINK_INGRESS, &pkt);
+        assert_eq!(r.ret, TC_ACT_REDIRECT, "fabric -> b is forwarded");
+        assert_eq!(r.data[22], 4);
+        assert_eq!(ipv4_header_sum(&r.data), 0xffff);
+        let pkt = with_ttl(udp(GATEWAY_MAC, peer_mac, from_peer, b_ip, 1000, 53), 1);
+        assert_eq!(run_prog(&dp, PROG_UPLINK_INGRESS, &pkt).ret, TC_ACT_SHOT);
+        let b = dp.pod_counters("uid-b").unwrap().unwrap();
+        assert_eq!(b.drop_count(DropReason::TtlExceeded), 1);
+        assert_eq!(b.bypassed, 1);
     })
     .expect("netns");
 }

@@ -117,7 +117,8 @@ enum dm_drop_reason {
 	DM_DROP_LOCAL_DST = 6,   /* pod tried to reach the DPU itself */
 	DM_DROP_UNSUPPORTED = 7, /* ethertype we do not forward (e.g. IPv6 for now) */
 	DM_DROP_NO_PROXY = 8,    /* captured SYN but no proxy listener: fail closed */
-	DM_DROP_MAX = 9,
+	DM_DROP_TTL_EXCEEDED = 9, /* routed packet whose TTL would reach 0 */
+	DM_DROP_MAX = 10,
 };
 
 /* Per-pod counters, one per-CPU array entry per slot. "out" = sent by the

@@ -91,4 +91,27 @@ static __always_inline int dm_port_in(const __be16 *list, __be16 port)
 	return 0;
 }
 
+/* One routing hop (RFC 1812): decrement the IPv4 TTL and patch the header
+ * checksum incrementally. The helper may move the packet data, so `p` is
+ * parsed again. Returns 0 when done, DM_TTL_EXPIRED when the TTL would
+ * reach 0 (the packet is unchanged and must not be forwarded), -1 when the
+ * rewrite failed. */
+#define DM_TTL_EXPIRED 1
+static __always_inline int dm_ttl_dec(struct __sk_buff *skb, struct dm_ip4 *p)
+{
+	__u8 ttl = p->ip->ttl;
+	__u8 proto = p->ip->protocol;
+	/* TTL and protocol form one 16-bit word of the checksummed header. */
+	__be16 old_word = bpf_htons(((__u16)ttl << 8) | proto);
+	__be16 new_word = bpf_htons(((__u16)(ttl - 1) << 8) | proto);
+
+	if (ttl <= 1)
+		return DM_TTL_EXPIRED;
+	p->ip->ttl = ttl - 1;
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old_word,
+				new_word, sizeof(new_word)))
+		return -1;
+	return dm_parse_ip4(skb, p);
+}
+
 #endif /* DM_PKT_H */

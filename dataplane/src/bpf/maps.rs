@@ -131,9 +131,10 @@ pub enum DropReason {
     LocalDst = 6,
     Unsupported = 7,
     NoProxy = 8,
+    TtlExceeded = 9,
 }
 
-pub const DROP_MAX: usize = 9;
+pub const DROP_MAX: usize = 10;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_MAX] = [
@@ -146,6 +147,7 @@ impl DropReason {
         DropReason::LocalDst,
         DropReason::Unsupported,
         DropReason::NoProxy,
+        DropReason::TtlExceeded,
     ];
 
     /// Label value for metrics.
@@ -160,6 +162,7 @@ impl DropReason {
             DropReason::LocalDst => "local_dst",
             DropReason::Unsupported => "unsupported",
             DropReason::NoProxy => "no_proxy",
+            DropReason::TtlExceeded => "ttl_exceeded",
         }
     }
 }

@@ -240,3 +240,26 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     }
     found.unwrap_or(0)
 }
+
+/// The ones' complement sum of an IPv4 header (20 bytes, no options) in an
+/// Ethernet frame: 0xffff when its checksum is right.
+pub fn ipv4_header_sum(frame: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in frame[14..34].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// `frame` (Ethernet + IPv4) with its TTL set to `ttl` and the header
+/// checksum computed afresh.
+pub fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    frame[22] = ttl;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let csum = !ipv4_header_sum(&frame);
+    frame[24..26].copy_from_slice(&csum.to_be_bytes());
+    frame
+}
