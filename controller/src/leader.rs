@@ -161,6 +161,33 @@ impl Elector {
         }
     }
 
+    /// Gives the lease up if this replica holds it: holder cleared,
+    /// `leaseDurationSeconds` 1, so another replica takes over at its next
+    /// attempt instead of waiting for the lease to expire. Returns whether it did.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        lease.spec = Some(spec);
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Someone else wrote it meanwhile: it is not ours to release any more.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs forever, publishing whether this replica leads (and who does).
     pub async fn run(mut self, leadership: watch::Sender<Leadership>) {
         let me = self.settings.identity.clone();

@@ -182,15 +182,26 @@ async fn controller(c: ControllerArgs) -> ExitCode {
             retry_period,
         }),
     };
-    tokio::select! {
-        r = run::run(client, options, listener) => match r {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot handle SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    match run::run(client, options, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -188,4 +188,36 @@ async fn one_leader_writes_and_the_other_takes_over() {
     })
     .await;
     assert_eq!(pods(&out(&leader)), ["default/a-v1"]);
+
+    // A third replica joins; the leader is stopped with SIGTERM: it exits 0 and
+    // releases the lease on the way out (holder cleared), so the new replica takes
+    // over without waiting for the lease to expire.
+    let mut c = Controller::start(
+        &kubeconfig,
+        &out("c"),
+        &args("c", &format!("127.0.0.1:{}", free_port()))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let seen = rv(&server);
+    wait_for("a renewal", || rv(&server) != seen).await;
+    let stopping = if follower == "a" { &mut a } else { &mut b };
+    let status = stopping.terminate();
+    assert!(status.success(), "SIGTERM → exit 0, got {status}");
+    let after = holder(&server);
+    assert!(
+        after.is_none() || after.as_deref() == Some("c"),
+        "the stopped leader released the lease: holder {after:?}"
+    );
+    wait_for("c takes over", || holder(&server).as_deref() == Some("c")).await;
+    assert_eq!(
+        server.lease(NS, LEASE).expect("lease")["spec"]["leaseTransitions"],
+        2
+    );
+    wait_for("c's inventory", || {
+        pods(&out("c")) == ["default/a-v1", "default/b-v1"]
+    })
+    .await;
+    c.kill();
 }

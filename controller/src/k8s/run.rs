@@ -68,13 +68,16 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
         .map_err(|e| format!("--grpc-addr {addr}: {e}"))
 }
 
-/// Runs until the watchers or the gRPC server stop (they do not, short of a
-/// panic or a failing listener).
+/// Runs until `shutdown` completes (then releases the lease if it holds it), or
+/// until the watchers or the gRPC server stop (they do not, short of a panic or a
+/// failing listener).
 pub async fn run(
     client: Client,
     options: Options,
     listener: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let state = Shared::default();
     let (changed_tx, mut changed) = watch::channel(0u64);
     let watchers = spawn_all(client.clone(), state.clone(), changed_tx);
@@ -82,12 +85,14 @@ pub async fn run(
         leading: options.lease.is_none(),
         holder: None,
     });
-    let _keep_sender = match options.lease.clone() {
-        Some(lease) => {
-            tokio::spawn(Elector::new(client, lease).run(leading_tx));
-            None
-        }
-        None => Some(leading_tx),
+    let (_keep_sender, elector) = match options.lease.clone() {
+        Some(lease) => (
+            None,
+            Some(tokio::spawn(
+                Elector::new(client.clone(), lease).run(leading_tx),
+            )),
+        ),
+        None => (Some(leading_tx), None),
     };
     let (published_tx, published_rx) = watch::channel(Arc::new(Published::default()));
     let mut server = match listener {
@@ -111,6 +116,7 @@ pub async fn run(
     let mut rendered: BTreeMap<String, NodeInventory> = BTreeMap::new();
     let result = loop {
         tokio::select! {
+            () = &mut shutdown => break Ok(()),
             r = changed.changed() => if r.is_err() { break Err("the watchers stopped".to_string()); },
             r = leadership.changed() => if r.is_err() { break Err("the leader election stopped".to_string()); },
             _ = tokio::time::sleep(WRITE_RETRY), if retry_write => {},
@@ -218,6 +224,15 @@ pub async fn run(
     }
     if let Some(s) = server {
         s.abort();
+    }
+    if let (Some(elector), Some(lease)) = (elector, options.lease) {
+        elector.abort();
+        let _ = elector.await;
+        match Elector::new(client, lease).release().await {
+            Ok(true) => tracing::info!("released the lease"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not release the lease: {e}"),
+        }
     }
     result
 }
