@@ -429,3 +429,129 @@ fn endpoints(state: &ClusterState, settings: &ClusterSettings) -> Vec<ServiceEnd
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn state(objects: serde_json::Value) -> ClusterState {
+        let mut s = ClusterState::default();
+        let list = |key: &str| objects[key].as_array().cloned().unwrap_or_default();
+        fn load<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).expect("k8s object")
+        }
+        s.nodes.apply(Event::Init);
+        for n in list("nodes") {
+            s.nodes.apply(Event::InitApply(load(n)));
+        }
+        s.nodes.apply(Event::InitDone);
+        s.pods.apply(Event::Init);
+        for p in list("pods") {
+            s.pods.apply(Event::InitApply(load(p)));
+        }
+        s.pods.apply(Event::InitDone);
+        s.services.apply(Event::Init);
+        for v in list("services") {
+            s.services.apply(Event::InitApply(load(v)));
+        }
+        s.services.apply(Event::InitDone);
+        s
+    }
+
+    fn pod(name: &str, annotations: serde_json::Value) -> serde_json::Value {
+        json!({"metadata": {"name": name, "namespace": "default", "annotations": annotations},
+               "spec": {"nodeName": "n1", "containers": []},
+               "status": {"podIP": "10.244.1.9"}})
+    }
+
+    #[test]
+    fn bad_nodes_and_pods_are_left_out_with_a_reason() {
+        let s = state(json!({
+            "nodes": [
+                {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}},
+                {"metadata": {"name": "no-cidr"}, "spec": {}},
+                {"metadata": {"name": "bad-mode", "annotations": {"dpumesh.io/network-mode": "mesh"}},
+                 "spec": {"podCIDR": "10.244.3.0/24"}},
+            ],
+            "pods": [
+                pod("ok", json!({"dpumesh.io/vf-index": "2", "dpumesh.io/mac": "02:AA:00:00:00:02",
+                                 "sidecar.istio.io/inject": "false"})),
+                pod("bad-mac", json!({"dpumesh.io/vf-index": "3", "dpumesh.io/mac": "02:aa"})),
+                pod("no-mac", json!({"dpumesh.io/vf-index": "4"})),
+                pod("no-vf", json!({})),
+            ],
+        }));
+        let built = build(&s, &ClusterSettings::default());
+        assert_eq!(built.nodes.keys().collect::<Vec<_>>(), ["n1"]);
+        let pods = &built.nodes["n1"].inventory.pods;
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0].mac, "02:aa:00:00:00:02", "lower-cased");
+        assert_eq!(pods[0].representor, "pf0vf2");
+        assert!(!pods[0].meshed, "sidecar.istio.io/inject: false");
+        assert_eq!(
+            built.skipped,
+            [
+                "node bad-mode: annotation dpumesh.io/network-mode: \"mesh\" is neither \"underlay\" nor \"overlay\"",
+                "node no-cidr: spec.podCIDR is not set yet",
+                "pod default/bad-mac: annotation dpumesh.io/mac: \"02:aa\" is not a MAC address",
+                "pod default/no-mac: annotation dpumesh.io/mac is missing",
+            ]
+        );
+    }
+
+    #[test]
+    fn services_headless_udp_external_name() {
+        let s = state(json!({
+            "nodes": [{"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}],
+            "services": [
+                {"metadata": {"name": "headless", "namespace": "a"},
+                 "spec": {"clusterIP": "None", "ports": [{"name": "grpc-x", "port": 7000},
+                                                           {"name": "dns", "port": 53, "protocol": "UDP"}]}},
+                {"metadata": {"name": "ext", "namespace": "a"},
+                 "spec": {"type": "ExternalName", "externalName": "example.com"}},
+                {"metadata": {"name": "h2", "namespace": "a"},
+                 "spec": {"clusterIPs": ["10.96.0.5", "fd00::5"],
+                          "ports": [{"name": "web", "port": 80, "appProtocol": "kubernetes.io/h2c", "targetPort": 8080}]}},
+            ],
+        }));
+        let built = build(&s, &ClusterSettings::default());
+        let svcs = &built.nodes["n1"].inventory.services;
+        let hosts: Vec<&str> = svcs.iter().map(|s| s.hostname.as_str()).collect();
+        assert_eq!(
+            hosts,
+            ["h2.a.svc.cluster.local", "headless.a.svc.cluster.local"]
+        );
+        assert_eq!(svcs[0].vips, ["10.96.0.5", "fd00::5"]);
+        assert_eq!(svcs[0].ports[0].protocol, Some(Protocol::Http2));
+        assert_eq!(svcs[0].ports[0].target_port, Some(8080));
+        assert!(svcs[1].vips.is_empty(), "headless");
+        assert_eq!(svcs[1].ports.len(), 1, "UDP port left out");
+        assert_eq!(svcs[1].ports[0].protocol, Some(Protocol::Grpc));
+        assert_eq!(
+            built.skipped,
+            [
+                "service a/ext: ExternalName services are not in the mesh inventory",
+                "service a/headless: port 53 (UDP) is not TCP",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_relist_replaces_the_whole_set() {
+        let mut s = state(json!({"pods": [pod("x", json!({})), pod("y", json!({}))]}));
+        assert_eq!(s.pods.len(), 2);
+        // A relist (after 410): until InitDone the old set stays visible.
+        assert!(!s.pods.apply(Event::Init));
+        let y: Pod = serde_json::from_value(pod("y", json!({}))).expect("pod");
+        assert!(!s.pods.apply(Event::InitApply(y)));
+        assert_eq!(s.pods.len(), 2);
+        assert!(s.pods.apply(Event::InitDone));
+        assert_eq!(
+            s.pods.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+            ["y"]
+        );
+        assert_eq!(s.pods.lists(), 2);
+    }
+}
