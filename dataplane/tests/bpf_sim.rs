@@ -212,7 +212,9 @@ fn pods_talk_through_the_dataplane_spoofing_is_dropped_and_captured_tcp_reaches_
 
     // Same node: ping and TCP.
     eprintln!("step: same-node ping");
-    ping(&pa, ip_b).expect("a -> b ping");
+    let out = ping(&pa, ip_b).expect("a -> b ping");
+    // The reply left b with TTL 64 and crossed one routing hop (the DPU).
+    assert!(out.contains("ttl=63"), "one hop on the same node: {out}");
     eprintln!("step: same-node tcp");
     let srv = echo_server(&pb, 8080);
     let mut s = connect(&pa, SocketAddr::from((ip_b, 8080)));
@@ -230,7 +232,11 @@ fn pods_talk_through_the_dataplane_spoofing_is_dropped_and_captured_tcp_reaches_
 
     // Across nodes, underlay.
     eprintln!("step: cross-node ping");
-    ping(&pa, ip_c).expect("a -> c ping across nodes");
+    let out = ping(&pa, ip_c).expect("a -> c ping across nodes");
+    assert!(
+        out.contains("ttl=62"),
+        "two hops across nodes (both DPUs): {out}"
+    );
     eprintln!("step: cross-node tcp");
     let srv = echo_server(&pc, 8081);
     let mut s = connect(&pa, SocketAddr::from((ip_c, 8081)));
@@ -453,6 +459,83 @@ fn a_pod_update_that_fails_half_way_is_rolled_back() {
         vec![Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 19)]
     );
     assert_eq!(view().pod_cidrs(), 1);
+}
+
+/// SetNodeNetwork is all or nothing: a change that fails after it rewrote
+/// routes and maps leaves the node config, node-wide CIDRs, tunnels, peer
+/// routes and the VXLAN device as they were, from underlay and from overlay.
+#[test]
+fn a_network_change_that_fails_half_way_is_rolled_back() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpfn"))
+            .with_nodes(2)
+            .with_vfs(1),
+    )
+    .expect("sim up");
+    let pin = PinDir(sim.node(1).unwrap().bpf_pin_dir.clone());
+    let _pins = Pins(vec![pin.clone()]);
+    let mut dp = start_dataplane(&sim, 1, &[]);
+    let dpu = sim.node(1).unwrap().dpu.clone();
+    let view = || dpumesh_dataplane::bpf::loader::PinnedView::open(&pin).expect("view");
+    let routes = || exec(&dpu, "ip", &["-4", "route", "show", "proto", "77"]).unwrap();
+    let has_vxlan = || exec(&dpu, "ip", &["link", "show", "dm-vxlan"]).is_ok();
+    let state = |dp: &BpfDataplane| {
+        (
+            dp.node_config().unwrap(),
+            dp.usage().unwrap().node_cidrs,
+            view().tunnels(),
+            routes(),
+            has_vxlan(),
+        )
+    };
+
+    // A different network: another mode, another peer, one more service CIDR.
+    let changed = |mode: u8| {
+        let mut n = network_in(&sim, 1, mode);
+        n.service_cidrs.push("10.97.0.0/16".parse().unwrap());
+        n.peers.push(UnderlayPeer {
+            pod_cidr: "10.244.9.0/24".parse().unwrap(),
+            underlay_ip: n.peers[0].underlay_ip,
+        });
+        n.vni = 77;
+        n
+    };
+
+    for start_mode in [MODE_UNDERLAY, MODE_OVERLAY] {
+        dp.fail_network_after_writes(false);
+        dpu.run(|| dp.apply_network(&network_in(&sim, 1, start_mode)))
+            .unwrap()
+            .expect("network");
+        let before = state(&dp);
+        assert!(
+            before.3.contains(" via ") || before.3.contains(" encap "),
+            "{}",
+            before.3
+        );
+        assert_eq!(before.4, start_mode == MODE_OVERLAY);
+
+        dp.fail_network_after_writes(true);
+        for mode in [MODE_UNDERLAY, MODE_OVERLAY] {
+            dpu.run(|| dp.apply_network(&changed(mode)))
+                .unwrap()
+                .expect_err("injected failure");
+            assert_eq!(
+                state(&dp),
+                before,
+                "from mode {start_mode}, a failed change to mode {mode} left a trace"
+            );
+        }
+        // Without the failure the change goes through.
+        dp.fail_network_after_writes(false);
+        let want = changed(start_mode);
+        dpu.run(|| dp.apply_network(&want))
+            .unwrap()
+            .expect("change");
+        let after = state(&dp);
+        assert_eq!(after.1, before.1 + 2, "one more service CIDR and pod CIDR");
+        assert!(after.3.contains("10.244.9.0/24"), "{}", after.3);
+        assert_eq!(after.0.vni, 77);
+    }
 }
 
 /// A transparent listener on `port` in `ns` (as dpu-proxy binds 15001/15006).

@@ -201,6 +201,19 @@ pub struct BpfDataplane {
     network: Option<NetworkSpec>,
     /// Test hook: fail apply_pod after its map writes (checks the rollback).
     fail_after_map_writes: bool,
+    /// Test hook: fail apply_network after its routes and map writes.
+    fail_network_after_writes: bool,
+}
+
+/// What [`BpfDataplane::apply_network`] may change, as it was before the
+/// call, so a failure half-way can put it back.
+struct NetworkBefore {
+    tunnels: Vec<(Key<u32>, Tunnel)>,
+    node_cidrs: Vec<(Key<CidrData>, CidrValue)>,
+    node: Option<NodeConfig>,
+    /// Kernel mode: the dpumesh peer routes (`netcfg::peer_routes`).
+    peer_routes: Option<Vec<String>>,
+    tunnel_existed: bool,
 }
 
 impl BpfDataplane {
@@ -260,6 +273,7 @@ impl BpfDataplane {
             attached: HashSet::new(),
             network: None,
             fail_after_map_writes: false,
+            fail_network_after_writes: false,
         })
     }
 
@@ -299,6 +313,13 @@ impl BpfDataplane {
     #[doc(hidden)]
     pub fn fail_after_map_writes(&mut self, on: bool) {
         self.fail_after_map_writes = on;
+    }
+
+    /// Test hook: make [`BpfDataplane::apply_network`] fail after it changed
+    /// routes and maps, as a failing attach would, to check its rollback.
+    #[doc(hidden)]
+    pub fn fail_network_after_writes(&mut self, on: bool) {
+        self.fail_network_after_writes = on;
     }
 
     /// One of the loaded programs (e.g. for `BPF_PROG_TEST_RUN`).
@@ -351,16 +372,112 @@ impl BpfDataplane {
     /// Sets the node's network: node config map, node-wide captured CIDRs,
     /// overlay peers, and (kernel mode) sysctls, steering rule, peer routes,
     /// the VXLAN device (overlay), the uplink and tunnel programs.
+    ///
+    /// All or nothing: when a step fails, the maps (node config, node-wide
+    /// CIDRs, tunnels), the dpumesh peer routes and the VXLAN device are put
+    /// back as they were before the call. Idempotent kernel settings
+    /// (forwarding sysctls, the steering rule, the uplink up) and a program
+    /// already attached stay.
     pub fn apply_network(&mut self, net: &NetworkSpec) -> Result<(), BpfError> {
         if net.mode != maps::MODE_UNDERLAY && net.mode != maps::MODE_OVERLAY {
             return Err(BpfError::Invalid(format!("unknown mode {}", net.mode)));
         }
-        let overlay = net.mode == maps::MODE_OVERLAY;
         let uplink_ifindex = match ifindex(&net.uplink) {
             Some(i) => i,
             None if !self.kernel => 0,
             None => return Err(BpfError::UnknownInterface(net.uplink.clone())),
         };
+        let before = NetworkBefore {
+            tunnels: self.tunnels.iter().collect::<Result<_, _>>()?,
+            node_cidrs: self
+                .out_cidrs
+                .iter()
+                .filter(|r| r.as_ref().map_or(true, |(k, _)| k.data().scope == 0))
+                .collect::<Result<_, _>>()?,
+            node: self.node.get(&0, 0).ok(),
+            peer_routes: if self.kernel {
+                Some(netcfg::peer_routes()?)
+            } else {
+                None
+            },
+            tunnel_existed: ifindex(TUNNEL_IFNAME).is_some(),
+        };
+        match self.write_network(net, uplink_ifindex) {
+            Ok(()) => {
+                if self.kernel && net.mode != maps::MODE_OVERLAY {
+                    // Only now: a rollback never has to recreate it.
+                    netcfg::remove_tunnel(TUNNEL_IFNAME);
+                    self.attached.remove(&(TUNNEL_IFNAME.to_string(), true));
+                }
+                self.network = Some(net.clone());
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback_network(before);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts back what [`BpfDataplane::write_network`] may have changed.
+    fn rollback_network(&mut self, before: NetworkBefore) {
+        let warn = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "rollback of the node network: {what}");
+        };
+        if let Some(cfg) = before.node {
+            if let Err(e) = self.node.set(0, cfg, 0) {
+                warn("node config", &e);
+            }
+        }
+        let have: Vec<Key<u32>> = self.tunnels.keys().filter_map(Result::ok).collect();
+        for k in have {
+            if !before
+                .tunnels
+                .iter()
+                .any(|(b, _)| b.prefix_len() == k.prefix_len() && b.data() == k.data())
+            {
+                if let Err(e) = remove_ok(self.tunnels.remove(&k)) {
+                    warn("tunnel entry", &e);
+                }
+            }
+        }
+        for (k, v) in &before.tunnels {
+            if let Err(e) = self.tunnels.insert(k, *v, 0) {
+                warn("tunnel entry", &e);
+            }
+        }
+        let have: Vec<Key<CidrData>> = self
+            .out_cidrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().scope == 0)
+            .collect();
+        for k in have {
+            if !before.node_cidrs.iter().any(|(b, _)| same_key(b, &k)) {
+                if let Err(e) = remove_ok(self.out_cidrs.remove(&k)) {
+                    warn("node CIDR", &e);
+                }
+            }
+        }
+        for (k, v) in &before.node_cidrs {
+            if let Err(e) = self.out_cidrs.insert(k, *v, 0) {
+                warn("node CIDR", &e);
+            }
+        }
+        if let Some(routes) = &before.peer_routes {
+            if let Err(e) = netcfg::restore_peer_routes(routes) {
+                warn("peer routes", &e);
+            }
+        }
+        if self.kernel && !before.tunnel_existed {
+            netcfg::remove_tunnel(TUNNEL_IFNAME);
+            self.attached.remove(&(TUNNEL_IFNAME.to_string(), true));
+        }
+    }
+
+    /// The steps of [`BpfDataplane::apply_network`] that can fail.
+    fn write_network(&mut self, net: &NetworkSpec, uplink_ifindex: u32) -> Result<(), BpfError> {
+        let overlay = net.mode == maps::MODE_OVERLAY;
         let mut tunnel_ifindex = 0;
         if self.kernel {
             netcfg::prepare_node()?;
@@ -386,8 +503,6 @@ impl BpfDataplane {
                     },
                     &peers,
                 )?;
-                netcfg::remove_tunnel(TUNNEL_IFNAME);
-                self.attached.remove(&(TUNNEL_IFNAME.to_string(), true));
             }
         }
 
@@ -469,13 +584,17 @@ impl BpfDataplane {
             tunnel_ifindex,
         };
         self.node.set(0, cfg, 0)?;
+        if self.fail_network_after_writes {
+            return Err(BpfError::Invalid(
+                "injected failure after the node network writes".into(),
+            ));
+        }
         if self.kernel {
             self.attach(PROG_UPLINK_INGRESS, &net.uplink, TcAttachType::Ingress)?;
             if overlay {
                 self.attach(PROG_TUNNEL_INGRESS, TUNNEL_IFNAME, TcAttachType::Ingress)?;
             }
         }
-        self.network = Some(net.clone());
         Ok(())
     }
 

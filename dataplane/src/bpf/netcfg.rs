@@ -161,6 +161,40 @@ pub fn sync_peer_routes(
     Ok(())
 }
 
+/// The dpumesh peer routes (either mode) as `ip -4 route show` prints them,
+/// for [`restore_peer_routes`].
+pub fn peer_routes() -> Result<Vec<String>, NetCfgError> {
+    let shown = ip(&["-4", "route", "show", "proto", RT_PROTO])?;
+    Ok(shown
+        .lines()
+        .filter(|l| l.contains(" via ") || l.contains(" encap "))
+        .map(|l| l.trim().to_string())
+        .collect())
+}
+
+/// Makes the dpumesh peer routes exactly `routes` (lines of [`peer_routes`]):
+/// the others are deleted, these are put back with `ip route replace`.
+pub fn restore_peer_routes(routes: &[String]) -> Result<(), NetCfgError> {
+    let dst = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
+    let keep: Vec<String> = routes.iter().map(|l| dst(l)).collect();
+    for line in peer_routes()? {
+        let d = dst(&line);
+        if !keep.contains(&d) {
+            ip(&["-4", "route", "del", &d, "proto", RT_PROTO])?;
+        }
+    }
+    for line in routes {
+        let mut args = vec!["-4", "route", "replace"];
+        args.extend(line.split_whitespace());
+        // `show proto 77` leaves the protocol out of what it prints.
+        if !args.contains(&"proto") {
+            args.extend(["proto", RT_PROTO]);
+        }
+        ip(&args)?;
+    }
+    Ok(())
+}
+
 /// Creates the collect_md VXLAN device `name` (UDP `port`) if it is not
 /// there, ARP off (the programs and the peer's tunnel program do not need
 /// neighbours on it), up, rp_filter off. Its ifindex.
