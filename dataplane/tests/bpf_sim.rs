@@ -538,6 +538,92 @@ fn a_network_change_that_fails_half_way_is_rolled_back() {
     }
 }
 
+/// The first packet to a peer whose underlay neighbour is not resolved
+/// (`bpf_fib_lookup` says NO_NEIGH) is queued by `bpf_redirect_neigh` while
+/// ARP resolves, not lost. Every round flushes every neighbour on the way
+/// (the pods' gateway entries and both DPUs' uplink entries), then one UDP
+/// datagram and its one echo must make it.
+#[test]
+fn the_first_packet_to_an_unresolved_neighbour_is_not_lost() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpfq"))
+            .with_nodes(2)
+            .with_vfs(1),
+    )
+    .expect("sim up");
+    let _pins = Pins(
+        sim.nodes()
+            .iter()
+            .map(|n| PinDir(n.bpf_pin_dir.clone()))
+            .collect(),
+    );
+    let gw1 = sim.node(1).unwrap().pod_gateway;
+    let gw2 = sim.node(2).unwrap().pod_gateway;
+    let (ip_a, ip_c) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 7));
+    let pa = cni_attach(&sim, 1, 0, "a", ip_a, gw1);
+    let pc = cni_attach(&sim, 2, 0, "c", ip_c, gw2);
+    let _dp1 = start_dataplane(&sim, 1, &[pod_spec(&sim, 1, 0, "uid-a", ip_a, false)]);
+    let _dp2 = start_dataplane(&sim, 2, &[pod_spec(&sim, 2, 0, "uid-c", ip_c, false)]);
+    let srv = pc
+        .run(|| UdpSocket::bind("0.0.0.0:7000").expect("bind"))
+        .expect("netns");
+    srv.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let cli = pa
+        .run(|| UdpSocket::bind("0.0.0.0:0").expect("bind"))
+        .expect("netns");
+    cli.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let flush = || {
+        for pod in [&pa, &pc] {
+            exec(pod, "ip", &["neigh", "flush", "dev", "eth0"]).expect("flush pod");
+        }
+        for n in [1, 2] {
+            let node = sim.node(n).unwrap();
+            exec(
+                &node.dpu,
+                "ip",
+                &["neigh", "flush", "dev", &node.uplink_ifname],
+            )
+            .expect("flush dpu");
+            let left = exec(
+                &node.dpu,
+                "ip",
+                &["neigh", "show", "dev", &node.uplink_ifname],
+            )
+            .expect("neigh show");
+            assert!(!left.contains("lladdr"), "node {n} still has {left}");
+        }
+    };
+    let peer2 = sim.node(2).unwrap().uplink.addr().to_string();
+    for round in 0..5 {
+        flush();
+        let msg = format!("round {round}");
+        cli.send_to(msg.as_bytes(), (ip_c, 7000)).expect("send");
+        let mut buf = [0u8; 64];
+        let (n, from) = srv
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("round {round}: the first packet a -> c was lost: {e}"));
+        assert_eq!(&buf[..n], msg.as_bytes());
+        // DPU 1 resolved its peer by ARP for this very packet.
+        let node1 = sim.node(1).unwrap();
+        let learnt = exec(
+            &node1.dpu,
+            "ip",
+            &["neigh", "show", "dev", &node1.uplink_ifname],
+        )
+        .expect("neigh show");
+        assert!(
+            learnt.contains(&peer2) && learnt.contains("lladdr"),
+            "{learnt}"
+        );
+        flush();
+        srv.send_to(&buf[..n], from).expect("echo");
+        let (n, _) = cli
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("round {round}: the first packet c -> a was lost: {e}"));
+        assert_eq!(&buf[..n], msg.as_bytes());
+    }
+}
+
 /// A transparent listener on `port` in `ns` (as dpu-proxy binds 15001/15006).
 fn transparent_listener(ns: &Netns, port: u16) -> TcpListener {
     ns.run(|| {
