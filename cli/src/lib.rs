@@ -44,6 +44,8 @@ pub enum BenchCommand {
     Dataplane(bench::dataplane::DataplaneArgs),
     /// No mesh vs Envoy sidecars vs dpumesh on a 2-node cluster: req/s, latency, host/DPU CPU, memory per pod.
     Mesh(bench::mesh::MeshArgs),
+    /// HBONE (mTLS between DPUs) vs plaintext latency at a fixed rate, and the HBONE handshake rate.
+    Mtls(bench::mtls::MtlsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,5 +59,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args),
         Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane::run(args),
         Command::Bench(BenchCommand::Mesh(args)) => bench::mesh::run(args),
+        Command::Bench(BenchCommand::Mtls(args)) => bench::mtls::run(args),
     }
 }

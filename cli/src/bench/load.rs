@@ -46,6 +46,11 @@ pub struct LoadResult {
 
 /// Runs h2load as described and returns throughput and latency percentiles.
 pub fn run(spec: &LoadSpec, scratch: &Path) -> Result<LoadResult> {
+    run_with(spec, scratch, &[])
+}
+
+/// [`run`] with more h2load arguments (e.g. `--rps=N` for a paced, open-loop rate).
+pub(crate) fn run_with(spec: &LoadSpec, scratch: &Path, extra: &[String]) -> Result<LoadResult> {
     let log = scratch.join(format!("h2load-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let mut cmd = match &spec.netns {
@@ -66,6 +71,7 @@ pub fn run(spec: &LoadSpec, scratch: &Path) -> Result<LoadResult> {
         .arg(format!("--duration={}ms", spec.duration.as_millis().max(1)))
         .arg(format!("--warm-up-time={}ms", spec.warmup.as_millis()))
         .arg(format!("--log-file={}", log.display()))
+        .args(extra)
         .arg(&spec.url);
     let out = cmd
         .output()

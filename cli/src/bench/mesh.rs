@@ -533,11 +533,11 @@ struct Bench<'a> {
     version: std::cell::Cell<u64>,
 }
 
-fn node_name(node: &Node) -> String {
+pub(crate) fn node_name(node: &Node) -> String {
     format!("n{}", node.index)
 }
 
-fn mgmt(node: &Node, port: u16) -> String {
+pub(crate) fn mgmt(node: &Node, port: u16) -> String {
     format!("{}:{port}", node.mgmt_dpu.addr())
 }
 
@@ -874,7 +874,7 @@ fn comm(pid: u32) -> Option<String> {
 }
 
 /// One HTTP/1.1 GET from inside `ns`; the body of a 200 answer.
-fn http_body(ns: &Netns, to: SocketAddr, path: &str) -> Result<String> {
+pub(crate) fn http_body(ns: &Netns, to: SocketAddr, path: &str) -> Result<String> {
     let path = path.to_string();
     run_in(ns, move || -> Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
@@ -900,7 +900,7 @@ fn http_body(ns: &Netns, to: SocketAddr, path: &str) -> Result<String> {
 
 /// Node `node`'s dataplane (eBPF; underlay, the other node as its peer), with
 /// `pods` registered over its control API from the host netns, as the CNI does.
-fn start_dataplane(
+pub(crate) fn start_dataplane(
     sim: &Sim,
     node: &Node,
     all: &[Node],
@@ -975,7 +975,13 @@ fn start_dataplane(
     })?
 }
 
-fn start_nginx(sim: &Sim, work: &Path, ns: &Netns, pod: &str, ip: Ipv4Addr) -> Result<()> {
+pub(crate) fn start_nginx(
+    sim: &Sim,
+    work: &Path,
+    ns: &Netns,
+    pod: &str,
+    ip: Ipv4Addr,
+) -> Result<()> {
     let dir = work.join(format!("nginx-{pod}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let conf = dir.join("nginx.conf");

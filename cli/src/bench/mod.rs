@@ -6,6 +6,7 @@ pub mod cni;
 pub mod dataplane;
 pub mod load;
 pub mod mesh;
+pub mod mtls;
 pub mod procstat;
 pub mod proxy;
 pub mod report;
