@@ -1,6 +1,6 @@
 //! The node's inventory: the node itself, its pods, and the services they can
-//! reach. The controller will stream it to each adapter; until then (and in the
-//! local mode) it is read from `node.yaml`, `pods.yaml` and `services.yaml`.
+//! reach: `node.yaml`, `pods.yaml` and `services.yaml`, read from a directory or
+//! streamed by the controller (`crate::inventory_client`); one decoder for both.
 //! Format: `docs/adapter.md`.
 
 use std::collections::BTreeMap;
@@ -100,29 +100,47 @@ pub enum InventoryError {
     Parse { path: String, message: String },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct PodsFile {
     #[serde(default)]
     pods: Vec<PodSpec>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ServicesFile {
     #[serde(default)]
     services: Vec<ServiceSpec>,
 }
 
-fn read_yaml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, InventoryError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    serde_yaml::from_str(&text).map_err(|e| InventoryError::Parse {
-        path: path.display().to_string(),
+fn parse_yaml<T: for<'de> Deserialize<'de> + Default>(
+    text: &str,
+    origin: &str,
+) -> Result<T, InventoryError> {
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    serde_yaml::from_str(text).map_err(|e| InventoryError::Parse {
+        path: origin.to_string(),
         message: e.to_string(),
     })
+}
+
+fn read_text(path: &Path) -> Result<String, InventoryError> {
+    std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The text of the three inventory documents (files, or one streamed update),
+/// each with a name for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct InventoryTexts<'a> {
+    pub node_yaml: (&'a str, &'a str),
+    pub pods_yaml: (&'a str, &'a str),
+    pub services_yaml: (&'a str, &'a str),
 }
 
 impl Inventory {
@@ -131,11 +149,57 @@ impl Inventory {
     /// an adapter at another node's directory).
     pub fn load(dir: &Path, node: Option<&str>) -> Result<Inventory, InventoryError> {
         let node_path = dir.join("node.yaml");
-        let info: NodeInfo = read_yaml(&node_path)?;
+        let node_text = read_text(&node_path)?;
+        let pods_path = dir.join("pods.yaml");
+        let pods_text = if pods_path.exists() {
+            read_text(&pods_path)?
+        } else {
+            String::new()
+        };
+        let services_path = dir.join("services.yaml");
+        let services_text = if services_path.exists() {
+            read_text(&services_path)?
+        } else {
+            String::new()
+        };
+        let (np, pp, sp) = (
+            node_path.display().to_string(),
+            pods_path.display().to_string(),
+            services_path.display().to_string(),
+        );
+        Inventory::parse(
+            InventoryTexts {
+                node_yaml: (&np, &node_text),
+                pods_yaml: (&pp, &pods_text),
+                services_yaml: (&sp, &services_text),
+            },
+            node,
+        )
+    }
+
+    /// Decodes the three documents (the one decoder for files and for the
+    /// controller's stream). An empty pods/services text is an empty list; an
+    /// empty node text is an error.
+    pub fn parse(
+        texts: InventoryTexts<'_>,
+        node: Option<&str>,
+    ) -> Result<Inventory, InventoryError> {
+        let (node_origin, node_text) = texts.node_yaml;
+        if node_text.trim().is_empty() {
+            return Err(InventoryError::Parse {
+                path: node_origin.to_string(),
+                message: "empty (the node document is required)".to_string(),
+            });
+        }
+        let info: NodeInfo =
+            serde_yaml::from_str(node_text).map_err(|e| InventoryError::Parse {
+                path: node_origin.to_string(),
+                message: e.to_string(),
+            })?;
         if let Some(expected) = node {
             if info.name != expected {
                 return Err(InventoryError::Parse {
-                    path: node_path.display().to_string(),
+                    path: node_origin.to_string(),
                     message: format!(
                         "name: {:?} is not this adapter's node {expected:?}",
                         info.name
@@ -143,18 +207,9 @@ impl Inventory {
                 });
             }
         }
-        let pods_path = dir.join("pods.yaml");
-        let pods = if pods_path.exists() {
-            read_yaml::<PodsFile>(&pods_path)?.pods
-        } else {
-            Vec::new()
-        };
-        let services_path = dir.join("services.yaml");
-        let services = if services_path.exists() {
-            read_yaml::<ServicesFile>(&services_path)?.services
-        } else {
-            Vec::new()
-        };
+        let pods = parse_yaml::<PodsFile>(texts.pods_yaml.1, texts.pods_yaml.0)?.pods;
+        let services =
+            parse_yaml::<ServicesFile>(texts.services_yaml.1, texts.services_yaml.0)?.services;
         Ok(Inventory {
             node: info,
             pods,

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod inventory;
+pub mod inventory_client;
 pub mod k8s;
 pub mod leader;
 pub mod local;

@@ -85,6 +85,25 @@ pub struct LocalState {
 /// its own directory's.
 pub fn load(dir: &Path, node: Option<&str>) -> Result<LocalState, LocalError> {
     let inventory = Inventory::load(dir, node)?;
+    load_xds(dir, inventory, UnknownPodDirs::Error)
+}
+
+/// What to do with `xds/<namespace>.<pod>/` when the inventory has no such pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownPodDirs {
+    /// An error (the inventory is the directory's own `pods.yaml`).
+    Error,
+    /// Skipped (the inventory is streamed by the controller; pods come and go).
+    Skip,
+}
+
+/// Reads `dir/xds/` for the pods of `inventory` (which may come from elsewhere
+/// than `dir`, e.g. the controller's stream).
+pub fn load_xds(
+    dir: &Path,
+    inventory: Inventory,
+    unknown: UnknownPodDirs,
+) -> Result<LocalState, LocalError> {
     let xds = dir.join("xds");
     let mut hash = 0u64;
     let mut common = Vec::new();
@@ -99,6 +118,10 @@ pub fn load(dir: &Path, node: Option<&str>) -> Result<LocalState, LocalError> {
                     .to_string();
                 let key = dir_name.replacen('.', "/", 1);
                 if !inventory.pods.iter().any(|p| p.key() == key) {
+                    if unknown == UnknownPodDirs::Skip {
+                        tracing::debug!(dir = %path.display(), "no such pod in the inventory; skipped");
+                        continue;
+                    }
                     return Err(LocalError::UnknownPod {
                         path: path.display().to_string(),
                         pod: key,
@@ -135,7 +158,16 @@ pub fn load(dir: &Path, node: Option<&str>) -> Result<LocalState, LocalError> {
 /// Reads, translates and validates: the NodeConfig to push (version 1; the
 /// pusher numbers it).
 pub fn build(dir: &Path, node: Option<&str>) -> Result<dpumesh_api::NodeConfig, LocalError> {
-    let state = load(dir, node)?;
+    translate_state(load(dir, node)?)
+}
+
+/// Like [`build`], with an inventory from elsewhere (the controller's stream);
+/// `xds/<namespace>.<pod>/` directories of pods not in it are skipped.
+pub fn build_with(dir: &Path, inventory: Inventory) -> Result<dpumesh_api::NodeConfig, LocalError> {
+    translate_state(load_xds(dir, inventory, UnknownPodDirs::Skip)?)
+}
+
+fn translate_state(state: LocalState) -> Result<dpumesh_api::NodeConfig, LocalError> {
     let config = translate::translate(&state.inventory, &state.proxies).map_err(Box::new)?;
     config
         .validate()

@@ -3,13 +3,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dpumesh_controller::inventory::Inventory;
+use dpumesh_controller::inventory_client::{self, Received};
 use dpumesh_controller::local;
 use dpumesh_controller::push::{Pushed, Pusher};
 use dpumesh_controller::xds::ads::{self, AdsSettings};
+
+type InventoryRx = tokio::sync::watch::Receiver<Option<Arc<Received>>>;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,15 +82,18 @@ struct ControllerArgs {
 
 #[derive(Debug, clap::Args)]
 struct AdapterArgs {
-    /// Local mode: read xDS resources and the inventory from this directory and watch it.
+    /// Local mode: read xDS resources (and, without --inventory-addr, the inventory) from this directory and watch it.
     #[arg(long, conflicts_with = "xds_addr")]
     local_dir: Option<PathBuf>,
     /// ADS mode: istiod's xDS address (e.g. http://istiod.istio-system.svc:15010).
-    #[arg(long, requires = "inventory_dir")]
-    xds_addr: Option<String>,
-    /// ADS mode: directory with node.yaml, pods.yaml, services.yaml (until the controller streams them).
     #[arg(long)]
+    xds_addr: Option<String>,
+    /// ADS mode: directory with node.yaml, pods.yaml, services.yaml (read once).
+    #[arg(long, conflicts_with_all = ["inventory_addr", "local_dir"])]
     inventory_dir: Option<PathBuf>,
+    /// Subscribe to the controller's inventory stream (http://<controller>:<port>) for --node.
+    #[arg(long)]
+    inventory_addr: Option<String>,
     /// This node's name; must match node.yaml.
     #[arg(long, env = "DPUMESH_NODE")]
     node: String,
@@ -205,12 +212,48 @@ async fn controller(c: ControllerArgs) -> ExitCode {
     }
 }
 
-async fn adapter(a: AdapterArgs) -> ExitCode {
-    if let Some(dir) = a.local_dir.clone() {
-        return local_mode(dir, a).await;
+fn inventory_stream(a: &AdapterArgs) -> Result<Option<InventoryRx>, ExitCode> {
+    let Some(addr) = a.inventory_addr.as_deref() else {
+        return Ok(None);
+    };
+    match inventory_client::endpoint(addr) {
+        Ok(endpoint) => Ok(Some(inventory_client::spawn(endpoint, a.node.clone()))),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(2))
+        }
     }
-    let (Some(xds_addr), Some(dir)) = (a.xds_addr.clone(), a.inventory_dir.clone()) else {
-        eprintln!("adapter: give --local-dir DIR, or --xds-addr URL with --inventory-dir DIR");
+}
+
+/// Waits for the first good inventory of the stream (None: the stream task ended).
+async fn first_inventory(rx: &mut InventoryRx) -> Option<Arc<Received>> {
+    tracing::info!("waiting for the first inventory from the controller");
+    let got = rx.wait_for(Option::is_some).await.ok()?;
+    got.clone()
+}
+
+async fn adapter(a: AdapterArgs) -> ExitCode {
+    let stream = match inventory_stream(&a) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Some(dir) = a.local_dir.clone() {
+        return local_mode(dir, a, stream).await;
+    }
+    let Some(xds_addr) = a.xds_addr.clone() else {
+        eprintln!("adapter: give --local-dir DIR, or --xds-addr URL with --inventory-dir DIR or --inventory-addr URL");
+        return ExitCode::from(2);
+    };
+    let settings = AdsSettings {
+        xds_addr,
+        proxy_addr: a.proxy_addr.clone(),
+        istio_version: a.istio_version.clone(),
+    };
+    if let Some(rx) = stream {
+        return ads_streamed(settings, rx).await;
+    }
+    let Some(dir) = a.inventory_dir.clone() else {
+        eprintln!("adapter: --xds-addr needs --inventory-dir DIR or --inventory-addr URL");
         return ExitCode::from(2);
     };
     let inventory = match Inventory::load(&dir, Some(&a.node)) {
@@ -220,32 +263,161 @@ async fn adapter(a: AdapterArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let settings = AdsSettings {
-        xds_addr,
-        proxy_addr: a.proxy_addr,
-        istio_version: a.istio_version,
-    };
     tokio::select! {
         () = ads::run(settings, inventory) => ExitCode::SUCCESS,
         _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
     }
 }
 
-async fn local_mode(dir: PathBuf, a: AdapterArgs) -> ExitCode {
+/// One ADS session (every pod's xDS stream plus the aggregator) on its own
+/// thread and runtime: stopping it drops the runtime, which closes all its
+/// streams at once.
+struct AdsSession {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdsSession {
+    fn start(settings: AdsSettings, inventory: Inventory) -> std::io::Result<AdsSession> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("ads-session".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("cannot start the ADS session's runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = ads::run(settings, inventory) => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Dropping the runtime cancels the pods' stream tasks.
+            })?;
+        Ok(AdsSession {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for AdsSession {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// ADS mode with the streamed inventory: a new ADS session (streams for exactly
+/// the inventory's meshed pods) whenever the inventory changes.
+async fn ads_streamed(settings: AdsSettings, mut rx: InventoryRx) -> ExitCode {
+    let mut session = None;
+    loop {
+        let received = tokio::select! {
+            r = first_inventory(&mut rx) => r,
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        };
+        let Some(received) = received else {
+            tracing::error!("the inventory stream task ended");
+            return ExitCode::FAILURE;
+        };
+        rx.mark_unchanged();
+        drop(session.take()); // closes the previous session's streams first
+        tracing::info!(
+            generation = received.generation,
+            pods = received.inventory.pods.len(),
+            "starting an ADS session for this inventory"
+        );
+        match AdsSession::start(settings.clone(), received.inventory.clone()) {
+            Ok(s) => session = Some(s),
+            Err(e) => {
+                tracing::error!("cannot start an ADS session: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() {
+                tracing::error!("the inventory stream task ended");
+                return ExitCode::FAILURE;
+            },
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+async fn local_mode(dir: PathBuf, a: AdapterArgs, mut stream: Option<InventoryRx>) -> ExitCode {
     let mut pusher = Pusher::new(&a.proxy_addr);
     let mut seen = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(a.poll_ms.max(10)));
-    loop {
+    let mut inventory: Option<Arc<Received>> = None;
+    if let Some(rx) = stream.as_mut() {
         tokio::select! {
-            _ = ticker.tick() => {}
+            r = first_inventory(rx) => match r {
+                Some(r) => inventory = Some(r),
+                None => {
+                    tracing::error!("the inventory stream task ended");
+                    return ExitCode::FAILURE;
+                }
+            },
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
+        rx.mark_unchanged();
+    }
+    let mut first = true;
+    loop {
+        let mut new_inventory = false;
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                r = async {
+                    match stream.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match r {
+                        Ok(()) => {
+                            if let Some(rx) = stream.as_mut() {
+                                inventory = rx.borrow_and_update().clone();
+                            }
+                            new_inventory = true;
+                        }
+                        Err(_) => {
+                            tracing::error!("the inventory stream task ended");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            }
+        }
         let mtime = local::newest_mtime(&dir);
-        if mtime == seen && seen.is_some() {
+        if mtime == seen && seen.is_some() && !new_inventory {
             continue;
         }
         seen = mtime;
-        let ok = match local::build(&dir, Some(&a.node)) {
+        let built = match &inventory {
+            Some(r) => {
+                tracing::info!(
+                    generation = r.generation,
+                    "translating with the streamed inventory"
+                );
+                local::build_with(&dir, r.inventory.clone())
+            }
+            None => local::build(&dir, Some(&a.node)),
+        };
+        let ok = match built {
             Err(e) => {
                 tracing::error!(dir = %dir.display(), "{e}; keeping the previous config");
                 false

@@ -1,0 +1,174 @@
+//! The adapter with `--inventory-addr`: the real controller binary (against the
+//! scripted Kubernetes API server) streams node-1's inventory; the real adapter
+//! binary (local mode, Bookinfo xDS directory without inventory files) translates
+//! it and pushes to the real dpu-proxy binary. A pod added through the API server
+//! shows up in dpu-proxy's config, a deleted one goes; when the controller is
+//! gone the proxy keeps the last config, and the adapter reconnects to a new one.
+
+mod k8s_support;
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dpumesh_api::NodeConfig;
+use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS, SERVICES};
+use serde_json::{json, Value};
+use support::{workspace_binary, DpuProxy, Reaped};
+
+fn pod(name: &str, app: &str, ip: &str, vf: u32) -> Value {
+    json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+            "labels": {"app": app, "version": "v1"},
+            "annotations": {"dpumesh.io/vf-index": vf.to_string(),
+                            "dpumesh.io/mac": format!("02:64:6d:01:00:{vf:02x}")}},
+           "spec": {"nodeName": "node-1", "serviceAccountName": format!("bookinfo-{app}"),
+                    "containers": [{"name": "app", "image": "busybox"}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+fn service(name: &str, vip: &str, port: u16, port_name: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-svc-{name}")},
+           "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip],
+                    "ports": [{"name": port_name, "port": port, "protocol": "TCP", "targetPort": port}]}})
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
+fn pod_names(c: &NodeConfig) -> Vec<String> {
+    let mut names: Vec<String> = c.pods.iter().map(|p| p.name.clone()).collect();
+    names.sort();
+    names
+}
+
+/// Waits until dpu-proxy serves a config whose pods are `want` (sorted).
+async fn wait_pods(proxy: &DpuProxy, adapter: &mut Reaped, want: &[&str]) -> (u64, NodeConfig) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (v, c) = proxy.config().await;
+        if let Some(c) = c {
+            if pod_names(&c) == want {
+                return (v, c);
+            }
+        }
+        if let Ok(Some(status)) = adapter.0.try_wait() {
+            panic!("adapter exited: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dpu-proxy never served pods {want:?}; it serves {:?}",
+            proxy.config().await.1.as_ref().map(pod_names)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_inventory_adds_and_removes_pods_and_survives_a_controller_restart() {
+    let server = ApiServer::start().await;
+    server.batch(|b| {
+        b.apply(NAMESPACES, json!({"metadata": {"name": "default"}}));
+        b.apply(
+            NODES,
+            json!({"metadata": {"name": "node-1", "uid": "uid-node-1"},
+                              "spec": {"podCIDR": "10.244.1.0/24"}}),
+        );
+        b.apply(SERVICES, service("productpage", "10.96.12.1", 9080, "http"));
+        b.apply(SERVICES, service("details", "10.96.12.2", 9080, "http"));
+        b.apply(SERVICES, service("reviews", "10.96.12.3", 9080, "http"));
+        b.apply(SERVICES, service("ratings", "10.96.12.4", 9080, "http"));
+        b.apply(
+            SERVICES,
+            service("mysqldb", "10.96.12.5", 3306, "tcp-mysql"),
+        );
+        b.apply(PODS, pod("productpage-v1", "productpage", "10.244.1.11", 1));
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = server.kubeconfig(tmp.path());
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let controller_args = ["--leader-elect=false", "--grpc-addr", grpc.as_str()];
+    let mut controller = Controller::start(&kubeconfig, &tmp.path().join("out"), &controller_args);
+
+    // The adapter's directory: only xDS resources (the per-pod directory names a
+    // pod the cluster does not have: skipped); no node/pods/services files.
+    let dir = tmp.path().join("adapter");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo/xds"),
+        &dir.join("xds"),
+    );
+    let proxy = DpuProxy::start().await;
+    let mut adapter = Reaped(
+        Command::new(workspace_binary("dpumesh-controller"))
+            .args(["adapter", "--local-dir"])
+            .arg(&dir)
+            .args([
+                "--node",
+                "node-1",
+                "--proxy-addr",
+                &proxy.mgmt_addr,
+                "--inventory-addr",
+                &format!("http://{grpc}"),
+                "--poll-ms",
+                "100",
+            ])
+            .env("DPUMESH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn adapter"),
+    );
+
+    // The first inventory: one pod, translated with the directory's xDS.
+    let (v1, c) = wait_pods(&proxy, &mut adapter, &["productpage-v1"]).await;
+    assert_eq!(c.node.name, "node-1");
+    assert_eq!(c.node.pod_cidr, "10.244.1.0/24");
+    assert_eq!(c.clusters.len(), 9);
+    let pp = &c.pods[0];
+    assert_eq!(pp.vf_index, 1);
+    assert_eq!(pp.mac, "02:64:6d:01:00:01");
+
+    // A pod added in the API server reaches dpu-proxy as a new version.
+    server.apply(PODS, pod("ratings-v1", "ratings", "10.244.1.15", 5));
+    let (v2, c) = wait_pods(&proxy, &mut adapter, &["productpage-v1", "ratings-v1"]).await;
+    assert!(v2 > v1, "{v2} > {v1}");
+    let ratings = c
+        .pods
+        .iter()
+        .find(|p| p.name == "ratings-v1")
+        .expect("ratings");
+    assert_eq!(ratings.vf_index, 5);
+    assert_eq!(ratings.representor, "pf0vf5");
+
+    // Deleted: gone from dpu-proxy's config.
+    server.delete(PODS, "default/ratings-v1");
+    let (v3, _) = wait_pods(&proxy, &mut adapter, &["productpage-v1"]).await;
+    assert!(v3 > v2, "{v3} > {v2}");
+
+    // The controller goes away: the adapter keeps serving the last config (no push).
+    controller.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proxy.config().await.0, v3);
+    assert!(
+        adapter.0.try_wait().expect("try_wait").is_none(),
+        "adapter exited"
+    );
+
+    // A new controller on the same address: the adapter reconnects; a change
+    // made meanwhile arrives.
+    server.apply(PODS, pod("details-v1", "details", "10.244.1.12", 2));
+    let _controller = Controller::start(&kubeconfig, &tmp.path().join("out2"), &controller_args);
+    let (v4, _) = wait_pods(&proxy, &mut adapter, &["details-v1", "productpage-v1"]).await;
+    assert!(v4 > v3, "{v4} > {v3}");
+}
