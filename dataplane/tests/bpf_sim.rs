@@ -562,8 +562,10 @@ fn the_first_packet_to_an_unresolved_neighbour_is_not_lost() {
     let (ip_a, ip_c) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 7));
     let pa = cni_attach(&sim, 1, 0, "a", ip_a, gw1);
     let pc = cni_attach(&sim, 2, 0, "c", ip_c, gw2);
-    let _dp1 = start_dataplane(&sim, 1, &[pod_spec(&sim, 1, 0, "uid-a", ip_a, false)]);
-    let _dp2 = start_dataplane(&sim, 2, &[pod_spec(&sim, 2, 0, "uid-c", ip_c, false)]);
+    let mut dps = [
+        start_dataplane(&sim, 1, &[pod_spec(&sim, 1, 0, "uid-a", ip_a, false)]),
+        start_dataplane(&sim, 2, &[pod_spec(&sim, 2, 0, "uid-c", ip_c, false)]),
+    ];
     let srv = pc
         .run(|| UdpSocket::bind("0.0.0.0:7000").expect("bind"))
         .expect("netns");
@@ -594,33 +596,45 @@ fn the_first_packet_to_an_unresolved_neighbour_is_not_lost() {
         }
     };
     let peer2 = sim.node(2).unwrap().uplink.addr().to_string();
-    for round in 0..5 {
-        flush();
-        let msg = format!("round {round}");
-        cli.send_to(msg.as_bytes(), (ip_c, 7000)).expect("send");
-        let mut buf = [0u8; 64];
-        let (n, from) = srv
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("round {round}: the first packet a -> c was lost: {e}"));
-        assert_eq!(&buf[..n], msg.as_bytes());
-        // DPU 1 resolved its peer by ARP for this very packet.
-        let node1 = sim.node(1).unwrap();
-        let learnt = exec(
-            &node1.dpu,
-            "ip",
-            &["neigh", "show", "dev", &node1.uplink_ifname],
-        )
-        .expect("neigh show");
-        assert!(
-            learnt.contains(&peer2) && learnt.contains("lladdr"),
-            "{learnt}"
-        );
-        flush();
-        srv.send_to(&buf[..n], from).expect("echo");
-        let (n, _) = cli
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("round {round}: the first packet c -> a was lost: {e}"));
-        assert_eq!(&buf[..n], msg.as_bytes());
+    for mode in [MODE_UNDERLAY, MODE_OVERLAY] {
+        for (i, dp) in dps.iter_mut().enumerate() {
+            let net = network_in(&sim, i + 1, mode);
+            sim.node(i + 1)
+                .unwrap()
+                .dpu
+                .run(|| dp.apply_network(&net))
+                .unwrap()
+                .expect("network");
+        }
+        for round in 0..5 {
+            let round = format!("mode {mode} round {round}");
+            flush();
+            let msg = format!("round {round}");
+            cli.send_to(msg.as_bytes(), (ip_c, 7000)).expect("send");
+            let mut buf = [0u8; 64];
+            let (n, from) = srv
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("round {round}: the first packet a -> c was lost: {e}"));
+            assert_eq!(&buf[..n], msg.as_bytes());
+            // DPU 1 resolved its peer by ARP for this very packet.
+            let node1 = sim.node(1).unwrap();
+            let learnt = exec(
+                &node1.dpu,
+                "ip",
+                &["neigh", "show", "dev", &node1.uplink_ifname],
+            )
+            .expect("neigh show");
+            assert!(
+                learnt.contains(&peer2) && learnt.contains("lladdr"),
+                "{learnt}"
+            );
+            flush();
+            srv.send_to(&buf[..n], from).expect("echo");
+            let (n, _) = cli
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("round {round}: the first packet c -> a was lost: {e}"));
+            assert_eq!(&buf[..n], msg.as_bytes());
+        }
     }
 }
 
