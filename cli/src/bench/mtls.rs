@@ -166,7 +166,7 @@ pub fn run(args: MtlsArgs) -> Result<()> {
             args.connections
         );
     }
-    if args.rate % args.connections != 0 {
+    if !args.rate.is_multiple_of(args.connections) {
         bail!(
             "--rate ({}) must be a multiple of --connections ({}): h2load paces each connection",
             args.rate,
