@@ -136,3 +136,123 @@ async fn one_stream(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::k8s::serve::{InventoryService, Published};
+
+    const NODE: &str = "name: node-1\nnetworkMode: underlay\npodCidr: 10.244.1.0/24\nserviceCidrs: [10.96.0.0/16]\ndpuMgmtAddr: 192.168.100.2:15080\n";
+
+    fn pods(names: &[&str]) -> String {
+        let mut s = String::from("pods:\n");
+        for (i, n) in names.iter().enumerate() {
+            s.push_str(&format!(
+                "  - {{uid: u{i}, name: {n}, namespace: default, ips: [10.244.1.{}], mac: \"02:00:00:00:00:0{i}\", vfIndex: {}, representor: pf0vf{}}}\n",
+                10 + i,
+                i + 1,
+                i + 1
+            ));
+        }
+        s
+    }
+
+    fn published(serving: bool, generation: u64, pods_yaml: String) -> Arc<Published> {
+        let inv = NodeInventory {
+            node: "node-1".into(),
+            generation,
+            node_yaml: NODE.into(),
+            pods_yaml,
+            services_yaml: String::new(),
+            endpoints_yaml: String::new(),
+        };
+        Arc::new(Published {
+            serving,
+            leader: (!serving).then(|| "other-replica".to_string()),
+            nodes: BTreeMap::from([("node-1".to_string(), inv)]),
+        })
+    }
+
+    async fn wait_pods(rx: &mut watch::Receiver<Option<Arc<Received>>>, want: &[&str]) -> u64 {
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|r| {
+                r.as_ref().is_some_and(|r| {
+                    r.inventory
+                        .pods
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        == want
+                })
+            }),
+        )
+        .await
+        .expect("inventory in time")
+        .expect("client task alive");
+        got.as_ref().map(|r| r.generation).unwrap_or_default()
+    }
+
+    #[test]
+    fn decode_names_the_update_and_the_document() {
+        let mut msg = published(true, 7, "pods: [{name: x}]".into()).nodes["node-1"].clone();
+        let e = decode(&msg, "node-1")
+            .expect_err("missing fields")
+            .to_string();
+        assert!(e.contains("generation 7: pods.yaml"), "{e}");
+        msg.pods_yaml = pods(&["a"]);
+        assert_eq!(decode(&msg, "node-1").expect("good").pods.len(), 1);
+        let e = decode(&msg, "node-2").expect_err("other node").to_string();
+        assert!(e.contains("node.yaml") && e.contains("node-2"), "{e}");
+        msg.node_yaml = String::new();
+        assert!(decode(&msg, "node-1").is_err());
+    }
+
+    /// The real server of `k8s::serve` on a socket: good updates arrive, a bad
+    /// one is skipped (the last good stays), a follower's UNAVAILABLE and the
+    /// end of the stream are survived by reconnecting.
+    #[tokio::test]
+    async fn follows_the_stream_skips_bad_updates_and_reconnects() {
+        let (pub_tx, pub_rx) = watch::channel(published(false, 0, String::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(InventoryService::server(pub_rx))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut rx = spawn(
+            endpoint(&format!("http://{addr}")).expect("endpoint"),
+            "node-1".into(),
+        );
+        // Not serving yet (UNAVAILABLE): retried until it is.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(rx.borrow().is_none());
+        pub_tx.send_replace(published(true, 1, pods(&["a"])));
+        assert_eq!(wait_pods(&mut rx, &["a"]).await, 1);
+        // A bad update (generation 2) is skipped; the next good one arrives.
+        pub_tx.send_replace(published(true, 2, "pods: [{name: broken}]".into()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(rx.borrow().as_ref().map(|r| r.generation), Some(1));
+        pub_tx.send_replace(published(true, 3, pods(&["a", "b"])));
+        assert_eq!(wait_pods(&mut rx, &["a", "b"]).await, 3);
+        // Leadership lost: the stream ends; the last good stays; a new
+        // generation (from a new leader, restarting at 1) arrives after reconnecting.
+        pub_tx.send_replace(published(false, 3, pods(&["a", "b"])));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(rx.borrow().as_ref().map(|r| r.generation), Some(3));
+        pub_tx.send_replace(published(true, 1, pods(&["b"])));
+        assert_eq!(wait_pods(&mut rx, &["b"]).await, 1);
+        server.abort();
+    }
+
+    #[test]
+    fn endpoint_rejects_a_bare_address() {
+        assert!(endpoint("127.0.0.1:1").is_err());
+        assert!(endpoint("http://127.0.0.1:1").is_ok());
+    }
+}
