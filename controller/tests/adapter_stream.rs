@@ -13,8 +13,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpumesh_api::NodeConfig;
+use dpumesh_controller::local;
+use dpumesh_controller::xds::{
+    ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
+};
+use envoy_types::pb::google::protobuf::Any;
 use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS, SERVICES};
 use serde_json::{json, Value};
+use support::ads::FakeAds;
 use support::{workspace_binary, DpuProxy, Reaped};
 
 fn pod(name: &str, app: &str, ip: &str, vf: u32) -> Value {
@@ -74,9 +80,7 @@ async fn wait_pods(proxy: &DpuProxy, adapter: &mut Reaped, want: &[&str]) -> (u6
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streamed_inventory_adds_and_removes_pods_and_survives_a_controller_restart() {
-    let server = ApiServer::start().await;
+fn cluster_setup(server: &ApiServer) {
     server.batch(|b| {
         b.apply(NAMESPACES, json!({"metadata": {"name": "default"}}));
         b.apply(
@@ -94,6 +98,99 @@ async fn streamed_inventory_adds_and_removes_pods_and_survives_a_controller_rest
         );
         b.apply(PODS, pod("productpage-v1", "productpage", "10.244.1.11", 1));
     });
+}
+
+fn anys(px: &ProxyResources, type_url: &str) -> Vec<(String, Any)> {
+    let list: Vec<Resource> = match type_url {
+        CLUSTER_TYPE => px
+            .clusters
+            .values()
+            .cloned()
+            .map(Resource::Cluster)
+            .collect(),
+        ENDPOINT_TYPE => px
+            .endpoints
+            .values()
+            .cloned()
+            .map(Resource::Endpoints)
+            .collect(),
+        LISTENER_TYPE => px
+            .listeners
+            .values()
+            .cloned()
+            .map(Resource::Listener)
+            .collect(),
+        _ => px.routes.values().cloned().map(Resource::Route).collect(),
+    };
+    list.iter()
+        .map(|r| (r.name().to_string(), r.to_any()))
+        .collect()
+}
+
+/// ADS mode: a pod added to the streamed inventory gets its own xDS stream
+/// (its sidecar node id subscribes at the ADS server) and reaches dpu-proxy;
+/// removed, it leaves dpu-proxy's config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_mode_opens_a_stream_for_an_added_pod() {
+    let server = ApiServer::start().await;
+    cluster_setup(&server);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = server.kubeconfig(tmp.path());
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let _controller = Controller::start(
+        &kubeconfig,
+        &tmp.path().join("out"),
+        &["--leader-elect=false", "--grpc-addr", grpc.as_str()],
+    );
+    // The common Bookinfo resources, served to both pods' sidecar node ids.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo");
+    let state = local::load(&fixture, Some("node-1")).expect("fixture");
+    let common = &state.proxies["default/productpage-v1-7d6cfb7dfd-x2x7k"];
+    let ads = FakeAds::new();
+    let productpage_id = "sidecar~10.244.1.11~productpage-v1.default~default.svc.cluster.local";
+    let ratings_id = "sidecar~10.244.1.15~ratings-v1.default~default.svc.cluster.local";
+    for id in [productpage_id, ratings_id] {
+        for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
+            ads.set(id, t, anys(common, t));
+        }
+    }
+    let xds_addr = ads.serve().await;
+    let proxy = DpuProxy::start().await;
+    let mut adapter = Reaped(
+        Command::new(workspace_binary("dpumesh-controller"))
+            .args(["adapter", "--xds-addr", &xds_addr, "--node", "node-1"])
+            .args(["--proxy-addr", &proxy.mgmt_addr])
+            .args(["--inventory-addr", &format!("http://{grpc}")])
+            .env("DPUMESH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn adapter"),
+    );
+    let (v1, c) = wait_pods(&proxy, &mut adapter, &["productpage-v1"]).await;
+    assert_eq!(c.clusters.len(), 9);
+    assert!(ads.log().iter().all(|r| r.node_id != ratings_id));
+
+    server.apply(PODS, pod("ratings-v1", "ratings", "10.244.1.15", 5));
+    let (v2, _) = wait_pods(&proxy, &mut adapter, &["productpage-v1", "ratings-v1"]).await;
+    assert!(v2 > v1, "{v2} > {v1}");
+    assert!(
+        ads.log()
+            .iter()
+            .any(|r| r.node_id == ratings_id && r.is_ack()),
+        "ratings-v1's sidecar never subscribed and ACKed"
+    );
+
+    server.delete(PODS, "default/ratings-v1");
+    let (v3, _) = wait_pods(&proxy, &mut adapter, &["productpage-v1"]).await;
+    assert!(v3 > v2, "{v3} > {v2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_inventory_adds_and_removes_pods_and_survives_a_controller_restart() {
+    let server = ApiServer::start().await;
+    cluster_setup(&server);
     let tmp = tempfile::tempdir().expect("tempdir");
     let kubeconfig = server.kubeconfig(tmp.path());
     let grpc = format!("127.0.0.1:{}", free_port());
