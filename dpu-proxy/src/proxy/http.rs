@@ -151,16 +151,12 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(c) = h.get(header::CONNECTION) {
+    // `Connection` is hop-by-hop itself: taken out first, so that the
+    // headers it names can be removed by name without allocating.
+    if let Some(c) = h.remove(header::CONNECTION) {
         // Headers the sender named as hop-by-hop too.
-        let named: Vec<HeaderName> = c
-            .to_str()
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
+        for n in c.to_str().unwrap_or_default().split(',') {
+            h.remove(n.trim());
         }
     }
     for n in &HOP_BY_HOP {
@@ -232,16 +228,24 @@ fn attrs_of(msg: &Message) -> HttpAttrs<'_> {
 fn request_id() -> HeaderValue {
     let a = lb::random_u64();
     let b = lb::random_u64();
-    // UUID v4 layout.
-    let s = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        ((b >> 48) & 0x3fff) | 0x8000,
-        b & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // UUID v4 layout, "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", written in
+    // place (no format machinery, no String: once per request).
+    let mut s = [b'-'; 36];
+    hex_into(&mut s[0..8], a >> 32);
+    hex_into(&mut s[9..13], (a >> 16) & 0xffff);
+    s[14] = b'4';
+    hex_into(&mut s[15..18], a & 0xfff);
+    hex_into(&mut s[19..23], ((b >> 48) & 0x3fff) | 0x8000);
+    hex_into(&mut s[24..36], b & 0xffff_ffff_ffff);
+    HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Writes the low `out.len()` hex digits of `v` (lowercase, zero-padded).
+fn hex_into(out: &mut [u8], mut v: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b"0123456789abcdef"[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 /// What of the request body the attempts can use.
@@ -630,10 +634,21 @@ impl Message {
         self.build_for(body, &self.authority)
     }
 
+    /// `build` for the message's last use: its headers are moved, not
+    /// copied (they are left empty).
+    fn take_request(&mut self, body: ReqBody) -> Request<ReqBody> {
+        let headers = std::mem::take(&mut self.parts.headers);
+        self.build_with(headers, body, &self.authority)
+    }
+
     fn build_for(&self, body: ReqBody, authority: &str) -> Request<ReqBody> {
+        self.build_with(self.parts.headers.clone(), body, authority)
+    }
+
+    fn build_with(&self, headers: HeaderMap, body: ReqBody, authority: &str) -> Request<ReqBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
-        *req.headers_mut() = self.parts.headers.clone();
+        *req.headers_mut() = headers;
         if let Some(u) = &self.upgrade {
             req.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -648,8 +663,14 @@ impl Message {
                 .path_and_query(self.path_and_query.as_str())
                 .build()
         } else {
-            if let Ok(v) = HeaderValue::from_str(authority) {
-                req.headers_mut().insert(header::HOST, v);
+            // Already the one Host header (HTTP/1.1 downstream): kept, not rebuilt.
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            let first = hosts.next().map(HeaderValue::as_bytes);
+            let same = first == Some(authority.as_bytes()) && hosts.next().is_none();
+            if !same {
+                if let Ok(v) = HeaderValue::from_str(authority) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
             }
             Uri::builder()
                 .path_and_query(self.path_and_query.as_str())
@@ -824,7 +845,8 @@ impl Proxy {
         trail.cluster = Some(cluster.clone());
         msg.h2 = upstream_h2(cluster.protocol, msg.h2);
         if msg.upgrade.is_some() {
-            let mut resp = self.tunnel(ctx, Some(cluster), msg, trail).await;
+            // Boxed: rare; inline, it would enlarge every request's future.
+            let mut resp = Box::pin(self.tunnel(ctx, Some(cluster), msg, trail)).await;
             dest.headers.apply_response(resp.headers_mut());
             route.headers.apply_response(resp.headers_mut());
             return resp;
@@ -853,7 +875,7 @@ impl Proxy {
             }
         }
         let mut resp = self
-            .attempts(ctx, cluster, hash, &msg, payload, retry, trail)
+            .attempts(ctx, cluster, hash, &mut msg, payload, retry, trail)
             .await;
         dest.headers.apply_response(resp.headers_mut());
         route.headers.apply_response(resp.headers_mut());
@@ -930,7 +952,7 @@ impl Proxy {
         ctx: ConnCtx,
         cluster: &ClusterRt,
         hash: Option<u64>,
-        msg: &Message,
+        msg: &mut Message,
         mut payload: Payload,
         retry: Option<&RetryRt>,
         trail: &mut Trail,
@@ -975,7 +997,12 @@ impl Proxy {
                     .as_deref()
                     .and_then(|cfg| HboneTarget::for_endpoint(cfg, cluster, ep, ctx.peer.ip())),
             };
-            let req = msg.build(payload.take());
+            // The last try takes the headers; earlier ones get a copy.
+            let req = if n + 1 >= tries {
+                msg.take_request(payload.take())
+            } else {
+                msg.build(payload.take())
+            };
             let send = self.pool.send(
                 key,
                 req,
@@ -1100,7 +1127,7 @@ impl Proxy {
     async fn passthrough(
         &self,
         ctx: ConnCtx,
-        msg: Message,
+        mut msg: Message,
         body: Incoming,
         trail: &mut Trail,
     ) -> Response<RespBody> {
@@ -1111,7 +1138,8 @@ impl Proxy {
             }
         }
         if msg.upgrade.is_some() {
-            return self.tunnel(ctx, None, msg, trail).await;
+            // Boxed: rare; inline, it would enlarge every request's future.
+            return Box::pin(self.tunnel(ctx, None, msg, trail)).await;
         }
         let key = PoolKey {
             src: self.source_ip(ctx),
@@ -1119,7 +1147,7 @@ impl Proxy {
             h2: msg.h2,
             hbone: None,
         };
-        let req = msg.build(ReqBody::Streaming(body));
+        let req = msg.take_request(ReqBody::Streaming(body));
         match self
             .pool
             .send(key, req, PASSTHROUGH_CONNECT_TIMEOUT, None, None)

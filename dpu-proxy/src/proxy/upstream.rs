@@ -404,14 +404,21 @@ impl Pool {
                 None => {
                     self.open_slot(&key, cluster, connect_timeout).await?;
                     let slot = Slot(state.clone());
-                    let stream = self
-                        .connect_io(key.src, key.dst, key.hbone.as_ref(), connect_timeout)
-                        .await
-                        .map_err(UpstreamError::Connect)?;
-                    let (s, conn) = http2::Builder::new(TokioExecutor::new())
-                        .handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
+                    // Boxed, as below: the connect (HBONE: TLS) and handshake
+                    // futures would otherwise sit in every request's future.
+                    let stream = Box::pin(self.connect_io(
+                        key.src,
+                        key.dst,
+                        key.hbone.as_ref(),
+                        connect_timeout,
+                    ))
+                    .await
+                    .map_err(UpstreamError::Connect)?;
+                    let (s, conn) = Box::pin(
+                        http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(stream)),
+                    )
+                    .await
+                    .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
                     tokio::spawn(async move {
                         let _ = conn.await;
                         drop(slot);
@@ -453,12 +460,13 @@ impl Pool {
             }
         }
         let slot = Slot(state);
-        let stream = self
-            .connect_io(key.src, key.dst, key.hbone.as_ref(), connect_timeout)
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+        // A new connection is the rare path: its futures are boxed so that
+        // the future of every request (moved by hyper per request) stays small.
+        let stream =
+            Box::pin(self.connect_io(key.src, key.dst, key.hbone.as_ref(), connect_timeout))
+                .await
+                .map_err(UpstreamError::Connect)?;
+        let (mut sender, conn) = Box::pin(http1::Builder::new().handshake(TokioIo::new(stream)))
             .await
             .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
         tokio::spawn(async move {
