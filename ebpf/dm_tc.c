@@ -19,6 +19,9 @@
 #define AF_INET 2
 #endif
 
+/* Istio's HBONE port: the inbound tunnels between node proxies. */
+#define DM_HBONE_PORT 15008
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 static __always_inline int dm_drop(struct dm_pod_counters *c, enum dm_drop_reason r)
@@ -98,6 +101,11 @@ static __always_inline int dm_in_captured(const struct dm_endpoint *ep, __be16 p
 {
 	if (!(ep->flags & DM_EP_MESHED))
 		return 0;
+	/* HBONE (mTLS tunnels from other nodes' proxies to this pod) always
+	 * reaches the proxy, whatever the pod's port lists say: it is how
+	 * meshed traffic arrives, as with Istio ambient's fixed 15008. */
+	if (port == bpf_htons(DM_HBONE_PORT))
+		return 1;
 	if (dm_port_in(ep->in_exclude_ports, port))
 		return 0;
 	if (ep->flags & DM_EP_IN_PORT_LIST)

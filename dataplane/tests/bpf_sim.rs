@@ -834,11 +834,15 @@ fn underlay_inbound_capture_from_another_node_reaches_the_inbound_listener() {
         "rest of the flow to the socket: {got:?}"
     );
 
+    // HBONE (15008) reaches the proxy although the list names only 8080.
+    captured_inbound(&listener, &pc, ip_c, SocketAddr::from((ip_b, 15008)));
+    assert_eq!(counters(&dp1, "uid-b").steered_inbound, 2);
+
     // A port not in the capture list goes straight to the pod.
     let srv = echo_server(&pb, 8081);
     let mut s = connect(&pc, SocketAddr::from((ip_b, 8081)));
     roundtrip(&mut s, b"not captured");
     drop(s);
     srv.join().unwrap();
-    assert_eq!(counters(&dp1, "uid-b").steered_inbound, 1);
+    assert_eq!(counters(&dp1, "uid-b").steered_inbound, 2);
 }
