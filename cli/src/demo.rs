@@ -398,6 +398,13 @@ fn start_dpu_components(sim: &Sim, bins: &Bins, started: &mut Started) -> Result
                 mgmt(node, port),
             ])
             .health(mgmt(node, port));
+            if name == "dpu-proxy" {
+                // One built-in CA root for the cluster's nodes (so their HBONE
+                // peers trust each other), kept in the cluster's state dir:
+                // `sim down` removes it with the rest.
+                let root = sim.state_dir().join("ca-root.pem");
+                spec = spec.args(["--ca-root-file".to_string(), root.display().to_string()]);
+            }
             spec.node = Some(node.index);
             spec.place = Some(Place::Dpu);
             let record = sim
