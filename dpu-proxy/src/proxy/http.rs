@@ -1216,3 +1216,51 @@ impl Proxy {
 }
 
 const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_is_a_uuid_v4() {
+        let v = request_id();
+        let s = v.to_str().expect("ascii");
+        let groups: Vec<&str> = s.split('-').collect();
+        let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        assert_eq!(lens, [8, 4, 4, 4, 12], "{s}");
+        assert!(s
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(groups[2].starts_with('4'), "{s}");
+        assert!(
+            matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{s}"
+        );
+        assert_ne!(request_id(), v, "fresh per call");
+        let mut buf = [0u8; 6];
+        hex_into(&mut buf, 0xab_cdef);
+        assert_eq!(&buf, b"abcdef");
+        hex_into(&mut buf[..4], 0x1f);
+        assert_eq!(&buf[..4], b"001f");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Foo ,bad name"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-keep"]);
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key(header::TE));
+    }
+}
