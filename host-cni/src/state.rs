@@ -340,7 +340,10 @@ mod tests {
         assert!(!path.exists(), "the empty file is removed");
         std::fs::write(&path, b"{not json").unwrap();
         let e = s.read_claim("sim", 4).unwrap_err();
-        assert!(e.details.contains("sim-4.json") || e.msg.contains("sim-4.json"), "{e:?}");
+        assert!(
+            e.details.contains("sim-4.json") || e.msg.contains("sim-4.json"),
+            "{e:?}"
+        );
     }
 
     #[test]
