@@ -46,6 +46,8 @@ pub enum BenchCommand {
     Mesh(bench::mesh::MeshArgs),
     /// HBONE (mTLS between DPUs) vs plaintext latency at a fixed rate, and the HBONE handshake rate.
     Mtls(bench::mtls::MtlsArgs),
+    /// Adapter cost: NodeConfig build time/memory (200 pods, 5000 services), push latency to dpu-proxy, config size growth.
+    Config(bench::config::ConfigArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -60,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane::run(args),
         Command::Bench(BenchCommand::Mesh(args)) => bench::mesh::run(args),
         Command::Bench(BenchCommand::Mtls(args)) => bench::mtls::run(args),
+        Command::Bench(BenchCommand::Config(args)) => bench::config::run(args),
     }
 }

@@ -3,6 +3,7 @@
 //! the summary format of `shared/brief/bench-json.md`.
 
 pub mod cni;
+pub mod config;
 pub mod dataplane;
 pub mod load;
 pub mod mesh;
