@@ -42,6 +42,12 @@ pub struct ConfigArgs {
     /// Route-weight changes to time (default 100, 20 with --quick).
     #[arg(long)]
     pub pushes: Option<usize>,
+    /// Pods on the node in the push case.
+    #[arg(long, default_value_t = 20)]
+    pub push_pods: usize,
+    /// Services in the push case.
+    #[arg(long, default_value_t = 100)]
+    pub push_services: usize,
     /// The adapter's --poll-ms (it enforces at least 10).
     #[arg(long, default_value_t = 10)]
     pub poll_ms: u64,
@@ -436,7 +442,16 @@ pub fn run(args: ConfigArgs) -> Result<()> {
             args.max_mem_mb
         );
     }
-    let (push_pods, push_services) = (20, 100);
+    let (push_pods, push_services) = (args.push_pods, args.push_services);
+    if push_services == 0 {
+        bail!("--push-services 0: the route change needs at least one service");
+    }
+    if fit_pods(push_pods, push_services, args.max_mem_mb) < push_pods {
+        bail!(
+            "--push-pods {push_pods} x --push-services {push_services} is over --max-mem-mb {}",
+            args.max_mem_mb
+        );
+    }
     let pushes = args.pushes.unwrap_or(if args.quick { 20 } else { 100 });
     if pushes == 0 {
         bail!("--pushes 0: need at least one push");
