@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::inventory::{Inventory, InventoryError};
@@ -104,6 +105,30 @@ pub fn load_xds(
     inventory: Inventory,
     unknown: UnknownPodDirs,
 ) -> Result<LocalState, LocalError> {
+    let shared = load_shared(dir, inventory, unknown)?;
+    Ok(LocalState {
+        inventory: shared.inventory,
+        proxies: shared
+            .proxies
+            .into_iter()
+            .map(|(pod, px)| (pod, Arc::unwrap_or_clone(px)))
+            .collect(),
+    })
+}
+
+/// Like [`LocalState`], but pods without their own `xds/<namespace>.<pod>/`
+/// directory share one resource set (memory grows with pods + resources, not
+/// pods × resources).
+struct SharedState {
+    inventory: Inventory,
+    proxies: BTreeMap<String, Arc<ProxyResources>>,
+}
+
+fn load_shared(
+    dir: &Path,
+    inventory: Inventory,
+    unknown: UnknownPodDirs,
+) -> Result<SharedState, LocalError> {
     let xds = dir.join("xds");
     let mut hash = 0u64;
     let mut common = Vec::new();
@@ -139,35 +164,42 @@ pub fn load_xds(
         }
     }
     let version = format!("local-{hash:016x}");
-    let mut proxies = BTreeMap::new();
-    for pod in inventory.pods.iter().filter(|p| p.meshed) {
+    let with_common = |own: Vec<Resource>| {
         let mut px = ProxyResources::default();
-        for r in common
-            .iter()
-            .cloned()
-            .chain(per_pod.remove(&pod.key()).unwrap_or_default())
-        {
+        for r in common.iter().cloned().chain(own) {
             px.insert(r);
         }
         px.versions.insert("local".to_string(), version.clone());
+        Arc::new(px)
+    };
+    let mut shared: Option<Arc<ProxyResources>> = None;
+    let mut proxies = BTreeMap::new();
+    for pod in inventory.pods.iter().filter(|p| p.meshed) {
+        let px = match per_pod.remove(&pod.key()) {
+            Some(own) => with_common(own),
+            None => shared
+                .get_or_insert_with(|| with_common(Vec::new()))
+                .clone(),
+        };
         proxies.insert(pod.key(), px);
     }
-    Ok(LocalState { inventory, proxies })
+    Ok(SharedState { inventory, proxies })
 }
 
 /// Reads, translates and validates: the NodeConfig to push (version 1; the
 /// pusher numbers it).
 pub fn build(dir: &Path, node: Option<&str>) -> Result<dpumesh_api::NodeConfig, LocalError> {
-    translate_state(load(dir, node)?)
+    let inventory = Inventory::load(dir, node)?;
+    translate_state(load_shared(dir, inventory, UnknownPodDirs::Error)?)
 }
 
 /// Like [`build`], with an inventory from elsewhere (the controller's stream);
 /// `xds/<namespace>.<pod>/` directories of pods not in it are skipped.
 pub fn build_with(dir: &Path, inventory: Inventory) -> Result<dpumesh_api::NodeConfig, LocalError> {
-    translate_state(load_xds(dir, inventory, UnknownPodDirs::Skip)?)
+    translate_state(load_shared(dir, inventory, UnknownPodDirs::Skip)?)
 }
 
-fn translate_state(state: LocalState) -> Result<dpumesh_api::NodeConfig, LocalError> {
+fn translate_state(state: SharedState) -> Result<dpumesh_api::NodeConfig, LocalError> {
     let config = translate::translate(&state.inventory, &state.proxies).map_err(Box::new)?;
     config
         .validate()

@@ -16,6 +16,7 @@ mod cluster;
 mod route;
 mod util;
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -124,10 +125,18 @@ enum BindingKind {
 
 /// Translates the xDS of every pod's proxy (`proxies`, keyed `<ns>/<pod>`) and the
 /// inventory into one NodeConfig (version 1; the pusher sets the real version).
-pub fn translate(
+///
+/// `proxies` may hold the resource sets by value or shared (`Arc`): pods whose
+/// listeners and route configurations are identical (the same shared set, or
+/// equal content) are translated once and the result is used for all of them.
+pub fn translate<P: Borrow<ProxyResources>>(
     inventory: &Inventory,
-    proxies: &BTreeMap<String, ProxyResources>,
+    proxies: &BTreeMap<String, P>,
 ) -> Result<NodeConfig, TranslateError> {
+    let proxies: BTreeMap<&str, &ProxyResources> = proxies
+        .iter()
+        .map(|(pod, px)| (pod.as_str(), px.borrow()))
+        .collect();
     let mut services: BTreeMap<String, Service> = inventory
         .services
         .iter()
@@ -136,7 +145,7 @@ pub fn translate(
 
     // Clusters: union over pods; the first pod (in key order) wins a conflict.
     let mut clusters: BTreeMap<String, ClusterEntry<'_>> = BTreeMap::new();
-    for (pod, px) in proxies {
+    for (&pod, &px) in &proxies {
         for (name, c) in &px.clusters {
             let Some((port, subset, host)) = cluster::parse_name(name) else {
                 continue;
@@ -338,14 +347,24 @@ pub fn translate(
         entry.config.subset_labels = subset_labels(eps, &in_subset, entry.config.port, &subset);
     }
 
-    // Listeners → bindings, per pod.
-    let mut bindings: BTreeMap<&str, Vec<Binding>> = BTreeMap::new();
-    for (pod, px) in proxies {
+    // Listeners → bindings, once per distinct (listeners, routes) content: pods
+    // sharing one resource set (local mode) or receiving equal content get the
+    // same bindings and route tables, so they are translated once. Groups are in
+    // the order of their first pod, which is the pod a fault is reported for.
+    let mut groups: Vec<(&ProxyResources, Vec<&str>)> = Vec::new();
+    for (&pod, &px) in &proxies {
+        match groups.iter_mut().find(|(rep, _)| same_bindings(rep, px)) {
+            Some((_, pods)) => pods.push(pod),
+            None => groups.push((px, vec![pod])),
+        }
+    }
+    let mut bindings: Vec<(Vec<Binding>, Vec<&str>)> = Vec::with_capacity(groups.len());
+    for (px, pods) in groups {
         let mut list = Vec::new();
         for (name, l) in &px.listeners {
-            listener_bindings(name, l, px, pod, &mut list)?;
+            listener_bindings(name, l, px, pods[0], &mut list)?;
         }
-        bindings.insert(pod.as_str(), list);
+        bindings.push((list, pods));
     }
 
     // Route tables.
@@ -356,7 +375,8 @@ pub fn translate(
     // (port, vip) → content JSON → (table, pods)
     type Variants<'p> = BTreeMap<String, (RouteTable, Vec<&'p str>)>;
     let mut http: BTreeMap<(u16, Option<String>), Variants<'_>> = BTreeMap::new();
-    for (pod, list) in &bindings {
+    for (list, group) in &bindings {
+        let pod = group[0];
         for b in list {
             match &b.kind {
                 BindingKind::Http { route } => {
@@ -377,7 +397,7 @@ pub fn translate(
                         .entry(content)
                         .or_insert_with(|| (table, Vec::new()))
                         .1
-                        .push(pod);
+                        .extend(group.iter().copied());
                 }
                 BindingKind::Tcp { destinations } => {
                     for d in destinations {
@@ -460,7 +480,7 @@ pub fn translate(
         })
         .collect();
     let mut sources = BTreeMap::new();
-    for (pod, px) in proxies {
+    for (pod, px) in &proxies {
         for (type_url, version) in &px.versions {
             sources.insert(
                 format!("xds/{pod}/{}", crate::xds::resource::short_type(type_url)),
@@ -779,6 +799,16 @@ fn listener_bindings(
         }
     }
     Ok(())
+}
+
+/// Whether two pods' proxies yield the same bindings and route tables: the same
+/// shared set, or equal listeners and route configurations.
+fn same_bindings(a: &ProxyResources, b: &ProxyResources) -> bool {
+    std::ptr::eq(a, b)
+        || (a.listeners.len() == b.listeners.len()
+            && a.routes.len() == b.routes.len()
+            && a.listeners == b.listeners
+            && a.routes == b.routes)
 }
 
 /// The services an HTTP or TCP binding applies to.
