@@ -51,21 +51,29 @@ pub struct ConfigArgs {
     /// The adapter's --poll-ms (it enforces at least 10).
     #[arg(long, default_value_t = 10)]
     pub poll_ms: u64,
-    /// Memory budget of one build, MB. Local mode gives every pod its own copy of
-    /// the xDS set, so a build costs ~EST_KB_PER_POD_SERVICE per pod x service;
-    /// sizes over the budget run with fewer pods (reported).
+    /// Memory budget of one build, MB. A build costs ~EST_KB_PER_SERVICE per
+    /// service plus ~EST_KB_PER_POD per pod (pods with the same xDS share one
+    /// copy); sizes over the budget run with fewer pods (reported).
     #[arg(long, default_value_t = 4096)]
     pub max_mem_mb: u64,
 }
 
-/// Measured peak-RSS cost of one pod x service in a local-mode build (50 pods x
-/// 500 services grew the peak RSS by ~1.07 GB), with margin.
-const EST_KB_PER_POD_SERVICE: u64 = 48;
+/// Measured peak-RSS cost of one service in a local-mode build (200 pods x 5000
+/// services grew the peak RSS by ~415 MB), with margin.
+const EST_KB_PER_SERVICE: u64 = 96;
+/// Per pod (its inventory entry and per-pod output), with margin.
+const EST_KB_PER_POD: u64 = 16;
+
+/// Estimated peak-RSS growth of one build, KB.
+fn est_build_kb(pods: usize, services: usize) -> u64 {
+    services as u64 * EST_KB_PER_SERVICE + pods as u64 * EST_KB_PER_POD
+}
 
 /// The most pods (at most `pods`, at least 1) whose build fits `max_mem_mb`.
 fn fit_pods(pods: usize, services: usize, max_mem_mb: u64) -> usize {
-    let per_pod_kb = services as u64 * EST_KB_PER_POD_SERVICE;
-    let fit = (max_mem_mb * 1024 / per_pod_kb.max(1)) as usize;
+    let budget_kb = max_mem_mb * 1024;
+    let left = budget_kb.saturating_sub(services as u64 * EST_KB_PER_SERVICE);
+    let fit = (left / EST_KB_PER_POD) as usize;
     pods.min(fit).max(1)
 }
 
@@ -438,7 +446,7 @@ pub fn run(args: ConfigArgs) -> Result<()> {
     if build_pods < requested_pods {
         eprintln!(
             "build: {requested_pods} pods x {build_services} services would need ~{} MB (> --max-mem-mb {}); running {build_pods} pods",
-            requested_pods as u64 * build_services as u64 * EST_KB_PER_POD_SERVICE / 1024,
+            est_build_kb(requested_pods, build_services) / 1024,
             args.max_mem_mb
         );
     }
@@ -459,7 +467,7 @@ pub fn run(args: ConfigArgs) -> Result<()> {
     let (pod_grid, svc_grid): (&[usize], &[usize]) = if args.quick {
         (&[10, 20, 40], &[50, 100, 200])
     } else {
-        (&[4, 8, 16], &[500, 1000, 2000, 5000])
+        (&[50, 100, 200], &[500, 1000, 2000, 5000])
     };
     let mut cases = Vec::new();
 
