@@ -3,32 +3,15 @@
 //! route-weight changes to a real dpu-proxy, and the NodeConfig grows with
 //! pods + services, not pods x services. Checks behaviour, not timings.
 
-use std::process::Command;
+mod common;
 
+use common::quick_bench;
 use serde_json::Value;
 
 #[test]
 fn quick_json_reports_build_push_and_sub_multiplicative_size() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dpumesh"))
-        .args(["bench", "config", "--quick", "--json"])
-        .output()
-        .expect("run dpumesh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "dpumesh bench config failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let last = stdout.lines().last().expect("some output");
-    let v: Value = serde_json::from_str(last).expect("last line is JSON");
-    assert_eq!(v["scenario"], "config");
-    let cases = v["cases"].as_array().expect("cases");
-    let case = |name: &str| {
-        cases
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no case {name} in {last}"))
-    };
+    let run = quick_bench("config", &[]);
+    let case = |name: &str| run.case(name);
     let num = |c: &Value, f: &str| c[f].as_f64().unwrap_or(0.0);
 
     let build = case("dpumesh-build");

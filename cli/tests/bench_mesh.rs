@@ -2,41 +2,17 @@
 //! Envoy sidecars, dpumesh) each carried real traffic on a 2-node simulated
 //! cluster, and the last line is the summary of shared/brief/bench-json.md.
 
-use std::process::Command;
+mod common;
 
+use common::{quick_bench, Down};
 use dpumesh_sim::{leftovers, unique_cluster};
-
-const BIN: &str = env!("CARGO_BIN_EXE_dpumesh");
-
-struct Down(String);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        if let Err(e) = dpumesh_sim::down(&self.0) {
-            eprintln!("cleanup of {} failed: {e}", self.0);
-        }
-    }
-}
 
 #[test]
 fn quick_mesh_bench_measures_the_three_ways_and_ends_with_json() {
     let cluster = unique_cluster("bmst");
     let _down = Down(cluster.clone());
-    let out = Command::new(BIN)
-        .args(["bench", "mesh", "--quick", "--json", "--cluster", &cluster])
-        .output()
-        .expect("run dpumesh bench mesh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench failed:\n{stdout}\n{stderr}\n(it needs the workspace binaries and the venv's Envoy: \
-         cargo build --workspace --bins; scripts/setup.sh)"
-    );
-    let last = stdout.lines().last().expect("some output");
-    let v: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
-    assert_eq!(v["scenario"], "mesh");
-    assert!(v["machine"]["cpus"].as_u64().is_some_and(|n| n > 0), "{v}");
+    let run = quick_bench("mesh", &["--cluster", &cluster]);
+    let (v, last) = (&run.summary, &run.last);
     assert!(
         v["command"]
             .as_str()

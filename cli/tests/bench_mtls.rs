@@ -3,32 +3,14 @@
 //! rate, the mTLS case went over HBONE (tunnels opened, node 2 saw mutual_tls)
 //! and the plaintext case did not; HBONE connections were opened.
 
-use std::process::Command;
+mod common;
 
-use serde_json::Value;
+use common::quick_bench;
 
 #[test]
 fn quick_json_has_both_cases_and_mtls_went_over_hbone() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dpumesh"))
-        .args(["bench", "mtls", "--quick", "--json"])
-        .output()
-        .expect("run dpumesh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "dpumesh bench mtls failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let last = stdout.lines().last().expect("some output");
-    let v: Value = serde_json::from_str(last).expect("last line is JSON");
-    assert_eq!(v["scenario"], "mtls");
-    let cases = v["cases"].as_array().expect("cases");
-    let case = |name: &str| {
-        cases
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no case {name} in {last}"))
-    };
+    let run = quick_bench("mtls", &[]);
+    let case = |name: &str| run.case(name);
     let plain = case("dpumesh-plaintext");
     let mtls = case("dpumesh-mtls");
     for c in [plain, mtls] {
