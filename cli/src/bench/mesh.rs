@@ -515,6 +515,49 @@ fn goals(cases: &[Case]) -> Vec<String> {
     out
 }
 
+/// Starts dpu-proxy in each node's DPU netns (one worker, admin on
+/// 127.0.0.1:15000, control on the management address) with `extra` flags
+/// appended, and waits until each control port answers.
+pub(crate) fn start_dpu_proxies(
+    sim: &Sim,
+    nodes: &[Node],
+    dpu_proxy: &Path,
+    extra: &[String],
+) -> Result<()> {
+    for node in nodes {
+        let proxy_mgmt = mgmt(node, PROXY_CONTROL_PORT);
+        sim.spawn_with(
+            SpawnSpec::new(
+                format!("dpu-proxy-n{}", node.index),
+                node.netns(Place::Dpu).clone(),
+                dpu_proxy.display().to_string(),
+            )
+            .args([
+                "--node".to_string(),
+                node_name(node),
+                "--mgmt-addr".into(),
+                proxy_mgmt.clone(),
+                "--admin-addr".into(),
+                "127.0.0.1:15000".into(),
+                "--workers".into(),
+                "1".into(),
+                "--log-level".into(),
+                "warn".into(),
+            ])
+            .args(extra.iter().cloned())
+            .health(proxy_mgmt.clone()),
+        )
+        .context("starting dpu-proxy")?;
+        wait_tcp(
+            &node.host,
+            proxy_mgmt.parse().context("proxy address")?,
+            "dpu-proxy",
+            Duration::from_secs(20),
+        )?;
+    }
+    Ok(())
+}
+
 struct Programs {
     dpu_proxy: PathBuf,
     dataplane: PathBuf,
@@ -630,37 +673,7 @@ impl<'a> Bench<'a> {
     }
 
     fn start_proxies(&self, dpu_proxy: &Path) -> Result<()> {
-        for node in &self.nodes {
-            let proxy_mgmt = mgmt(node, PROXY_CONTROL_PORT);
-            self.sim
-                .spawn_with(
-                    SpawnSpec::new(
-                        format!("dpu-proxy-n{}", node.index),
-                        node.netns(Place::Dpu).clone(),
-                        dpu_proxy.display().to_string(),
-                    )
-                    .args([
-                        "--node".to_string(),
-                        node_name(node),
-                        "--mgmt-addr".into(),
-                        proxy_mgmt.clone(),
-                        "--admin-addr".into(),
-                        "127.0.0.1:15000".into(),
-                        "--workers".into(),
-                        "1".into(),
-                        "--log-level".into(),
-                        "warn".into(),
-                    ])
-                    .health(proxy_mgmt.clone()),
-                )
-                .context("starting dpu-proxy")?;
-            wait_tcp(
-                &node.host,
-                proxy_mgmt.parse().context("proxy address")?,
-                "dpu-proxy",
-                Duration::from_secs(20),
-            )?;
-        }
+        start_dpu_proxies(self.sim, &self.nodes, dpu_proxy, &[])?;
         self.push_mesh_configs(0)
     }
 

@@ -32,16 +32,16 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use dpu_proxy::identity::{tls::client_config, BuiltinCa, CaConfig, CertStore, SpiffeId};
 use dpumesh_api::NodeConfig;
-use dpumesh_sim::{unique_cluster, Netns, Node, Place, Sim, SimConfig, SimGuard, SpawnSpec};
+use dpumesh_sim::{unique_cluster, Netns, Node, Sim, SimConfig, SimGuard};
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::load::{self, percentile, HttpVersion, LoadSpec};
-use super::mesh::{http_body, mgmt, node_name, start_dataplane, start_nginx};
+use super::mesh::{http_body, mgmt, node_name, start_dataplane, start_dpu_proxies, start_nginx};
 use super::procstat;
 use super::proxy::{
     attach_pod, client_runtime, http_get, median, need, push_config, round, run_in, sibling,
-    steering, wait_tcp,
+    steering,
 };
 use super::report::{Case, Machine, Summary};
 
@@ -446,43 +446,14 @@ impl<'a> Bench<'a> {
     }
 
     fn start_proxies(&self, dpu_proxy: &Path) -> Result<()> {
-        for node in &self.nodes {
-            let proxy_mgmt = mgmt(node, PROXY_CONTROL_PORT);
-            self.sim
-                .spawn_with(
-                    SpawnSpec::new(
-                        format!("dpu-proxy-n{}", node.index),
-                        node.netns(Place::Dpu).clone(),
-                        dpu_proxy.display().to_string(),
-                    )
-                    .args([
-                        "--node".to_string(),
-                        node_name(node),
-                        "--mgmt-addr".into(),
-                        proxy_mgmt.clone(),
-                        "--admin-addr".into(),
-                        PROXY_ADMIN.to_string(),
-                        "--workers".into(),
-                        "1".into(),
-                        "--log-level".into(),
-                        "warn".into(),
-                        "--trust-domain".into(),
-                        TRUST_DOMAIN.into(),
-                        // One root for both nodes of this cluster, so they trust each other.
-                        "--ca-root-file".into(),
-                        self.ca_root.display().to_string(),
-                    ])
-                    .health(proxy_mgmt.clone()),
-                )
-                .context("starting dpu-proxy")?;
-            wait_tcp(
-                &node.host,
-                proxy_mgmt.parse().context("proxy address")?,
-                "dpu-proxy",
-                Duration::from_secs(20),
-            )?;
-        }
-        Ok(())
+        let extra = [
+            "--trust-domain".to_string(),
+            TRUST_DOMAIN.into(),
+            // One root for both nodes of this cluster, so they trust each other.
+            "--ca-root-file".into(),
+            self.ca_root.display().to_string(),
+        ];
+        start_dpu_proxies(self.sim, &self.nodes, dpu_proxy, &extra)
     }
 
     /// Both nodes' NodeConfig with the service's cluster in `transport`'s TLS mode.
