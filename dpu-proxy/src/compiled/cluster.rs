@@ -32,7 +32,8 @@ pub struct EndpointRt {
     pub node: String,
     /// SPIFFE ID the endpoint must prove over mTLS (from its service account);
     /// `None` when the endpoint has no service account.
-    pub spiffe_id: Option<String>,
+    /// Interned at compile time (see [`super::intern`]): no lookup per request.
+    pub spiffe_id: Option<&'static str>,
 }
 
 impl EndpointRt {
@@ -210,7 +211,7 @@ impl ClusterRt {
             rt.workload_id = workload_id;
             rt.outlier = carry.endpoint(&c.name, addr);
             rt.node = ep.node.clone();
-            rt.spiffe_id = (!principal.is_empty()).then(|| principal.clone());
+            rt.spiffe_id = (!principal.is_empty()).then(|| super::intern(&principal));
             endpoints.push(Arc::new(rt));
         }
         let groups = match &c.locality_lb {

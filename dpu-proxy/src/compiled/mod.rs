@@ -10,9 +10,9 @@ mod cluster;
 mod routes;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dpumesh_api::config::{
     cluster_name, Cluster, InboundPolicy, Locality, NodeConfig, Protocol, ValidationError,
@@ -31,6 +31,24 @@ pub use routes::{
     TcpRouteTableRt, VirtualHostRt,
 };
 
+/// SPIFFE identities, interned so that connection contexts stay `Copy`.
+/// Pods' and endpoints' identities are interned when a config is compiled,
+/// peers' verified identities once per HBONE tunnel: never per request. Grows
+/// with the distinct identities ever seen (the mesh's service accounts).
+pub(crate) fn intern(id: &str) -> &'static str {
+    static IDS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut ids = match IDS.get_or_init(Mutex::default).lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(s) = ids.get(id) {
+        return s;
+    }
+    let s: &'static str = Box::leak(id.to_string().into_boxed_str());
+    ids.insert(s);
+    s
+}
+
 /// A pod on this node, as the proxy needs it on the data path.
 #[derive(Debug)]
 pub struct PodRt {
@@ -38,7 +56,9 @@ pub struct PodRt {
     pub name: String,
     pub namespace: String,
     pub service_account: String,
-    pub spiffe_id: String,
+    /// Interned at compile time (see [`intern`]): the data path copies it
+    /// into [`crate::proxy::ConnCtx`] without a lookup.
+    pub spiffe_id: &'static str,
     pub labels: BTreeMap<String, String>,
     /// Outbound route tables that replace the service port's table, by service port.
     pub route_overrides: HashMap<u16, Arc<RouteTableRt>>,
@@ -367,7 +387,7 @@ impl CompiledConfig {
                 name: pod.name.clone(),
                 namespace: pod.namespace.clone(),
                 service_account: pod.service_account.clone(),
-                spiffe_id,
+                spiffe_id: intern(&spiffe_id),
                 labels: pod.labels.clone(),
                 route_overrides,
                 workload_id,

@@ -12,12 +12,11 @@
 //! Denies and audits are counted under the policy's name
 //! (`dpumesh_authz_total`, see `docs/identity.md`).
 
-use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use super::{ConnCtx, Direction, Proxy};
 use crate::authz::{
     admit_transport, authorize, effective_principal, AuthzRequest, HttpAttrs, Verdict,
 };
-use crate::compiled::CompiledConfig;
+use crate::compiled::{intern, CompiledConfig};
 use crate::hbone::{InboundTunnel, TunnelHandler};
 
 /// A downstream or upstream byte stream: a TCP socket, or one HBONE
@@ -99,23 +98,6 @@ impl AsyncWrite for Io {
     }
 }
 
-/// Verified peer identities, interned so that [`ConnCtx`] stays `Copy`.
-/// Grows with the number of distinct CA-signed identities ever seen (the
-/// mesh's service accounts), never with connections.
-pub(crate) fn intern(id: &str) -> &'static str {
-    static IDS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut ids = match IDS.get_or_init(Mutex::default).lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    if let Some(s) = ids.get(id) {
-        return s;
-    }
-    let s: &'static str = Box::leak(id.to_string().into_boxed_str());
-    ids.insert(s);
-    s
-}
-
 /// Reads a tunnel's first bytes (up to 24, or until `timeout`) to tell HTTP
 /// from TCP; the bytes are kept as the stream's prefix.
 pub(crate) async fn sniff_tunnel(io: &mut DuplexStream, timeout: Duration) -> (bool, Bytes) {
@@ -168,7 +150,7 @@ impl Proxy {
         if ctx.mtls {
             return ctx.principal;
         }
-        cfg.pod_by_ip(ctx.peer.ip()).map(|p| intern(&p.spiffe_id))
+        cfg.pod_by_ip(ctx.peer.ip()).map(|p| p.spiffe_id)
     }
 
     /// PeerAuthentication, then (for TCP) AuthorizationPolicy at L4.
@@ -180,14 +162,17 @@ impl Proxy {
         l4: bool,
     ) -> Gate {
         let port = ctx.dst.port();
-        let pod = Self::pod_name(cfg, ctx);
         if let Err(why) = admit_transport(&policy.peer_authentication, port, ctx.mtls) {
             tracing::info!(peer = %ctx.peer, dst = %ctx.dst, policy = %policy.name, why, "inbound connection refused");
             self.stats
                 .peer_authn_refused
                 .fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .authz(&policy.name, "peer_authentication", &pod, "tcp");
+            self.metrics.authz(
+                &policy.name,
+                "peer_authentication",
+                &Self::pod_name(cfg, ctx),
+                "tcp",
+            );
             return Gate::Deny(policy.name.clone());
         }
         if !l4 {
@@ -205,7 +190,7 @@ impl Proxy {
             destination_port: port,
             http: None,
         };
-        self.verdict(authorize(&policy.authorization, &req), &pod, "tcp", ctx)
+        self.verdict(authorize(&policy.authorization, &req), cfg, "tcp", ctx)
     }
 
     /// AuthorizationPolicy at L7 for one request.
@@ -217,7 +202,6 @@ impl Proxy {
         http: HttpAttrs<'_>,
     ) -> Gate {
         let port = ctx.dst.port();
-        let pod = Self::pod_name(cfg, ctx);
         let principal = effective_principal(
             &policy.peer_authentication,
             port,
@@ -230,7 +214,7 @@ impl Proxy {
             destination_port: port,
             http: Some(http),
         };
-        self.verdict(authorize(&policy.authorization, &req), &pod, "http", ctx)
+        self.verdict(authorize(&policy.authorization, &req), cfg, "http", ctx)
     }
 
     /// Same-node delivery (a local pod's connection or request to another
@@ -257,9 +241,9 @@ impl Proxy {
             peer: ctx.peer,
             dst,
             direction: Direction::Inbound,
-            principal: cfg.pod_by_ip(ctx.peer.ip()).map(|p| intern(&p.spiffe_id)),
+            principal: cfg.pod_by_ip(ctx.peer.ip()).map(|p| p.spiffe_id),
             mtls: true,
-            local_principal: Some(intern(&pod.spiffe_id)),
+            local_principal: Some(pod.spiffe_id),
         };
         match http {
             None => self.gate_connection(cfg, &policy, &local, true),
@@ -267,11 +251,17 @@ impl Proxy {
         }
     }
 
-    fn verdict(&self, v: Verdict, pod: &str, protocol: &str, ctx: &ConnCtx) -> Gate {
+    /// Counts and logs a verdict. The pod label is built only when there is
+    /// something to count (an audit or a deny), not for every allowed request.
+    fn verdict(&self, v: Verdict, cfg: &CompiledConfig, protocol: &str, ctx: &ConnCtx) -> Gate {
         let (deny, audited) = match v {
             Verdict::Allow { audited_by } => (None, audited_by),
             Verdict::Deny { policy, audited_by } => (Some(policy), audited_by),
         };
+        if deny.is_none() && audited.is_empty() {
+            return Gate::Pass;
+        }
+        let pod = &Self::pod_name(cfg, ctx);
         for a in &audited {
             tracing::info!(peer = %ctx.peer, dst = %ctx.dst, policy = %a, denied = deny.is_some(), "authorization audit");
             self.metrics.authz(a, "audit", pod, protocol);

@@ -28,7 +28,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use dpumesh_api::config::TlsMode;
 
-use super::inbound::{intern, Io};
+use super::inbound::Io;
 use crate::compiled::state::ClusterState;
 use crate::compiled::{ActiveRequest, ClusterRt, CompiledConfig, EndpointRt};
 use crate::hbone::HboneClient;
@@ -166,11 +166,11 @@ impl HboneTarget {
         if cluster.tls != TlsMode::IstioMutual || ep.node.is_empty() || ep.node == cfg.node_name {
             return None;
         }
-        let dst = ep.spiffe_id.as_deref()?;
+        let dst = ep.spiffe_id?;
         let src = cfg.pod_by_ip(client)?;
         Some(HboneTarget {
-            src: intern(&src.spiffe_id),
-            dst: intern(dst),
+            src: src.spiffe_id,
+            dst,
             dial: SocketAddr::new(ep.addr.ip(), crate::hbone::HBONE_PORT),
             client,
         })
