@@ -114,18 +114,18 @@ static __always_inline int dm_in_captured(const struct dm_endpoint *ep, __be16 p
 }
 
 /* Hand a packet to a local pod's representor, as its gateway would. */
-static __always_inline int dm_to_pod(struct dm_ip4 *p, const struct dm_endpoint *dst,
+static __always_inline int dm_to_pod(struct ethhdr *eth, const struct dm_endpoint *dst,
 				     const struct dm_node_config *cfg)
 {
-	dm_mac_copy(p->eth->h_dest, dst->mac);
-	dm_mac_copy(p->eth->h_source, cfg->gateway_mac);
+	dm_mac_copy(eth->h_dest, dst->mac);
+	dm_mac_copy(eth->h_source, cfg->gateway_mac);
 	return bpf_redirect(dst->ifindex, 0);
 }
 
 /* Overlay: hand a pod's packet to the collect_md VXLAN device with the
  * peer DPU as the tunnel's remote end. The inner MACs only have to get the
  * frame through the peer's tunnel program, which rewrites them for its pod. */
-static __always_inline int dm_encap(struct __sk_buff *skb, struct dm_ip4 *p,
+static __always_inline int dm_encap(struct __sk_buff *skb, struct ethhdr *eth,
 				    const struct dm_node_config *cfg, const struct dm_tunnel *t,
 				    struct dm_pod_counters *c)
 {
@@ -133,41 +133,37 @@ static __always_inline int dm_encap(struct __sk_buff *skb, struct dm_ip4 *p,
 
 	if (!cfg->tunnel_ifindex)
 		return dm_drop(c, DM_DROP_NO_ROUTE);
-	dm_mac_copy(p->eth->h_source, cfg->gateway_mac);
-	dm_mac_copy(p->eth->h_dest, cfg->gateway_mac);
+	dm_mac_copy(eth->h_source, cfg->gateway_mac);
+	dm_mac_copy(eth->h_dest, cfg->gateway_mac);
 	key.tunnel_id = t->vni;
 	key.remote_ipv4 = t->remote_ipv4;
 	key.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
 		return dm_drop(c, DM_DROP_NO_ROUTE);
-	c->bypassed++;
+	if (c)
+		c->bypassed++;
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
-/* Route a pod's packet: to a local pod directly, in overlay mode to a peer's
- * pod CIDR through the tunnel, elsewhere by the FIB (underlay: peers' pod
- * CIDRs are routed via p0 by the dataplane). */
-static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
-				      const struct dm_node_config *cfg,
-				      struct dm_pod_counters *c)
+/* Route a packet (TTL already handled): to a local pod directly, in overlay
+ * mode to a peer's pod CIDR through the tunnel, elsewhere by the FIB
+ * (underlay: peers' pod CIDRs are routed via p0 by the dataplane). `c` is
+ * the pod the packet is charged to, NULL for packets the dataplane makes
+ * itself (ICMP errors). */
+static __always_inline int dm_route(struct __sk_buff *skb, struct dm_ip4 *p,
+				    const struct dm_node_config *cfg, struct dm_pod_counters *c)
 {
 	struct bpf_fib_lookup fib = {};
 	struct dm_endpoint *dst;
 	__be32 daddr;
 	long rc;
-	int t;
 
-	/* Every way out of here is a routing hop. */
-	t = dm_ttl_dec(skb, p);
-	if (t == DM_TTL_EXPIRED)
-		return dm_drop(c, DM_DROP_TTL_EXCEEDED);
-	if (t)
-		return dm_drop(c, DM_DROP_MALFORMED);
 	daddr = p->ip->daddr;
 	dst = bpf_map_lookup_elem(&dm_ep_ip, &daddr);
 	if (dst) {
-		c->bypassed++;
-		return dm_to_pod(p, dst, cfg);
+		if (c)
+			c->bypassed++;
+		return dm_to_pod(p->eth, dst, cfg);
 	}
 
 	if (cfg->mode == DM_MODE_OVERLAY) {
@@ -178,7 +174,7 @@ static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
 		tk.addr = daddr;
 		t = bpf_map_lookup_elem(&dm_tunnels, &tk);
 		if (t)
-			return dm_encap(skb, p, cfg, t, c);
+			return dm_encap(skb, p->eth, cfg, t, c);
 	}
 
 	fib.family = AF_INET;
@@ -198,7 +194,8 @@ static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
 			return dm_drop(c, DM_DROP_MALFORMED);
 		dm_mac_copy(eth->h_dest, fib.dmac);
 		dm_mac_copy(eth->h_source, fib.smac);
-		c->bypassed++;
+		if (c)
+			c->bypassed++;
 		return bpf_redirect(fib.ifindex, 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
@@ -206,12 +203,113 @@ static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
 
 		nh.nh_family = AF_INET;
 		nh.ipv4_nh = fib.ipv4_dst;
-		c->bypassed++;
+		if (c)
+			c->bypassed++;
 		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
 		return dm_drop(c, DM_DROP_LOCAL_DST);
 	return dm_drop(c, DM_DROP_NO_ROUTE);
+}
+
+/* The packet in `p` is dropped for its TTL (counted by the caller): answer
+ * its sender with ICMP time exceeded (type 11, code 0) from the pods'
+ * gateway, as a router does (RFC 792, RFC 1812 4.3.2), so traceroute shows
+ * the DPU as a hop. The skb itself becomes the answer: trimmed (or grown)
+ * to Ethernet + IPv4 + ICMP + the offending IP header and 8 bytes of its
+ * payload, then routed like any packet. No answer (plain drop) to an ICMP
+ * error, a fragment other than the first, an IP header with options, a
+ * packet too short to quote, or a source that is no unicast host. */
+#define DM_ICMP_QUOTE 28 /* IPv4 header without options + 8 bytes */
+struct dm_icmp4_err {
+	struct iphdr ip;
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__be32 unused;
+	__u8 quote[DM_ICMP_QUOTE];
+};
+
+static __always_inline __u16 dm_csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+static __always_inline int dm_icmp_time_exceeded(struct __sk_buff *skb, struct dm_ip4 *p,
+						 const struct dm_node_config *cfg)
+{
+	struct dm_icmp4_err r = {};
+	__be32 saddr = p->ip->saddr;
+	__u8 first;
+
+	if (p->ip->ihl != 5 || (p->ip->frag_off & bpf_htons(0x1fff)))
+		return TC_ACT_SHOT;
+	/* 0.0.0.0, loopback, multicast, broadcast: no one to answer. */
+	first = ((__u8 *)&saddr)[0];
+	if (saddr == 0 || first == 127 || first >= 224)
+		return TC_ACT_SHOT;
+	if (p->ip->protocol == IPPROTO_ICMP) {
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct iphdr), &type, 1))
+			return TC_ACT_SHOT;
+		/* Only queries (echo, timestamp, ...) get an error, never errors. */
+		if (type != 8 && type != 13 && type != 15 && type != 17)
+			return TC_ACT_SHOT;
+	}
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, DM_ICMP_QUOTE))
+		return TC_ACT_SHOT;
+
+	r.ip.version = 4;
+	r.ip.ihl = 5;
+	r.ip.tos = 0xc0; /* internetwork control, as Linux's own ICMP */
+	r.ip.tot_len = bpf_htons(sizeof(r));
+	r.ip.ttl = 64;
+	r.ip.protocol = IPPROTO_ICMP;
+	r.ip.saddr = cfg->gateway_ipv4;
+	r.ip.daddr = saddr;
+	r.ip.check = dm_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&r.ip, sizeof(r.ip), 0));
+	r.type = 11; /* time exceeded */
+	r.code = 0;  /* TTL exceeded in transit */
+	r.check = dm_csum_fold(
+		bpf_csum_diff(NULL, 0, (__be32 *)&r.type, sizeof(r) - sizeof(r.ip), 0));
+
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0))
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0))
+		return TC_ACT_SHOT;
+	if (dm_parse_ip4(skb, p))
+		return TC_ACT_SHOT;
+	return dm_route(skb, p, cfg, NULL);
+}
+
+/* A routed packet's TTL expired: counted on `c`, answered with ICMP. */
+static __always_inline int dm_ttl_expired(struct __sk_buff *skb, struct dm_ip4 *p,
+					  const struct dm_node_config *cfg,
+					  struct dm_pod_counters *c)
+{
+	dm_count_drop(c, DM_DROP_TTL_EXCEEDED);
+	return dm_icmp_time_exceeded(skb, p, cfg);
+}
+
+/* Forward a pod's packet: one routing hop. */
+static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
+				      const struct dm_node_config *cfg,
+				      struct dm_pod_counters *c)
+{
+	int t;
+
+	/* Every way out of here is a routing hop. */
+	t = dm_ttl_dec(skb, p);
+	if (t == DM_TTL_EXPIRED)
+		return dm_ttl_expired(skb, p, cfg, c);
+	if (t)
+		return dm_drop(c, DM_DROP_MALFORMED);
+	return dm_route(skb, p, cfg, c);
 }
 
 SEC("classifier")
@@ -334,11 +432,11 @@ static __always_inline int dm_from_fabric(struct __sk_buff *skb)
 	/* Routed into the pod: one hop, like the way out. */
 	t = dm_ttl_dec(skb, &p);
 	if (t == DM_TTL_EXPIRED)
-		return dm_drop(c, DM_DROP_TTL_EXCEEDED);
+		return dm_ttl_expired(skb, &p, cfg, c);
 	if (t)
 		return dm_drop(c, DM_DROP_MALFORMED);
 	c->bypassed++;
-	return dm_to_pod(&p, dst, cfg);
+	return dm_to_pod(p.eth, dst, cfg);
 }
 
 SEC("classifier")

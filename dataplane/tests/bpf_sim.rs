@@ -846,3 +846,98 @@ fn underlay_inbound_capture_from_another_node_reaches_the_inbound_listener() {
     srv.join().unwrap();
     assert_eq!(counters(&dp1, "uid-b").steered_inbound, 2);
 }
+
+/// The hops `busybox traceroute` prints: the address of each hop, `*` when
+/// none answered.
+fn traceroute(from: &Netns, to: Ipv4Addr) -> Vec<String> {
+    let out = exec(
+        from,
+        "busybox",
+        &[
+            "traceroute",
+            "-n",
+            "-q",
+            "1",
+            "-w",
+            "2",
+            "-m",
+            "5",
+            &to.to_string(),
+        ],
+    )
+    .expect("traceroute");
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.next()?.parse::<u32>().ok()?;
+            w.next().map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn ttl_exceeded_is_answered_with_icmp_time_exceeded_so_traceroute_sees_the_dpus() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpfh"))
+            .with_nodes(2)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let _pins = Pins(
+        sim.nodes()
+            .iter()
+            .map(|n| PinDir(n.bpf_pin_dir.clone()))
+            .collect(),
+    );
+    let gw1 = sim.node(1).unwrap().pod_gateway;
+    let gw2 = sim.node(2).unwrap().pod_gateway;
+    let (ip_a, ip_b, ip_c) = (
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 1, 6),
+        Ipv4Addr::new(10, 244, 2, 7),
+    );
+    let pa = cni_attach(&sim, 1, 0, "a", ip_a, gw1);
+    let _pb = cni_attach(&sim, 1, 1, "b", ip_b, gw1);
+    let _pc = cni_attach(&sim, 2, 0, "c", ip_c, gw2);
+    let pods1 = vec![
+        pod_spec(&sim, 1, 0, "uid-a", ip_a, false),
+        pod_spec(&sim, 1, 1, "uid-b", ip_b, false),
+    ];
+    let pods2 = vec![pod_spec(&sim, 2, 0, "uid-c", ip_c, false)];
+    let mut dps = [
+        start_dataplane(&sim, 1, &pods1),
+        start_dataplane(&sim, 2, &pods2),
+    ];
+
+    // Same node: the DPU is the one hop between a and b.
+    let hops = traceroute(&pa, ip_b);
+    assert_eq!(hops, [gw1.to_string(), ip_b.to_string()], "a -> b");
+
+    for mode in [MODE_UNDERLAY, MODE_OVERLAY] {
+        for (i, dp) in dps.iter_mut().enumerate() {
+            let net = network_in(&sim, i + 1, mode);
+            sim.node(i + 1)
+                .unwrap()
+                .dpu
+                .run(|| dp.apply_network(&net))
+                .unwrap()
+                .expect("network");
+        }
+        let a_before = counters(&dps[0], "uid-a").drop_count(DropReason::TtlExceeded);
+        let c_before = counters(&dps[1], "uid-c").drop_count(DropReason::TtlExceeded);
+        // Across nodes: DPU 1 (TTL 1 from a), DPU 2 (TTL 1 on arrival from
+        // the fabric, answered back across the fabric), then c itself.
+        let hops = traceroute(&pa, ip_c);
+        assert_eq!(
+            hops,
+            [gw1.to_string(), gw2.to_string(), ip_c.to_string()],
+            "a -> c, mode {mode}"
+        );
+        // The drops stay counted: on the sender for DPU 1, on the
+        // destination pod for DPU 2.
+        let a_after = counters(&dps[0], "uid-a").drop_count(DropReason::TtlExceeded);
+        let c_after = counters(&dps[1], "uid-c").drop_count(DropReason::TtlExceeded);
+        assert!(a_after > a_before, "mode {mode}: a {a_before} -> {a_after}");
+        assert!(c_after > c_before, "mode {mode}: c {c_before} -> {c_after}");
+    }
+}
