@@ -74,6 +74,8 @@ const HOST_CPU_ZERO_SHARE: f64 = 0.02;
 const P99_ADDED_SHARE: f64 = 0.5;
 const CPU_SHARE: f64 = 1.0 / 3.0;
 const POD_KB_GOAL: f64 = 100.0;
+const TRUST_DOMAIN: &str = "cluster.local";
+const NAMESPACE: &str = "bench";
 
 #[derive(Debug, Args)]
 pub struct MeshArgs {
@@ -99,6 +101,11 @@ pub struct MeshArgs {
     /// The Envoy binary (default: the project venv's, from scripts/setup.sh).
     #[arg(long, env = "DPUMESH_ENVOY")]
     pub envoy: Option<PathBuf>,
+    /// Carry the sidecar and dpumesh ways in plaintext. By default both use
+    /// mTLS, as Istio does: Istio mTLS between the sidecars, HBONE between
+    /// the DPUs, with certificates from one root.
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 /// How the traffic is carried.
@@ -232,11 +239,17 @@ pub fn run(args: MeshArgs) -> Result<()> {
         .with_vfs(3),
     )
     .context("starting the simulator cluster")?;
-    let bench = Bench::setup(&sim, programs)?;
+    let mtls = !args.plaintext;
+    let bench = Bench::setup(&sim, programs, mtls)?;
     eprintln!(
-        "cluster {}: clients on node 1, servers on node 2; ways: {}",
+        "cluster {}: clients on node 1, servers on node 2; ways: {}; {}",
         sim.cluster(),
-        Way::ALL.map(Way::name).join(", ")
+        Way::ALL.map(Way::name).join(", "),
+        if mtls {
+            "mTLS on (Istio mTLS between the sidecars, HBONE between the DPUs)"
+        } else {
+            "plaintext"
+        }
     );
 
     let mut samples: Vec<((Way, u32), Vec<Sample>)> = connections
@@ -261,6 +274,7 @@ pub fn run(args: MeshArgs) -> Result<()> {
         }
     }
     bench.check_sidecars_carried_traffic()?;
+    bench.check_dpumesh_security()?;
     let sidecar_pod_kb = bench.sidecar_rss_per_pod_kb();
     let memory = bench
         .pod_memory(if args.quick { 0.5 } else { 2.0 })
@@ -270,11 +284,15 @@ pub fn run(args: MeshArgs) -> Result<()> {
         memory.points, memory.kb_per_pod
     );
 
-    let cases = build_cases(&samples, duration, sidecar_pod_kb, &memory);
+    let mut cases = build_cases(&samples, duration, sidecar_pod_kb, &memory);
+    for c in cases.iter_mut().filter(|c| c.name != Way::Direct.name()) {
+        c.extra.insert("mtls".into(), json!(mtls));
+    }
     let command = format!(
-        "dpumesh bench mesh{}{}{}{}{}",
+        "dpumesh bench mesh{}{}{}{}{}{}",
         if args.json { " --json" } else { "" },
         if args.quick { " --quick" } else { "" },
+        if args.plaintext { " --plaintext" } else { "" },
         args.duration
             .map(|d| format!(" --duration {d}"))
             .unwrap_or_default(),
@@ -298,10 +316,11 @@ pub fn run(args: MeshArgs) -> Result<()> {
     print!("{}", summary.table());
     print!("{}", cpu_table(&summary.cases));
     println!(
-        "(median of {runs} run(s) of {:.1} s per way and connection count, HTTP/1.1; host cpu = \
-         sidecars (pods' + hosts' netns, nginx and h2load excluded), dpu cpu = dataplane + \
-         dpu-proxy; cpu µs/req = host + dpu)",
+        "(median of {runs} run(s) of {:.1} s per way and connection count, HTTP/1.1, {}; \
+         host cpu = sidecars (pods' + hosts' netns, nginx and h2load excluded), dpu cpu = \
+         dataplane + dpu-proxy; cpu µs/req = host + dpu)",
         duration.as_secs_f64(),
+        if mtls { "mTLS on" } else { "plaintext" },
     );
     for line in goals(&summary.cases) {
         println!("{line}");
@@ -574,6 +593,11 @@ struct Bench<'a> {
     work: PathBuf,
     /// The pushed NodeConfig version of each node's dpu-proxy.
     version: std::cell::Cell<u64>,
+    /// Sidecars and DPU proxies talk mTLS (certificates from `ca_root`).
+    mtls: bool,
+    /// The cluster's CA root (key + certificate), shared by both dpu-proxies
+    /// and used to sign the sidecars' certificates.
+    ca_root: PathBuf,
 }
 
 pub(crate) fn node_name(node: &Node) -> String {
@@ -585,7 +609,7 @@ pub(crate) fn mgmt(node: &Node, port: u16) -> String {
 }
 
 impl<'a> Bench<'a> {
-    fn setup(sim: &'a Sim, programs: Programs) -> Result<Bench<'a>> {
+    fn setup(sim: &'a Sim, programs: Programs, mtls: bool) -> Result<Bench<'a>> {
         let nodes = [sim.node(1)?.clone(), sim.node(2)?.clone()];
         let work = sim.state_dir().join("bench-mesh");
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -621,8 +645,10 @@ impl<'a> Bench<'a> {
                 format!("sidecar-{}", Way::Sidecar.client_pod()),
                 format!("sidecar-{}", Way::Sidecar.server_pod()),
             ],
+            ca_root: sim.state_dir().join("ca-root.pem"),
             work,
             version: std::cell::Cell::new(0),
+            mtls,
         };
         bench.start_sidecars(&programs.envoy)?;
         bench.start_proxies(&programs.dpu_proxy)?;
@@ -639,10 +665,23 @@ impl<'a> Bench<'a> {
     /// istio-init's rules in both sidecar pods, then Envoy as uid 1337.
     fn start_sidecars(&self, envoy: &Path) -> Result<()> {
         let (client, server) = self.pods_of(Way::Sidecar).clone();
-        let conf = self.work.join("sidecar.yaml");
-        std::fs::write(&conf, sidecar_conf(Way::Sidecar.server_ip()))
-            .with_context(|| format!("writing {}", conf.display()))?;
-        for (ns, name) in [(&client, &self.sidecars[0]), (&server, &self.sidecars[1])] {
+        let pods = [Way::Sidecar.client_pod(), Way::Sidecar.server_pod()];
+        let mut confs = Vec::new();
+        for pod in &pods {
+            let tls = if self.mtls {
+                Some(SidecarTls::issue(&self.ca_root, &self.work, pod, &pods)?)
+            } else {
+                None
+            };
+            let conf = self.work.join(format!("sidecar-{pod}.yaml"));
+            std::fs::write(&conf, sidecar_conf(Way::Sidecar.server_ip(), tls.as_ref()))
+                .with_context(|| format!("writing {}", conf.display()))?;
+            confs.push(conf);
+        }
+        for ((ns, name), conf) in [(&client, &self.sidecars[0]), (&server, &self.sidecars[1])]
+            .into_iter()
+            .zip(&confs)
+        {
             for rule in istio_init_rules() {
                 ns.exec("iptables", rule.iter().copied())
                     .with_context(|| format!("iptables {} in {}", rule.join(" "), ns.name()))?;
@@ -673,7 +712,17 @@ impl<'a> Bench<'a> {
     }
 
     fn start_proxies(&self, dpu_proxy: &Path) -> Result<()> {
-        start_dpu_proxies(self.sim, &self.nodes, dpu_proxy, &[])?;
+        let extra = if self.mtls {
+            vec![
+                "--trust-domain".to_string(),
+                TRUST_DOMAIN.into(),
+                "--ca-root-file".into(),
+                self.ca_root.display().to_string(),
+            ]
+        } else {
+            vec![]
+        };
+        start_dpu_proxies(self.sim, &self.nodes, dpu_proxy, &extra)?;
         self.push_mesh_configs(0)
     }
 
@@ -683,7 +732,7 @@ impl<'a> Bench<'a> {
         let version = self.version.get() + 1;
         self.version.set(version);
         for (i, node) in self.nodes.iter().enumerate() {
-            let config = mesh_config(node, i, version, if i == 0 { extra } else { 0 })?;
+            let config = mesh_config(node, i, version, if i == 0 { extra } else { 0 }, self.mtls)?;
             push_config(&node.host, &mgmt(node, PROXY_CONTROL_PORT), config)
                 .with_context(|| format!("pushing the NodeConfig to node {}", node.index))?;
         }
@@ -840,6 +889,58 @@ impl<'a> Bench<'a> {
                     ns.name()
                 );
             }
+        }
+        // With mTLS, the server's sidecar must have completed TLS handshakes
+        // on its inbound listener (and without, none).
+        let ssl = http_body(
+            server,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, SIDECAR_ADMIN)),
+            "/stats?filter=listener.0.0.0.0_15006.ssl.handshake",
+        )?;
+        let handshakes: u64 = ssl
+            .lines()
+            .filter_map(|l| l.strip_prefix("listener.0.0.0.0_15006.ssl.handshake: "))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum();
+        if self.mtls != (handshakes > 0) {
+            bail!(
+                "the server's sidecar completed {handshakes} TLS handshake(s) with mTLS {}",
+                if self.mtls { "on" } else { "off" }
+            );
+        }
+        Ok(())
+    }
+
+    /// The dpumesh way went the configured way: node 2's dpu-proxy counted
+    /// inbound requests under `connection_security_policy="mutual_tls"`
+    /// (HBONE) with mTLS on, `"none"` without, and none under the other.
+    fn check_dpumesh_security(&self) -> Result<()> {
+        let metrics = http_body(
+            self.nodes[1].netns(Place::Dpu),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 15000)),
+            "/metrics",
+        )
+        .context("node 2's dpu-proxy metrics")?;
+        let (want, other) = if self.mtls {
+            ("mutual_tls", "none")
+        } else {
+            ("none", "mutual_tls")
+        };
+        let count = |policy: &str| {
+            let label = format!("connection_security_policy=\"{policy}\"");
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .filter(|l| l.contains("reporter=\"destination\"") && l.contains(&label))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        if count(want) <= 0.0 || count(other) > 0.0 {
+            bail!(
+                "dpumesh: node 2 counted {} inbound request(s) as {want} and {} as {other}",
+                count(want),
+                count(other)
+            );
         }
         Ok(())
     }
@@ -1047,7 +1148,13 @@ http {{
 /// The dpumesh way's NodeConfig of node `i` (0: client's, 1: server's): its
 /// local pod (plus `extra` more on node 1) and the service, whose endpoint is
 /// the server pod on node 2.
-fn mesh_config(node: &Node, i: usize, version: u64, extra: usize) -> Result<NodeConfig> {
+fn mesh_config(
+    node: &Node,
+    i: usize,
+    version: u64,
+    extra: usize,
+    mtls: bool,
+) -> Result<NodeConfig> {
     let way = Way::Dpumesh;
     let (pod, ip) = if i == 0 {
         (way.client_pod(), way.client_ip())
@@ -1058,14 +1165,14 @@ fn mesh_config(node: &Node, i: usize, version: u64, extra: usize) -> Result<Node
         .vf(way.vf())
         .with_context(|| format!("node {} has no VF {}", node.index, way.vf()))?;
     let mut pods = vec![json!({
-        "uid": format!("uid-{pod}"), "name": pod, "namespace": "bench", "serviceAccount": pod,
+        "uid": format!("uid-{pod}"), "name": pod, "namespace": NAMESPACE, "serviceAccount": pod,
         "labels": {"app": pod}, "ips": [ip.to_string()], "mac": v.mac.to_string(),
         "vfIndex": v.index, "representor": v.representor})];
     for k in 0..extra {
         // 10.244.<i>.20 and up; VFs past the simulator's (config only).
         let ip = Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 20 + u32::try_from(k)?);
         pods.push(json!({
-            "uid": format!("uid-extra-{k}"), "name": format!("extra-{k}"), "namespace": "bench",
+            "uid": format!("uid-extra-{k}"), "name": format!("extra-{k}"), "namespace": NAMESPACE,
             "serviceAccount": format!("app{}", k % 20),
             "labels": {"app": format!("app{}", k % 20), "version": "v1"},
             "ips": [ip.to_string()], "mac": format!("02:64:6d:02:{:02x}:{:02x}", k / 256, k % 256),
@@ -1075,15 +1182,18 @@ fn mesh_config(node: &Node, i: usize, version: u64, extra: usize) -> Result<Node
         "version": version,
         "node": {"name": node_name(node), "networkMode": "underlay",
                  "podCidr": node.pod_cidr.to_string(), "serviceCidrs": ["10.96.0.0/16"],
-                 "dpuMgmtAddr": mgmt(node, PROXY_CONTROL_PORT)},
+                 "dpuMgmtAddr": mgmt(node, PROXY_CONTROL_PORT), "trustDomain": TRUST_DOMAIN},
         "pods": pods,
         "services": [{
-            "hostname": SERVICE, "namespace": "bench", "vips": [VIP.to_string()],
+            "hostname": SERVICE, "namespace": NAMESPACE, "vips": [VIP.to_string()],
             "ports": [{"port": APP_PORT, "name": "http", "targetPort": APP_PORT}],
             "endpoints": [{"address": way.server_ip().to_string(), "node": "n2",
                            "labels": {"app": way.server_pod()},
                            "serviceAccount": way.server_pod()}],
         }],
+        // ISTIO_MUTUAL: HBONE to node 2's DPU; DISABLE: plaintext.
+        "clusters": [{"name": format!("outbound|{APP_PORT}||{SERVICE}"), "service": SERVICE,
+                      "port": APP_PORT, "tls": if mtls { "ISTIO_MUTUAL" } else { "DISABLE" }}],
     });
     serde_json::from_value(cfg).context("the dpumesh NodeConfig")
 }
@@ -1118,14 +1228,138 @@ fn istio_init_rules() -> Vec<Vec<&'static str>> {
     ]
 }
 
+/// One sidecar's mTLS material, as istio-agent hands it to Envoy over SDS:
+/// its workload certificate (SPIFFE URI SAN) and key, the mesh root, and the
+/// identity of the peer it talks to.
+struct SidecarTls {
+    chain: PathBuf,
+    key: PathBuf,
+    root: PathBuf,
+    /// The peer's SPIFFE ID: the server's, which the client verifies.
+    peer: String,
+}
+
+impl SidecarTls {
+    /// Signs `pod`'s certificate with the cluster's CA root (created if
+    /// missing, as dpu-proxy does) and writes it, its key and the root
+    /// certificate under `work`. `pods` is (client, server).
+    fn issue(ca_root: &Path, work: &Path, pod: &str, pods: &[String; 2]) -> Result<SidecarTls> {
+        use rcgen::{
+            CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+            KeyUsagePurpose, SanType,
+        };
+        dpu_proxy::identity::BuiltinCa::with_shared_root(
+            dpu_proxy::identity::CaConfig::new(TRUST_DOMAIN),
+            ca_root,
+        )
+        .with_context(|| format!("the CA root {}", ca_root.display()))?;
+        let pem = std::fs::read_to_string(ca_root)
+            .with_context(|| format!("reading {}", ca_root.display()))?;
+        let root_pem = pem
+            .find("-----BEGIN CERTIFICATE-----")
+            .map(|i| &pem[i..])
+            .with_context(|| format!("{}: no certificate", ca_root.display()))?;
+        let root_key = KeyPair::from_pem(&pem).context("the CA root's key")?;
+        let issuer =
+            Issuer::from_ca_cert_pem(root_pem, root_key).context("the CA root's certificate")?;
+        let spiffe = |sa: &str| format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{sa}");
+        let key = KeyPair::generate().context("a sidecar key")?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::URI(
+            spiffe(pod).try_into().context("a SPIFFE URI")?,
+        )];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p
+            .signed_by(&key, &issuer)
+            .context("signing a sidecar certificate")?;
+        let tls = SidecarTls {
+            chain: work.join(format!("{pod}-cert.pem")),
+            key: work.join(format!("{pod}-key.pem")),
+            root: work.join("root-cert.pem"),
+            peer: spiffe(&pods[1]),
+        };
+        // Envoy runs as uid 1337: the files must be readable by it.
+        for (path, content) in [
+            (&tls.chain, cert.pem()),
+            (&tls.key, key.serialize_pem()),
+            (&tls.root, root_pem.to_string()),
+        ] {
+            std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(tls)
+    }
+
+    /// The `common_tls_context` fields both directions share.
+    fn common(&self, indent: usize, alpn: &str, peer_san: &str) -> String {
+        let pad = " ".repeat(indent);
+        format!(
+            "{pad}alpn_protocols: {alpn}\n\
+             {pad}tls_certificates:\n\
+             {pad}- certificate_chain: {{filename: {}}}\n\
+             {pad}  private_key: {{filename: {}}}\n\
+             {pad}validation_context:\n\
+             {pad}  trusted_ca: {{filename: {}}}\n\
+             {pad}  match_typed_subject_alt_names:\n\
+             {pad}  - san_type: URI\n\
+             {pad}    matcher: {peer_san}\n",
+            self.chain.display(),
+            self.key.display(),
+            self.root.display(),
+        )
+    }
+}
+
 /// A static sidecar config in the shape Istio gives every sidecar: the
 /// virtual outbound listener (15001, `use_original_dst`, passthrough for
 /// what matches nothing), the `0.0.0.0_80` HTTP listener for the service
 /// (routes to its cluster, the server pod), and the virtual inbound listener
 /// (15006, `original_dst`, HTTP on port 80, to the app from 127.0.0.6).
-fn sidecar_conf(server: Ipv4Addr) -> String {
+///
+/// With `tls` (Istio's default, auto mTLS with PeerAuthentication
+/// PERMISSIVE): the service's cluster originates mTLS with Istio's ALPN
+/// (`istio-http/1.1`, `istio`) and SNI, and verifies the server's SPIFFE ID;
+/// the inbound listener finds TLS with the TLS inspector, terminates it with
+/// a client certificate required and checked against the mesh root and
+/// trust domain, as Istio's inbound `tls` filter chain does.
+fn sidecar_conf(server: Ipv4Addr, tls: Option<&SidecarTls>) -> String {
     let hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     let router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    let sock = "envoy.transport_sockets.tls";
+    let (upstream_tls, inspector, inbound_match, downstream_tls) = match tls {
+        None => Default::default(),
+        Some(t) => (
+            format!(
+                "    transport_socket:\n      name: {sock}\n      typed_config:\n        \
+                 \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        \
+                 sni: outbound_.{APP_PORT}_._.{SERVICE}\n        common_tls_context:\n{}",
+                t.common(10, "[istio-http/1.1, istio]", &format!("{{exact: \"{}\"}}", t.peer))
+            ),
+            "    - name: envoy.filters.listener.tls_inspector\n      typed_config:\n        \
+             \"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector\n"
+                .to_string(),
+            ", transport_protocol: tls, application_protocols: [istio-http/1.0, istio-http/1.1, istio-h2]"
+                .to_string(),
+            format!(
+                "      transport_socket:\n        name: {sock}\n        typed_config:\n          \
+                 \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          \
+                 require_client_certificate: true\n          common_tls_context:\n{}",
+                t.common(
+                    12,
+                    "[h2, http/1.1]",
+                    &format!("{{prefix: \"spiffe://{TRUST_DOMAIN}/\"}}")
+                )
+            ),
+        ),
+    };
     format!(
         r#"admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {SIDECAR_ADMIN}}}}}
@@ -1167,9 +1401,9 @@ static_resources:
     - name: envoy.filters.listener.original_dst
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst
-    filter_chains:
-    - filter_chain_match: {{destination_port: {APP_PORT}}}
-      filters:
+{inspector}    filter_chains:
+    - filter_chain_match: {{destination_port: {APP_PORT}{inbound_match}}}
+{downstream_tls}      filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": {hcm}
@@ -1193,7 +1427,7 @@ static_resources:
   - name: "outbound|{APP_PORT}||{SERVICE}"
     type: STATIC
     connect_timeout: 2s
-    load_assignment:
+{upstream_tls}    load_assignment:
       cluster_name: "outbound|{APP_PORT}||{SERVICE}"
       endpoints:
       - lb_endpoints:
@@ -1292,8 +1526,32 @@ mod tests {
             std::net::IpAddr::V4(Way::Direct.server_ip())
         );
         assert_eq!(Way::Dpumesh.target().ip(), std::net::IpAddr::V4(VIP));
-        let conf = sidecar_conf(Way::Sidecar.server_ip());
+        let conf = sidecar_conf(Way::Sidecar.server_ip(), None);
         assert!(conf.contains("use_original_dst: true"));
         assert!(conf.contains("10.244.2.11"));
+        assert!(!conf.contains("transport_socket"));
+    }
+
+    #[test]
+    fn sidecar_mtls_originates_with_istio_alpn_and_requires_client_certs() {
+        let tls = SidecarTls {
+            chain: "/w/c.pem".into(),
+            key: "/w/k.pem".into(),
+            root: "/w/r.pem".into(),
+            peer: "spiffe://cluster.local/ns/bench/sa/server".into(),
+        };
+        let conf = sidecar_conf(Way::Sidecar.server_ip(), Some(&tls));
+        assert!(conf.contains("UpstreamTlsContext"));
+        assert!(conf.contains("alpn_protocols: [istio-http/1.1, istio]"));
+        assert!(conf.contains("matcher: {exact: \"spiffe://cluster.local/ns/bench/sa/server\"}"));
+        assert!(conf.contains("DownstreamTlsContext"));
+        assert!(conf.contains("require_client_certificate: true"));
+        assert!(conf.contains("transport_protocol: tls"));
+        assert!(conf.contains("tls_inspector"));
+        assert_eq!(
+            conf.matches("certificate_chain: {filename: /w/c.pem}")
+                .count(),
+            2
+        );
     }
 }
