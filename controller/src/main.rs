@@ -11,7 +11,7 @@ use dpumesh_controller::inventory::Inventory;
 use dpumesh_controller::inventory_client::{self, Received};
 use dpumesh_controller::local;
 use dpumesh_controller::push::{Pushed, Pusher};
-use dpumesh_controller::xds::ads::{self, AdsSettings};
+use dpumesh_controller::xds::ads::{self, AdsSettings, XdsVariant};
 
 type InventoryRx = tokio::sync::watch::Receiver<Option<Arc<Received>>>;
 
@@ -109,6 +109,9 @@ struct AdapterArgs {
     /// Istio version announced to istiod.
     #[arg(long, default_value = "1.24.0")]
     istio_version: String,
+    /// ADS mode: the xDS protocol variant (delta: incremental, Istio's default for proxies since 1.22; sotw: state of the world).
+    #[arg(long, value_enum, default_value_t = XdsVariant::Delta)]
+    xds_variant: XdsVariant,
 }
 
 fn main() -> ExitCode {
@@ -248,6 +251,7 @@ async fn adapter(a: AdapterArgs) -> ExitCode {
         xds_addr,
         proxy_addr: a.proxy_addr.clone(),
         istio_version: a.istio_version.clone(),
+        variant: a.xds_variant,
     };
     if let Some(rx) = stream {
         return ads_streamed(settings, rx).await;

@@ -1,49 +1,21 @@
-//! The ADS client against a fake ADS server (a real tonic server) serving the
-//! Bookinfo resource set, pushing to the real dpu-proxy binary.
+//! The ADS client (state of the world) against a fake ADS server (a real tonic
+//! server) serving the Bookinfo resource set, pushing to the real dpu-proxy
+//! binary. The incremental variant: `ads_delta.rs`.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use dpumesh_controller::local;
-use dpumesh_controller::xds::ads::{self, AdsSettings};
-use dpumesh_controller::xds::{
-    ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
-};
+use dpumesh_controller::xds::ads::{self, AdsSettings, XdsVariant};
+use dpumesh_controller::xds::{Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier};
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
-use support::ads::{FakeAds, Recorded};
+use support::ads::{anys, FakeAds, Recorded};
 use support::DpuProxy;
 
 fn fixture() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo")
-}
-
-fn anys(px: &ProxyResources, type_url: &str) -> Vec<(String, Any)> {
-    let list: Vec<Resource> = match type_url {
-        CLUSTER_TYPE => px
-            .clusters
-            .values()
-            .cloned()
-            .map(Resource::Cluster)
-            .collect(),
-        ENDPOINT_TYPE => px
-            .endpoints
-            .values()
-            .cloned()
-            .map(Resource::Endpoints)
-            .collect(),
-        LISTENER_TYPE => px
-            .listeners
-            .values()
-            .cloned()
-            .map(Resource::Listener)
-            .collect(),
-        _ => px.routes.values().cloned().map(Resource::Route).collect(),
-    };
-    list.iter()
-        .map(|r| (r.name().to_string(), r.to_any()))
-        .collect()
 }
 
 async fn wait_for(ads: &FakeAds, what: &str, pred: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
@@ -82,6 +54,7 @@ async fn acks_good_config_nacks_a_broken_resource_and_keeps_the_last_good() {
         xds_addr,
         proxy_addr: proxy.mgmt_addr.clone(),
         istio_version: "1.24.0".into(),
+        variant: XdsVariant::Sotw,
     };
     let adapter = tokio::spawn(ads::run(settings, state.inventory.clone()));
 

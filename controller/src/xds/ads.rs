@@ -1,6 +1,8 @@
-//! The ADS client (state of the world): one stream per local pod to istiod,
-//! speaking as that pod's sidecar; an aggregator that translates the union of
-//! every pod's resources and pushes the result to dpu-proxy.
+//! The ADS client: one stream per local pod to istiod, speaking as that pod's
+//! sidecar, in either xDS variant ([`XdsVariant`]: state of the world here,
+//! incremental in [`super::delta`]); an aggregator that translates the union of
+//! every pod's resources and pushes the result to dpu-proxy. Both variants feed
+//! the aggregator the same decoded resources.
 //!
 //! ACK/NACK rules (`docs/adapter.md`): a response is NACKed (previous
 //! `version_info`, its nonce, `error_detail` naming the resource) when a resource
@@ -12,8 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
@@ -34,9 +38,41 @@ use crate::push::{PushError, Pushed, Pusher};
 use crate::translate;
 
 /// gRPC code INVALID_ARGUMENT, used in `error_detail` of a NACK.
-const INVALID_ARGUMENT: i32 = 3;
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+pub(super) const INVALID_ARGUMENT: i32 = 3;
+pub(super) const BACKOFF_START: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Which ADS protocol the adapter speaks to istiod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum XdsVariant {
+    /// Incremental xDS (`DeltaAggregatedResources`): what Envoy sidecars speak to
+    /// istiod by default since Istio 1.22.
+    #[default]
+    Delta,
+    /// State of the world (`StreamAggregatedResources`).
+    Sotw,
+}
+
+impl std::fmt::Display for XdsVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdsVariant::Delta => "delta",
+            XdsVariant::Sotw => "sotw",
+        })
+    }
+}
+
+/// What one accepted-or-not response would change in a pod's resources of one type.
+#[derive(Debug, Clone)]
+pub(super) enum Update {
+    /// State of the world: these are all the resources of the type.
+    Replace(Vec<Resource>),
+    /// Incremental: these resources are added or replaced (by name), those removed.
+    Delta {
+        updated: Vec<Resource>,
+        removed: Vec<String>,
+    },
+}
 
 /// The aggregator's answer to one response.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,15 +81,16 @@ pub enum Verdict {
     Nack(String),
 }
 
-enum Event {
+pub(super) enum Event {
     /// A stream (re)subscribed to `type_url`; until a response arrives the pod is warming.
     Subscribed { pod: String, type_url: String },
-    /// A stream ended; the pod's state stays until it reconnects.
+    /// A response to judge (and keep, if it is good). A stream that ends leaves
+    /// the pod's state as it was until it reconnects.
     Response {
         pod: String,
         type_url: String,
         version: String,
-        resources: Vec<Resource>,
+        update: Update,
         reply: oneshot::Sender<Verdict>,
     },
 }
@@ -67,6 +104,8 @@ pub struct AdsSettings {
     pub proxy_addr: String,
     /// Istio version announced in node metadata.
     pub istio_version: String,
+    /// State of the world or incremental.
+    pub variant: XdsVariant,
 }
 
 /// Runs the adapter against an ADS server until the process ends.
@@ -74,12 +113,11 @@ pub async fn run(settings: AdsSettings, inventory: Inventory) {
     let (tx, rx) = mpsc::channel(64);
     for pod in inventory.pods.iter().filter(|p| p.meshed) {
         let node = proxy_node(pod, &inventory, &settings.istio_version);
-        tokio::spawn(pod_stream(
-            settings.xds_addr.clone(),
-            pod.key(),
-            node,
-            tx.clone(),
-        ));
+        let (addr, key, events) = (settings.xds_addr.clone(), pod.key(), tx.clone());
+        match settings.variant {
+            XdsVariant::Sotw => tokio::spawn(pod_stream(addr, key, node, events)),
+            XdsVariant::Delta => tokio::spawn(super::delta::pod_stream(addr, key, node, events)),
+        };
     }
     drop(tx);
     aggregate(rx, inventory, Pusher::new(&settings.proxy_addr)).await;
@@ -144,26 +182,54 @@ pub fn proxy_node(pod: &PodSpec, inventory: &Inventory, istio_version: &str) -> 
     }
 }
 
+/// The EDS name an EDS cluster needs (its service name, else its name).
+pub fn cluster_eds_name(c: &Cluster) -> Option<String> {
+    if c.cluster_discovery_type != Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)) {
+        return None;
+    }
+    let service = c
+        .eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.clone())
+        .unwrap_or_default();
+    Some(if service.is_empty() {
+        c.name.clone()
+    } else {
+        service
+    })
+}
+
+/// The RDS names a listener refers to.
+pub fn listener_rds_names(l: &Listener) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for chain in l
+        .filter_chains
+        .iter()
+        .chain(l.default_filter_chain.as_ref())
+    {
+        for f in &chain.filters {
+            let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+                continue;
+            };
+            if any.type_url != HttpConnectionManager::type_url() {
+                continue;
+            }
+            if let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) {
+                if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                    names.insert(rds.route_config_name);
+                }
+            }
+        }
+    }
+    names
+}
+
 /// EDS names a set of clusters needs (EDS clusters' service names).
 pub fn eds_names(resources: &[Resource]) -> BTreeSet<String> {
     resources
         .iter()
         .filter_map(|r| match r {
-            Resource::Cluster(c)
-                if c.cluster_discovery_type
-                    == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)) =>
-            {
-                let service = c
-                    .eds_cluster_config
-                    .as_ref()
-                    .map(|e| e.service_name.clone())
-                    .unwrap_or_default();
-                Some(if service.is_empty() {
-                    c.name.clone()
-                } else {
-                    service
-                })
-            }
+            Resource::Cluster(c) => cluster_eds_name(c),
             _ => None,
         })
         .collect()
@@ -171,30 +237,21 @@ pub fn eds_names(resources: &[Resource]) -> BTreeSet<String> {
 
 /// RDS names a set of listeners refers to.
 pub fn rds_names(resources: &[Resource]) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for r in resources {
-        let Resource::Listener(l) = r else { continue };
-        for chain in l
-            .filter_chains
-            .iter()
-            .chain(l.default_filter_chain.as_ref())
-        {
-            for f in &chain.filters {
-                let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
-                    continue;
-                };
-                if any.type_url != HttpConnectionManager::type_url() {
-                    continue;
-                }
-                if let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) {
-                    if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                        names.insert(rds.route_config_name);
-                    }
-                }
-            }
-        }
+    resources
+        .iter()
+        .flat_map(|r| match r {
+            Resource::Listener(l) => listener_rds_names(l),
+            _ => BTreeSet::new(),
+        })
+        .collect()
+}
+
+/// The EDS or RDS names (`child` type) that a pod's current clusters or listeners need.
+fn needed_names(px: &ProxyResources, child: &str) -> BTreeSet<String> {
+    match child {
+        ENDPOINT_TYPE => px.clusters.values().filter_map(cluster_eds_name).collect(),
+        _ => px.listeners.values().flat_map(listener_rds_names).collect(),
     }
-    names
 }
 
 /// Per-type subscription state of one stream.
@@ -304,7 +361,7 @@ async fn one_stream(
                         pod: pod.to_string(),
                         type_url: type_url.clone(),
                         version: version_info.clone(),
-                        resources: list.clone(),
+                        update: Update::Replace(list.clone()),
                         reply,
                     })
                     .await?;
@@ -390,8 +447,8 @@ async fn aggregate(mut rx: mpsc::Receiver<Event>, inventory: Inventory, pusher: 
                     Event::Subscribed { pod, type_url } => {
                         agg.warming.entry(pod).or_default().insert(type_url);
                     }
-                    Event::Response { pod, type_url, version, resources, reply } => {
-                        let verdict = agg.apply(&pod, &type_url, version, resources).await;
+                    Event::Response { pod, type_url, version, update, reply } => {
+                        let verdict = agg.apply(&pod, &type_url, version, update).await;
                         let _ = reply.send(verdict);
                     }
                 }
@@ -440,19 +497,32 @@ impl Aggregator {
         pod: &str,
         type_url: &str,
         version: String,
-        resources: Vec<Resource>,
+        update: Update,
     ) -> Verdict {
         let previous = self.proxies.get(pod).cloned();
         let was_warming = self.warming.get(pod).cloned().unwrap_or_default();
+        let px = self.proxies.entry(pod.to_string()).or_default();
+        let delta = matches!(update, Update::Delta { .. });
+        match update {
+            Update::Replace(resources) => px.replace_type(type_url, resources),
+            Update::Delta { updated, removed } => px.apply_delta(type_url, updated, &removed),
+        }
         // References to resources not received yet make the pod warm until they arrive.
-        let awaits = match type_url {
-            CLUSTER_TYPE => Some((ENDPOINT_TYPE, eds_names(&resources))),
-            LISTENER_TYPE => Some((ROUTE_TYPE, rds_names(&resources))),
+        let child = match type_url {
+            CLUSTER_TYPE => Some(ENDPOINT_TYPE),
+            LISTENER_TYPE => Some(ROUTE_TYPE),
             _ => None,
         };
-        let px = self.proxies.entry(pod.to_string()).or_default();
-        px.replace_type(type_url, resources);
-        if let Some((child, names)) = awaits {
+        if let Some(child) = child {
+            let names = needed_names(px, child);
+            if delta {
+                // The delta stream unsubscribes from names no longer needed and,
+                // as Envoy does, forgets them: the server sends no removal for them.
+                match child {
+                    ENDPOINT_TYPE => px.endpoints.retain(|n, _| names.contains(n)),
+                    _ => px.routes.retain(|n, _| names.contains(n)),
+                }
+            }
             let have = |n: &String| match child {
                 ENDPOINT_TYPE => px.endpoints.contains_key(n),
                 _ => px.routes.contains_key(n),

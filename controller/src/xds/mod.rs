@@ -1,7 +1,9 @@
 //! Envoy v3 xDS resources: decoding (protobuf for ADS, proto3 JSON/YAML for the
-//! local mode — both end in the same typed decode) and the ADS client.
+//! local mode — both end in the same typed decode) and the ADS client (state of
+//! the world and incremental).
 
 pub mod ads;
+mod delta;
 pub mod descriptors;
 pub mod resource;
 

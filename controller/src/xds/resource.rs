@@ -275,6 +275,31 @@ impl ProxyResources {
             self.insert(r);
         }
     }
+
+    /// Adds or replaces `updated` and removes the resources named in `removed`
+    /// (incremental semantics); names not present are ignored.
+    pub fn apply_delta(&mut self, type_url: &str, updated: Vec<Resource>, removed: &[String]) {
+        for name in removed {
+            match type_url {
+                LISTENER_TYPE => {
+                    self.listeners.remove(name);
+                }
+                ROUTE_TYPE => {
+                    self.routes.remove(name);
+                }
+                CLUSTER_TYPE => {
+                    self.clusters.remove(name);
+                }
+                ENDPOINT_TYPE => {
+                    self.endpoints.remove(name);
+                }
+                _ => {}
+            }
+        }
+        for r in updated {
+            self.insert(r);
+        }
+    }
 }
 
 /// Reads the resources of one YAML or JSON document set. A document is either a
