@@ -711,3 +711,171 @@ fn pod_to_service_on_another_node_through_both_proxies() {
     let left = dpumesh_sim::leftovers(&name).expect("leftovers");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Identity is bound to the VF: a pod that sends with another pod's source
+/// address (and then also its MAC) is dropped by the dataplane before the
+/// proxy, so it never gets the other pod's certificate on the HBONE hop and
+/// never passes a policy that only the other pod passes.
+#[test]
+fn a_spoofed_source_never_reaches_the_proxy_as_another_pods_identity() {
+    let sim = SimGuard::up(
+        SimConfig::new(unique_cluster("pxspf"))
+            .with_nodes(2)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let (n1, n2) = (
+        sim.node(1).expect("node 1").clone(),
+        sim.node(2).expect("node 2").clone(),
+    );
+    let (ip_a, ip_b, ip_c) = (
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 1, 6),
+        Ipv4Addr::new(10, 244, 2, 7),
+    );
+    let pod_a = attach_pod(&sim, &n1, 0, "client-a", ip_a);
+    let pod_b = attach_pod(&sim, &n1, 1, "trusted-b", ip_b);
+    let pod_c = attach_pod(&sim, &n2, 0, "server-c", ip_c);
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca_root = ca_dir.path().join("root.pem");
+    let m1 = start_node(
+        &sim,
+        1,
+        vec![
+            steering("uid-a", "client-a", &n1, 0, ip_a),
+            steering("uid-b", "trusted-b", &n1, 1, ip_b),
+        ],
+        &ca_root,
+    );
+    let m2 = start_node(
+        &sim,
+        2,
+        vec![steering("uid-c", "server-c", &n2, 0, ip_c)],
+        &ca_root,
+    );
+    // Node 1: both clients (their own service accounts).
+    let mut c1 = cross_node_config(&n1, 1, ("uid-a", "client-a", "client", ip_a), ip_c, &m1);
+    let vb = n1.vf(1).expect("vf 1");
+    c1.pods.push(
+        serde_json::from_value(json!({
+            "uid": "uid-b", "name": "trusted-b", "namespace": "default",
+            "serviceAccount": "trusted-b", "labels": {"app": "trusted"},
+            "ips": [ip_b.to_string()], "mac": vb.mac.to_string(),
+            "vfIndex": vb.index, "representor": vb.representor}))
+        .expect("pod parses"),
+    );
+    push(&n1.host, m1.clone(), c1);
+    // Node 2: the server lets only trusted-b's principal in, mTLS only.
+    let mut c2 = cross_node_config(&n2, 2, ("uid-c", "server-c", "server", ip_c), ip_c, &m2);
+    c2.inbound_policies = serde_json::from_value(json!([{
+        "name": "server-c-in", "peerAuthentication": {"mode": "STRICT"},
+        "authorization": [{"name": "default/only-trusted", "action": "ALLOW",
+                           "rules": [{"from": [{"principals":
+                               ["cluster.local/ns/default/sa/trusted-b"]}]}]}]
+    }]))
+    .expect("policies parse");
+    c2.pods[0].inbound_policy = Some("server-c-in".into());
+    push(&n2.host, m2.clone(), c2);
+    let server = PodServer::start(&pod_c, "server-c", SERVER_PORT);
+    let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+
+    // The policy tells the two identities apart.
+    let (status, body) = get(&pod_b, vip, "web", "/x", false);
+    assert_eq!(status, StatusCode::OK, "trusted-b: {body}");
+    let (status, body) = get(&pod_a, vip, "web", "/x", false);
+    assert_eq!(status, StatusCode::FORBIDDEN, "client-a: {body}");
+    let trusted_in = [
+        ("reporter", "destination"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/trusted-b",
+        ),
+    ];
+    assert_eq!(
+        requests_total(&admin(&n2.dpu, "/metrics"), &trusted_in),
+        1.0
+    );
+    let peers_before = server.peer_ips().len();
+
+    // a sends as b: b's address on a's VF, then b's MAC too.
+    exec(
+        &pod_a,
+        "ip",
+        &["addr", "add", &format!("{ip_b}/32"), "dev", "eth0"],
+    );
+    let spoofed_connect = |pod: &Netns| {
+        pod.run(move || {
+            runtime().block_on(async move {
+                let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+                sock.bind(SocketAddr::new(ip_b.into(), 0))
+                    .expect("bind b's IP");
+                tokio::time::timeout(Duration::from_secs(2), sock.connect(vip)).await
+            })
+        })
+        .expect("pod netns")
+    };
+    let r = spoofed_connect(&pod_a);
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "a connection from b's IP on a's VF was established: {r:?}"
+    );
+    exec(&pod_a, "ip", &["link", "set", "eth0", "down"]);
+    exec(
+        &pod_a,
+        "ip",
+        &["link", "set", "eth0", "address", &vb.mac.to_string()],
+    );
+    exec(&pod_a, "ip", &["link", "set", "eth0", "up"]);
+    exec(
+        &pod_a,
+        "ip",
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &n1.pod_gateway.to_string(),
+        ],
+    );
+    let r = spoofed_connect(&pod_a);
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "a connection from b's IP and MAC on a's VF was established: {r:?}"
+    );
+
+    // The dataplane dropped them on a's VF and charged a with it...
+    let dp = get(
+        &n1.dpu,
+        "127.0.0.1:15091".parse().expect("static"),
+        "dataplane",
+        "/metrics",
+        false,
+    )
+    .1;
+    let drops: f64 = dp
+        .lines()
+        .filter(|l| l.starts_with("dpumesh_dataplane_pod_drops_total{"))
+        .filter(|l| l.contains("pod=\"client-a\""))
+        .filter(|l| l.contains("reason=\"spoof_ip\"") || l.contains("reason=\"spoof_mac\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(drops >= 2.0, "spoof drops charged to client-a: {dp}");
+    // ...so neither proxy ever saw b's identity again, and c saw nothing.
+    let out = admin(&n1.dpu, "/metrics");
+    assert_eq!(
+        requests_total(&out, &[("source_workload", "trusted")]),
+        1.0,
+        "{out}"
+    );
+    assert_eq!(
+        requests_total(&admin(&n2.dpu, "/metrics"), &trusted_in),
+        1.0
+    );
+    assert_eq!(server.peer_ips().len(), peers_before);
+
+    drop(server);
+    let name = sim.cluster().to_string();
+    drop(sim);
+    let left = dpumesh_sim::leftovers(&name).expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
