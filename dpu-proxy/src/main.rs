@@ -12,6 +12,7 @@ use dpu_proxy::access_log::{AccessLog, Sink};
 use dpu_proxy::admin::{self, Admin};
 use dpu_proxy::config_store::{ConfigStore, Offer};
 use dpu_proxy::control::{self, ControlState};
+use dpu_proxy::identity::{CertIssuer, IstiodCa, IstiodCaConfig, SpiffeId};
 use dpu_proxy::metrics::Metrics;
 use dpu_proxy::proxy::{self, ConfigSource, Proxy, ProxySettings};
 use dpumesh_api::NodeConfig;
@@ -54,16 +55,41 @@ struct Args {
     /// HBONE (mTLS HTTP/2 CONNECT) listener port on `--listen-ip`; 0 disables it.
     #[arg(long, default_value_t = dpu_proxy::hbone::HBONE_PORT)]
     hbone_port: u16,
-    /// Trust domain of the built-in CA (must equal the config's node.trustDomain).
+    /// Trust domain of the workload identities (must equal the config's node.trustDomain).
     #[arg(long, env = "DPUMESH_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
-    /// Lifetime of workload certificates from the built-in CA; renewed at half of it.
+    /// Lifetime of workload certificates (requested from istiod with
+    /// --ca-addr, which may shorten it); renewed at half of it.
     #[arg(long, default_value_t = 24 * 3600)]
     workload_cert_ttl_seconds: u64,
     /// Root of the built-in CA shared by the nodes (created by the first
     /// proxy, loaded by the others); empty = a root of this process only.
+    /// Not used with --ca-addr.
     #[arg(long, default_value = "/run/dpumesh/ca/root.pem")]
     ca_root_file: Option<PathBuf>,
+    /// istiod's CA (IstioCertificateService/CreateCertificate over TLS), e.g.
+    /// https://istiod.istio-system.svc:15012; when set, workload certificates
+    /// come from it instead of the built-in CA.
+    #[arg(long, env = "DPU_PROXY_CA_ADDR")]
+    ca_addr: Option<String>,
+    /// TLS server name (SNI) and gRPC authority for --ca-addr; default its host.
+    #[arg(long)]
+    ca_server_name: Option<String>,
+    /// Projected service-account token (audience istio-ca) sent as
+    /// `authorization: Bearer`; re-read at every request.
+    #[arg(long, default_value = dpu_proxy::identity::istiod::DEFAULT_TOKEN_FILE)]
+    ca_token_file: PathBuf,
+    /// istiod's root certificate(s), PEM: verifies istiod and is the mesh's
+    /// trust anchor for peers' workload certificates.
+    #[arg(long, default_value = dpu_proxy::identity::istiod::DEFAULT_ROOT_FILE)]
+    ca_trust_root_pem: PathBuf,
+    /// Cluster ID sent to istiod (`clusterid` header).
+    #[arg(long, default_value = dpu_proxy::identity::istiod::DEFAULT_CLUSTER_ID)]
+    ca_cluster_id: String,
+    /// dpu-proxy's own SPIFFE ID (its token's service account); requests for
+    /// other identities name them in `ImpersonatedIdentity`.
+    #[arg(long)]
+    ca_own_identity: Option<String>,
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. "info" or "dpu_proxy=debug").
     #[arg(long, env = "DPUMESH_LOG", default_value = "info")]
     log_level: String,
@@ -101,6 +127,8 @@ fn main() -> anyhow::Result<()> {
         data.worker_threads(n.max(1));
     }
     let data = data.build().context("data path runtime")?;
+    // A bad istiod CA setting stops the start, before anything listens.
+    let istiod = istiod_ca(&data, &args)?;
     for spec in proxy::listeners_on(args.listen_ip, args.outbound_port, args.inbound_port) {
         let listener = {
             let _in_runtime = data.enter();
@@ -115,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     // Identities + HBONE (client on the outbound path, server for tunnels
     // steered to the inbound listener, and the 15008 listener). Without
     // identities the proxy still serves plaintext.
-    if let Err(e) = start_hbone(&data, &store, &proxy, &args) {
+    if let Err(e) = start_hbone(&data, &store, &proxy, &args, istiod) {
         tracing::error!(error = format!("{e:#}"), "HBONE disabled");
     }
 
@@ -169,19 +197,41 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Built-in CA → certificate store following the config → HBONE server
-/// gated by the pods' inbound policies, all on the data path runtime.
-fn start_hbone(
+/// istiod's CA client from `--ca-addr` and its files (checked now: files
+/// readable, root PEM parses, token non-empty); `None` without `--ca-addr`.
+fn istiod_ca(
     data: &tokio::runtime::Runtime,
-    store: &Arc<ConfigStore>,
-    proxy: &Arc<Proxy>,
     args: &Args,
-) -> anyhow::Result<()> {
-    use dpu_proxy::authz::{PolicyGate, PolicyIndex};
-    use dpu_proxy::hbone::{HboneClient, HboneServer};
-    use dpu_proxy::identity::{follow_config, BuiltinCa, CaConfig, CertStore};
-    use dpu_proxy::proxy::TunnelsToProxy;
+) -> anyhow::Result<Option<Arc<dyn CertIssuer>>> {
+    let Some(addr) = &args.ca_addr else {
+        return Ok(None);
+    };
+    let mut cfg = IstiodCaConfig::new(addr, &args.ca_trust_root_pem, &args.ca_token_file)
+        .context("checking --ca-addr, --ca-trust-root-pem and --ca-token-file")?;
+    if let Some(name) = &args.ca_server_name {
+        cfg.server_name = name.clone();
+    }
+    cfg.cluster_id = args.ca_cluster_id.clone();
+    cfg.workload_ttl = Duration::from_secs(args.workload_cert_ttl_seconds.max(60));
+    if let Some(own) = &args.ca_own_identity {
+        cfg.own_identity = Some(SpiffeId::parse(own).context("--ca-own-identity")?);
+    }
+    tracing::info!(
+        addr = %cfg.addr,
+        server_name = %cfg.server_name,
+        cluster_id = %cfg.cluster_id,
+        root = %cfg.roots_file.display(),
+        "workload certificates from istiod's CA"
+    );
+    // The client's gRPC channel lives on the data path runtime.
+    let _in_runtime = data.enter();
+    let ca = IstiodCa::new(cfg).context("--ca-addr/--ca-server-name")?;
+    Ok(Some(Arc::new(ca)))
+}
 
+/// The built-in CA (under the shared root file if there is one).
+fn builtin_issuer(args: &Args) -> anyhow::Result<Arc<dyn CertIssuer>> {
+    use dpu_proxy::identity::{BuiltinCa, CaConfig};
     let mut ca = CaConfig::new(&args.trust_domain);
     ca.workload_ttl = Duration::from_secs(args.workload_cert_ttl_seconds.max(60));
     let ca = match &args.ca_root_file {
@@ -199,8 +249,28 @@ fn start_hbone(
         }
         _ => BuiltinCa::new(ca).context("built-in CA")?,
     };
-    let certs =
-        Arc::new(CertStore::new(&args.trust_domain, Arc::new(ca)).context("certificate store")?);
+    Ok(Arc::new(ca))
+}
+
+/// Workload issuer → certificate store following the config → HBONE server
+/// gated by the pods' inbound policies, all on the data path runtime.
+fn start_hbone(
+    data: &tokio::runtime::Runtime,
+    store: &Arc<ConfigStore>,
+    proxy: &Arc<Proxy>,
+    args: &Args,
+    istiod: Option<Arc<dyn CertIssuer>>,
+) -> anyhow::Result<()> {
+    use dpu_proxy::authz::{PolicyGate, PolicyIndex};
+    use dpu_proxy::hbone::{HboneClient, HboneServer};
+    use dpu_proxy::identity::{follow_config, CertStore};
+    use dpu_proxy::proxy::TunnelsToProxy;
+
+    let issuer = match istiod {
+        Some(istiod) => istiod,
+        None => builtin_issuer(args)?,
+    };
+    let certs = Arc::new(CertStore::new(&args.trust_domain, issuer).context("certificate store")?);
     let gate = Arc::new(PolicyGate::new(PolicyIndex::default()));
     let local = certs.clone();
     let server = Arc::new(

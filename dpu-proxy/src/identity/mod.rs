@@ -7,6 +7,7 @@
 //! keys and never kept as bytes, printed or logged.
 
 mod ca;
+pub mod istiod;
 mod node;
 mod store;
 pub mod tls;
@@ -19,6 +20,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 
 pub use ca::{BuiltinCa, CaConfig};
+pub use istiod::{IstiodCa, IstiodCaConfig, IstiodCaError};
 pub use node::follow_config;
 pub use store::{CertIssuer, CertStore, IssueFuture, StoreSnapshot};
 
@@ -41,6 +43,8 @@ pub enum IdentityError {
     Issuer { id: String, reason: String },
     #[error("shared CA root {0}")]
     Ca(String),
+    #[error("istiod CA: {0}")]
+    IstiodConfig(String),
 }
 
 /// A parsed SPIFFE ID of the Istio form `spiffe://<td>/ns/<ns>/sa/<sa>`.

@@ -37,7 +37,14 @@ pub async fn follow_config(
                         "workload identities in step with the config"
                     ),
                     Err(e) => {
-                        tracing::warn!(version = cfg.version, error = %e, "workload identities not updated")
+                        let snap = store.snapshot();
+                        tracing::warn!(
+                            version = cfg.version,
+                            identities = snap.certs.len(),
+                            without_certificate = snap.pending.len(),
+                            error = %e,
+                            "some workload identities have no certificate (retried with rotation)"
+                        )
                     }
                 }
             }

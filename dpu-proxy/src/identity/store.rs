@@ -22,8 +22,8 @@ use super::{IdentityError, SpiffeId, WorkloadCert};
 pub type IssueFuture<'a> =
     Pin<Box<dyn Future<Output = Result<WorkloadCert, IdentityError>> + Send + 'a>>;
 
-/// Something that signs workload certificates: the built-in CA today,
-/// istiod's `CreateCertificate` (CSR + service-account token) next.
+/// Something that signs workload certificates: the built-in CA
+/// ([`super::BuiltinCa`]) or istiod's `CreateCertificate` ([`super::IstiodCa`]).
 pub trait CertIssuer: Send + Sync {
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
@@ -37,8 +37,12 @@ pub trait CertIssuer: Send + Sync {
 #[derive(Debug, Default)]
 pub struct StoreSnapshot {
     pub certs: BTreeMap<SpiffeId, Arc<WorkloadCert>>,
-    /// Pod IP → identity of the pod holding it.
+    /// Pod IP → identity of the pod holding it (only identities that have
+    /// a certificate: a pod without one is not served over HBONE).
     pub by_ip: HashMap<IpAddr, SpiffeId>,
+    /// Identities of the config whose first issuance failed, with their pod
+    /// IPs; retried by [`CertStore::retry_pending`] (the rotation loop).
+    pub pending: BTreeMap<SpiffeId, Vec<IpAddr>>,
 }
 
 pub struct CertStore {
@@ -108,26 +112,80 @@ impl CertStore {
 
     /// Make the store hold exactly the identities of `pods` (SPIFFE ID and
     /// the pod's IPs): issue what is missing, drop what is gone, keep the rest.
+    /// An identity whose issuance fails is left out (no certificate, its IPs
+    /// not served) and kept as pending; the others are stored anyway. The
+    /// first failure is returned after the store is updated.
     pub async fn sync(&self, pods: &[(SpiffeId, Vec<IpAddr>)]) -> Result<(), IdentityError> {
         let _w = self.writer.lock().await;
         let old = self.snapshot.load_full();
-        let mut certs = BTreeMap::new();
-        let mut by_ip = HashMap::new();
+        let mut wanted: BTreeMap<SpiffeId, Vec<IpAddr>> = BTreeMap::new();
         for (id, ips) in pods {
-            if !certs.contains_key(id) {
-                let cert = match old.certs.get(id) {
-                    Some(c) => c.clone(),
-                    None => Arc::new(self.issuer.issue(id).await?),
-                };
-                certs.insert(id.clone(), cert);
+            wanted.entry(id.clone()).or_default().extend(ips);
+        }
+        let mut next = StoreSnapshot::default();
+        let mut first_err = None;
+        for (id, ips) in wanted {
+            let cert = match old.certs.get(&id) {
+                Some(c) => c.clone(),
+                None => match self.issuer.issue(&id).await {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        tracing::warn!(identity = %id, issuer = self.issuer.name(), error = %e, "no certificate for this identity; its pods are not served over HBONE until it is issued");
+                        first_err.get_or_insert(e);
+                        next.pending.insert(id, ips);
+                        continue;
+                    }
+                },
+            };
+            for ip in &ips {
+                next.by_ip.insert(*ip, id.clone());
             }
-            for ip in ips {
-                by_ip.insert(*ip, id.clone());
+            next.certs.insert(id, cert);
+        }
+        self.snapshot.store(Arc::new(next));
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Try again to issue the identities whose issuance failed; returns how
+    /// many got a certificate.
+    pub async fn retry_pending(&self) -> Result<usize, IdentityError> {
+        let _w = self.writer.lock().await;
+        let old = self.snapshot.load_full();
+        if old.pending.is_empty() {
+            return Ok(0);
+        }
+        let mut certs = old.certs.clone();
+        let mut by_ip = old.by_ip.clone();
+        let mut pending = BTreeMap::new();
+        let mut first_err = None;
+        let mut n = 0;
+        for (id, ips) in &old.pending {
+            match self.issuer.issue(id).await {
+                Ok(c) => {
+                    for ip in ips {
+                        by_ip.insert(*ip, id.clone());
+                    }
+                    certs.insert(id.clone(), Arc::new(c));
+                    n += 1;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    pending.insert(id.clone(), ips.clone());
+                }
             }
         }
-        self.snapshot
-            .store(Arc::new(StoreSnapshot { certs, by_ip }));
-        Ok(())
+        self.snapshot.store(Arc::new(StoreSnapshot {
+            certs,
+            by_ip,
+            pending,
+        }));
+        match first_err {
+            Some(e) if n == 0 => Err(e),
+            _ => Ok(n),
+        }
     }
 
     /// [`Self::sync`] with the pods of a NodeConfig. Pods whose IDs or IPs do
@@ -198,6 +256,7 @@ impl CertStore {
         self.snapshot.store(Arc::new(StoreSnapshot {
             certs,
             by_ip: old.by_ip.clone(),
+            pending: old.pending.clone(),
         }));
         match first_err {
             Some(e) if n == 0 => Err(e),
@@ -205,7 +264,8 @@ impl CertStore {
         }
     }
 
-    /// Check for due renewals every `every` until the store is dropped.
+    /// Every `every`, until the store is dropped: renew what is due and
+    /// retry identities that have no certificate yet.
     pub fn spawn_rotation(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -217,6 +277,13 @@ impl CertStore {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(renewed = n, "workload certificates rotated"),
                     Err(e) => tracing::warn!(error = %e, "certificate rotation failed"),
+                }
+                match store.retry_pending().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(issued = n, "pending workload certificates issued"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pending workload certificates still not issued")
+                    }
                 }
             }
         })
