@@ -46,6 +46,7 @@ const LEGACY_VIP: &str = "10.96.0.20";
 const IMPOSTOR_HOST: &str = "impostor.legacy.svc.cluster.local";
 const IMPOSTOR_VIP: &str = "10.96.0.21";
 const LEGACY_ID: &str = "spiffe://cluster.local/ns/legacy/sa/legacy-app";
+const CLIENT_A_ID: &str = "spiffe://cluster.local/ns/default/sa/client-a";
 const SERVER_B_ID: &str = "spiffe://cluster.local/ns/default/sa/server-b";
 /// Envoy's listeners for the negative cases (plain TCP in, HBONE out).
 const WRONG_SAN_PORT: u16 = 15002;
@@ -641,6 +642,15 @@ static_resources:
                   cluster: "inbound|{APP_PORT}||"
                   upgrade_configs: [{{upgrade_type: CONNECT, connect_config: {{}}}}]
           http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  "ns[legacy]-policy[allow-client-a]-rule[0]":
+                    permissions: [{{any: true}}]
+                    principals: [{{authenticated: {{principal_name: {{exact: "{CLIENT_A_ID}"}}}}}}]
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
 {outbound}{wrong_san}{other_td}
@@ -902,6 +912,12 @@ fn hbone_both_ways_with_an_envoy_sidecar() {
         "Envoy terminated mTLS on 15008"
     );
     assert!(envoy_counter(&legacy, "http.connect_terminate.downstream_rq_total") >= 1);
+    // Envoy saw client-a's own identity (its RBAC allows only that principal).
+    assert!(envoy_counter(&legacy, "http.connect_terminate.rbac.allowed") >= 1);
+    assert_eq!(
+        envoy_counter(&legacy, "http.connect_terminate.rbac.denied"),
+        0
+    );
     let metrics = admin(&n1.dpu, 15000, "/metrics");
     let sent = [
         ("reporter", "source"),
@@ -920,6 +936,15 @@ fn hbone_both_ways_with_an_envoy_sidecar() {
         stats["proxy"]["hbone_upstream"].as_u64().unwrap_or(0) >= 1,
         "{stats}"
     );
+
+    // 1a. The shared proxy acts with each pod's own identity: server-b's
+    //     tunnel carries server-b's certificate, which the sidecar's RBAC
+    //     refuses (403 on the CONNECT) → 503 UF, and the app sees nothing.
+    let hits = app.hits();
+    let (status, body) = get(&pod_b, vip, "legacy", "/", false);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(app.hits(), hits, "Envoy's RBAC let server-b through");
+    assert!(envoy_counter(&legacy, "http.connect_terminate.rbac.denied") >= 1);
 
     // 1b. dpu-proxy insists on the identity its config names: the same
     //     endpoint under a service account Envoy's certificate does not carry
