@@ -318,3 +318,95 @@ async fn follow(
     req_tx.send(request).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::service::discovery::v3::{Resource as Wrapper, ResourceName};
+
+    fn cluster(name: &str) -> Resource {
+        Resource::Cluster(Cluster {
+            name: name.to_string(),
+            ..Cluster::default()
+        })
+    }
+
+    fn response(resources: Vec<Wrapper>) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: CLUSTER_TYPE.to_string(),
+            resources,
+            removed_resources: vec!["gone-1".into()],
+            removed_resource_names: vec![ResourceName {
+                name: "gone-2".into(),
+                ..ResourceName::default()
+            }],
+            ..DeltaDiscoveryResponse::default()
+        }
+    }
+
+    #[test]
+    fn decodes_resources_with_versions_and_both_removal_lists() {
+        let r = response(vec![Wrapper {
+            name: "a".into(),
+            version: "v1".into(),
+            resource: Some(cluster("a").to_any()),
+            ..Wrapper::default()
+        }]);
+        let (updated, removed) = decode(&r, CLUSTER_TYPE).expect("decodes");
+        assert_eq!(updated, [("v1".to_string(), cluster("a"))]);
+        assert_eq!(removed, ["gone-1", "gone-2"]);
+    }
+
+    #[test]
+    fn a_wrapper_without_body_or_with_another_name_is_an_error_naming_it() {
+        let empty = response(vec![Wrapper {
+            name: "a".into(),
+            ..Wrapper::default()
+        }]);
+        let e = decode(&empty, CLUSTER_TYPE).expect_err("no body");
+        assert!(e.contains("\"a\"") && e.contains("no resource body"), "{e}");
+        let renamed = response(vec![Wrapper {
+            name: "a".into(),
+            resource: Some(cluster("b").to_any()),
+            ..Wrapper::default()
+        }]);
+        let e = decode(&renamed, CLUSTER_TYPE).expect_err("name mismatch");
+        assert!(e.contains("\"a\"") && e.contains("\"b\""), "{e}");
+        let wrong_type = response(vec![Wrapper {
+            name: "a".into(),
+            resource: Some(cluster("a").to_any()),
+            ..Wrapper::default()
+        }]);
+        let e = decode(&wrong_type, LISTENER_TYPE).expect_err("type mismatch");
+        assert!(e.contains(CLUSTER_TYPE), "{e}");
+    }
+
+    #[test]
+    fn commit_tracks_versions_and_references_and_forgets_removed() {
+        let mut st = TypeState::default();
+        let eds = Cluster {
+            name: "c".into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Cluster::default()
+        };
+        commit(
+            &mut st,
+            &[
+                ("1".into(), Resource::Cluster(eds)),
+                ("2".into(), cluster("static")),
+            ],
+            &[],
+        );
+        assert!(st.received);
+        assert_eq!(st.versions.get("c").map(String::as_str), Some("1"));
+        assert_eq!(st.refs["c"], BTreeSet::from(["c".to_string()]));
+        assert!(st.refs["static"].is_empty());
+        commit(&mut st, &[], &["c".into()]);
+        assert!(!st.versions.contains_key("c") && !st.refs.contains_key("c"));
+        assert_eq!(st.versions.len(), 1);
+    }
+}
