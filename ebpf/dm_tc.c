@@ -18,6 +18,9 @@
 #ifndef AF_INET
 #define AF_INET 2
 #endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
 /* Istio's HBONE port: the inbound tunnels between node proxies. */
 #define DM_HBONE_PORT 15008
@@ -312,6 +315,316 @@ static __always_inline int dm_forward(struct __sk_buff *skb, struct dm_ip4 *p,
 	return dm_route(skb, p, cfg, c);
 }
 
+/* ------------------------------------------------------------------ IPv6 */
+
+/* The ICMPv6 checksum (RFC 4443 2.3): the IPv6 pseudo-header (RFC 8200
+ * 8.1) and the message `msg`, `len` bytes (a multiple of 4). */
+struct dm_ip6_pseudo {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be32 len;
+	__u8 zero[3];
+	__u8 nexthdr;
+};
+
+static __always_inline __u16 dm_icmp6_csum(const __u8 *saddr, const __u8 *daddr, void *msg,
+					   __u32 len)
+{
+	struct dm_ip6_pseudo ph = {};
+	__s64 sum;
+
+	__builtin_memcpy(ph.saddr, saddr, 16);
+	__builtin_memcpy(ph.daddr, daddr, 16);
+	ph.len = bpf_htonl(len);
+	ph.nexthdr = IPPROTO_ICMPV6;
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+	sum = bpf_csum_diff(NULL, 0, msg, len, (__u32)sum);
+	return dm_csum_fold(sum);
+}
+
+/* The neighbour advertisement the dataplane answers with (RFC 4861 4.4),
+ * with the target link-layer address option. */
+struct dm_na {
+	struct ipv6hdr ip6;
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__be32 flags;
+	__u8 target[16];
+	__u8 opt_type;
+	__u8 opt_len;
+	__u8 mac[6];
+};
+
+/* Answer a pod's neighbour solicitation for any address but its own (proxy
+ * ND, as proxy ARP for IPv4): the gateway, fe80::1, other pods all resolve
+ * to the gateway MAC, so the pod needs nothing but its VF. The source must
+ * be the pod's IPv6 address or the link-local address its VF MAC gives
+ * (EUI-64). Duplicate address detection (source ::) gets no answer. */
+static __always_inline int dm_nd_reply(struct __sk_buff *skb, struct dm_ip6 *p,
+				       const struct dm_endpoint *ep,
+				       const struct dm_node_config *cfg, struct dm_pod_counters *c)
+{
+	struct dm_na r = {};
+	__u8 saddr[16];
+	__u8 target[16];
+	int own_src;
+
+	if (p->ip6->hop_limit != 255) /* RFC 4861 7.1.1: not from the link */
+		return dm_drop(c, DM_DROP_MALFORMED);
+	__builtin_memcpy(saddr, p->ip6->saddr.in6_u.u6_addr8, 16);
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct ipv6hdr) + 8, target, 16))
+		return dm_drop(c, DM_DROP_MALFORMED);
+	if (dm_ip6_is_zero(saddr))
+		return dm_drop(c, DM_DROP_UNSUPPORTED);
+	own_src = dm_ip6_is_eui64_ll(saddr, ep->mac) ||
+		  ((ep->flags & DM_EP_IPV6) && dm_ip6_eq(saddr, ep->ipv6));
+	if (!own_src)
+		return dm_drop(c, DM_DROP_SPOOF_IP);
+	if (target[0] == 0xff)
+		return dm_drop(c, DM_DROP_MALFORMED);
+	if (dm_ip6_is_eui64_ll(target, ep->mac) ||
+	    ((ep->flags & DM_EP_IPV6) && dm_ip6_eq(target, ep->ipv6)))
+		return dm_drop(c, DM_DROP_UNSUPPORTED);
+
+	r.ip6.version = 6;
+	r.ip6.payload_len = bpf_htons(sizeof(r) - sizeof(r.ip6));
+	r.ip6.nexthdr = IPPROTO_ICMPV6;
+	r.ip6.hop_limit = 255;
+	__builtin_memcpy(r.ip6.saddr.in6_u.u6_addr8, target, 16);
+	__builtin_memcpy(r.ip6.daddr.in6_u.u6_addr8, saddr, 16);
+	r.type = DM_ND_NA;
+	r.flags = bpf_htonl(0xe0000000); /* router, solicited, override */
+	__builtin_memcpy(r.target, target, 16);
+	r.opt_type = 2; /* target link-layer address */
+	r.opt_len = 1;  /* in units of 8 bytes */
+	dm_mac_copy(r.mac, cfg->gateway_mac);
+	r.check = dm_icmp6_csum(target, saddr, &r.type, sizeof(r) - sizeof(r.ip6));
+
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0))
+		return dm_drop(c, DM_DROP_MALFORMED);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0))
+		return dm_drop(c, DM_DROP_MALFORMED);
+	if (bpf_skb_store_bytes(skb, 0, ep->mac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, cfg->gateway_mac, ETH_ALEN, 0))
+		return dm_drop(c, DM_DROP_MALFORMED);
+	c->arp_replies++;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* As dm_route, for IPv6: a local pod, a peer's IPv6 pod CIDR through the
+ * tunnel (overlay), else the FIB (underlay: the dataplane routes peers'
+ * IPv6 pod CIDRs via their derived underlay IPv6 address on p0). The FIB is
+ * asked on behalf of the uplink: the representors have IPv6 off. */
+static __always_inline int dm_route6(struct __sk_buff *skb, struct dm_ip6 *p,
+				     const struct dm_node_config *cfg, struct dm_pod_counters *c)
+{
+	struct bpf_fib_lookup fib = {};
+	struct dm_ip6_key k;
+	struct dm_endpoint *dst;
+	long rc;
+
+	__builtin_memcpy(k.addr, p->ip6->daddr.in6_u.u6_addr8, 16);
+	dst = bpf_map_lookup_elem(&dm_ep_ip6, &k);
+	if (dst) {
+		if (c)
+			c->bypassed++;
+		return dm_to_pod(p->eth, dst, cfg);
+	}
+
+	if (cfg->mode == DM_MODE_OVERLAY) {
+		struct dm_tunnel6_key tk = {};
+		struct dm_tunnel *t;
+
+		tk.prefixlen = 128;
+		__builtin_memcpy(tk.addr, k.addr, 16);
+		t = bpf_map_lookup_elem(&dm_tunnels6, &tk);
+		if (t)
+			return dm_encap(skb, p->eth, cfg, t, c);
+	}
+
+	fib.family = AF_INET6;
+	fib.flowinfo = *(__be32 *)p->ip6 & bpf_htonl(0x0fffffff);
+	fib.l4_protocol = p->ip6->nexthdr;
+	fib.tot_len = bpf_ntohs(p->ip6->payload_len) + sizeof(struct ipv6hdr);
+	__builtin_memcpy(fib.ipv6_src, p->ip6->saddr.in6_u.u6_addr8, 16);
+	__builtin_memcpy(fib.ipv6_dst, k.addr, 16);
+	fib.ifindex = cfg->uplink_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+		struct ethhdr *eth = data;
+
+		if ((void *)(eth + 1) > end)
+			return dm_drop(c, DM_DROP_MALFORMED);
+		dm_mac_copy(eth->h_dest, fib.dmac);
+		dm_mac_copy(eth->h_source, fib.smac);
+		if (c)
+			c->bypassed++;
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = {};
+
+		nh.nh_family = AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+		if (c)
+			c->bypassed++;
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return dm_drop(c, DM_DROP_LOCAL_DST);
+	return dm_drop(c, DM_DROP_NO_ROUTE);
+}
+
+/* ICMPv6 time exceeded (RFC 4443 3.3, type 3 code 0) from the IPv6 gateway
+ * for a packet dropped for its hop limit, as dm_icmp_time_exceeded for
+ * IPv4. The quote is the first DM_ICMP6_QUOTE bytes of the packet (RFC 4443
+ * asks for as much as fits; traceroute6 matches its probes by their UDP
+ * payload), zero-padded when the packet is shorter. No answer to an ICMPv6
+ * error, to a source that is unspecified, multicast or link-local, to a
+ * packet shorter than an IPv6 header and 8 bytes, or when the node has no
+ * IPv6 gateway. */
+#define DM_ICMP6_QUOTE 128
+#define DM_ICMP6_QUOTE_MIN 48
+struct dm_icmp6_err {
+	struct ipv6hdr ip6;
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__be32 unused;
+	__u8 quote[DM_ICMP6_QUOTE];
+};
+
+static __always_inline int dm_icmp6_time_exceeded(struct __sk_buff *skb, struct dm_ip6 *p,
+						  const struct dm_node_config *cfg)
+{
+	struct dm_icmp6_err r = {};
+	__u8 saddr[16];
+	__u64 n;
+
+	if (dm_ip6_is_zero(cfg->gateway_ipv6))
+		return TC_ACT_SHOT;
+	__builtin_memcpy(saddr, p->ip6->saddr.in6_u.u6_addr8, 16);
+	if (dm_ip6_is_zero(saddr) || saddr[0] == 0xff || dm_ip6_is_link_local(saddr))
+		return TC_ACT_SHOT;
+	if (p->ip6->nexthdr == IPPROTO_ICMPV6) {
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct ipv6hdr), &type, 1))
+			return TC_ACT_SHOT;
+		if (type < 128) /* an error message */
+			return TC_ACT_SHOT;
+	}
+	n = skb->len;
+	if (n < ETH_HLEN + DM_ICMP6_QUOTE_MIN)
+		return TC_ACT_SHOT;
+	n -= ETH_HLEN;
+	if (n > DM_ICMP6_QUOTE)
+		n = DM_ICMP6_QUOTE;
+	/* Checked again on the register the call gets, for the verifier. */
+	asm volatile("" : "+r"(n));
+	if (n < DM_ICMP6_QUOTE_MIN || n > DM_ICMP6_QUOTE)
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, n))
+		return TC_ACT_SHOT;
+
+	r.ip6.version = 6;
+	r.ip6.payload_len = bpf_htons(sizeof(r) - sizeof(r.ip6));
+	r.ip6.nexthdr = IPPROTO_ICMPV6;
+	r.ip6.hop_limit = 64;
+	__builtin_memcpy(r.ip6.saddr.in6_u.u6_addr8, cfg->gateway_ipv6, 16);
+	__builtin_memcpy(r.ip6.daddr.in6_u.u6_addr8, saddr, 16);
+	r.type = 3; /* time exceeded */
+	r.code = 0; /* hop limit exceeded in transit */
+	r.check = dm_icmp6_csum(cfg->gateway_ipv6, saddr, &r.type, sizeof(r) - sizeof(r.ip6));
+
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0))
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0))
+		return TC_ACT_SHOT;
+	if (dm_parse_ip6(skb, p))
+		return TC_ACT_SHOT;
+	return dm_route6(skb, p, cfg, NULL);
+}
+
+/* A pod's IPv6 packet, after the MAC check. */
+static __always_inline int dm_rep_ingress6(struct __sk_buff *skb, const struct dm_endpoint *ep,
+					   const struct dm_node_config *cfg,
+					   struct dm_pod_counters *c)
+{
+	struct dm_ip6 p;
+	__u8 saddr[16];
+	__u8 d0, d1;
+	int own;
+
+	if (dm_parse_ip6(skb, &p))
+		return dm_drop(c, DM_DROP_MALFORMED);
+	if (p.ip6->nexthdr == IPPROTO_ICMPV6) {
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct ipv6hdr), &type, 1))
+			return dm_drop(c, DM_DROP_MALFORMED);
+		if (type == DM_ND_NS)
+			return dm_nd_reply(skb, &p, ep, cfg, c);
+		if (dm_parse_ip6(skb, &p))
+			return dm_drop(c, DM_DROP_MALFORMED);
+	}
+	__builtin_memcpy(saddr, p.ip6->saddr.in6_u.u6_addr8, 16);
+	d0 = p.ip6->daddr.in6_u.u6_addr8[0];
+	d1 = p.ip6->daddr.in6_u.u6_addr8[1];
+	own = (ep->flags & DM_EP_IPV6) && dm_ip6_eq(saddr, ep->ipv6);
+	/* Link-local and multicast traffic stays on the link; of it the
+	 * dataplane serves only neighbour solicitations (router solicitations,
+	 * MLD, DAD and the like are dropped as unsupported). */
+	if (dm_ip6_is_zero(saddr) || dm_ip6_is_link_local(saddr) || d0 == 0xff ||
+	    (d0 == 0xfe && (d1 & 0xc0) == 0x80)) {
+		if (own || dm_ip6_is_zero(saddr) || dm_ip6_is_eui64_ll(saddr, ep->mac))
+			return dm_drop(c, DM_DROP_UNSUPPORTED);
+		return dm_drop(c, DM_DROP_SPOOF_IP);
+	}
+	if (!own)
+		return dm_drop(c, DM_DROP_SPOOF_IP);
+	/* IPv6 is not steered into the proxy (yet): forwarded as bypass. */
+	if (dm_hop_dec(&p) == DM_TTL_EXPIRED) {
+		dm_count_drop(c, DM_DROP_TTL_EXCEEDED);
+		return dm_icmp6_time_exceeded(skb, &p, cfg);
+	}
+	return dm_route6(skb, &p, cfg, c);
+}
+
+/* An IPv6 packet from the fabric: only packets for a local pod are ours. */
+static __always_inline int dm_from_fabric6(struct __sk_buff *skb)
+{
+	struct dm_endpoint *dst;
+	struct dm_node_config *cfg;
+	struct dm_pod_counters *c;
+	struct dm_ip6_key k;
+	struct dm_ip6 p;
+
+	if (dm_parse_ip6(skb, &p))
+		return TC_ACT_OK;
+	__builtin_memcpy(k.addr, p.ip6->daddr.in6_u.u6_addr8, 16);
+	dst = bpf_map_lookup_elem(&dm_ep_ip6, &k);
+	if (!dst)
+		return TC_ACT_OK;
+	cfg = dm_node_config();
+	if (!cfg || !cfg->ready)
+		return TC_ACT_OK;
+	c = dm_counters_of(dst->slot);
+	if (!c)
+		return TC_ACT_SHOT;
+	/* Routed into the pod: one hop. */
+	if (dm_hop_dec(&p) == DM_TTL_EXPIRED) {
+		dm_count_drop(c, DM_DROP_TTL_EXCEEDED);
+		return dm_icmp6_time_exceeded(skb, &p, cfg);
+	}
+	c->bypassed++;
+	return dm_to_pod(p.eth, dst, cfg);
+}
+
+
 SEC("classifier")
 int dm_rep_ingress(struct __sk_buff *skb)
 {
@@ -344,6 +657,8 @@ int dm_rep_ingress(struct __sk_buff *skb)
 		return dm_drop(c, DM_DROP_NOT_READY);
 	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return dm_arp_reply(skb, ep, cfg, c);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return dm_rep_ingress6(skb, ep, cfg, c);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return dm_drop(c, DM_DROP_UNSUPPORTED);
 	if (dm_parse_ip4(skb, &p))
@@ -401,6 +716,8 @@ static __always_inline int dm_from_fabric(struct __sk_buff *skb)
 	eth = data;
 	if ((void *)(eth + 1) > end)
 		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return dm_from_fabric6(skb);
 	/* ARP and everything not for a local pod is the DPU's own business. */
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;

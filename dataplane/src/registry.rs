@@ -86,6 +86,9 @@ pub struct NodeNetworkSpec {
     pub pod_cidr: IpNet,
     /// The pods' default gateway, answered by the dataplane.
     pub gateway: IpAddr,
+    /// Dual stack: the pod CIDR of the other IP family (the second entry of
+    /// `pod_cidr`, e.g. "10.244.1.0/24,fd00:10:244:1::/64") and its gateway.
+    pub secondary: Option<(IpNet, IpAddr)>,
     pub service_cidrs: Vec<IpNet>,
     /// This DPU's uplink address.
     pub underlay_ip: IpAddr,
@@ -99,6 +102,8 @@ pub struct NodeNetworkSpec {
 pub struct PeerSpec {
     pub name: String,
     pub pod_cidr: IpNet,
+    /// Dual stack: the peer's pod CIDR of the other family.
+    pub pod_cidr_secondary: Option<IpNet>,
     pub underlay_ip: IpAddr,
 }
 
@@ -458,7 +463,7 @@ impl PodRegistry {
         self.backend
             .apply_network(&spec, &pods)
             .map_err(|e| RegistryError::Backend(e.0))?;
-        tracing::info!(node = %spec.node_name, mode = ?spec.mode, pod_cidr = %spec.pod_cidr, peers = spec.peers.len(), "node network set");
+        tracing::info!(node = %spec.node_name, mode = ?spec.mode, pod_cidr = %spec.pod_cidrs(), peers = spec.peers.len(), "node network set");
         state.network = Some(spec);
         state.generation += 1;
         Ok(true)
@@ -719,10 +724,16 @@ fn first_host(net: &IpNet) -> IpAddr {
 
 /// Why `ip` cannot be a pod address in `network`, if it cannot.
 fn check_pod_ip(network: &NodeNetworkSpec, ip: IpAddr) -> Result<(), String> {
-    let cidr = network.pod_cidr;
+    let (cidr, gateway) = match network.secondary {
+        Some((c, g)) if c.network().is_ipv4() == ip.is_ipv4() => (c, g),
+        _ => (network.pod_cidr, network.gateway),
+    };
     if !cidr.contains(&ip) {
-        Err(format!("is outside the node's pod CIDR {cidr}"))
-    } else if ip == network.gateway {
+        Err(format!(
+            "is outside the node's pod CIDR {}",
+            network.pod_cidrs()
+        ))
+    } else if ip == gateway {
         Err(format!("is the pods' gateway of {cidr}"))
     } else if ip == cidr.network() {
         Err(format!("is the network address of {cidr}"))
@@ -731,6 +742,82 @@ fn check_pod_ip(network: &NodeNetworkSpec, ip: IpAddr) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+impl NodeNetworkSpec {
+    /// The pod CIDRs as the API spells them: "v4", or "first,second".
+    pub fn pod_cidrs(&self) -> String {
+        match self.secondary {
+            Some((c, _)) => format!("{},{c}", self.pod_cidr),
+            None => self.pod_cidr.to_string(),
+        }
+    }
+
+    /// The gateways, in the order of [`NodeNetworkSpec::pod_cidrs`].
+    pub fn gateways(&self) -> String {
+        match self.secondary {
+            Some((_, g)) => format!("{},{g}", self.gateway),
+            None => self.gateway.to_string(),
+        }
+    }
+}
+
+impl PeerSpec {
+    /// Every pod CIDR of the peer.
+    pub fn pod_cidrs(&self) -> impl Iterator<Item = IpNet> + '_ {
+        std::iter::once(self.pod_cidr).chain(self.pod_cidr_secondary)
+    }
+}
+
+/// A pod CIDR field: one CIDR, or two of different IP families separated by
+/// a comma (dual stack, as Kubernetes' `--cluster-cidr`).
+fn dual_cidr(p: &mut Problems, path: &str, value: &str) -> Option<(IpNet, Option<IpNet>)> {
+    let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+    match parts.as_slice() {
+        [one] => p.cidr(path, one).map(|c| (c, None)),
+        [a, b] => {
+            let (a, b) = (p.cidr(path, a)?, p.cidr(path, b)?);
+            if a.network().is_ipv4() == b.network().is_ipv4() {
+                p.push(
+                    path,
+                    format_args!(
+                        "{a} and {b} are of one IP family (dual stack: one IPv4 and one IPv6 CIDR)"
+                    ),
+                );
+                return None;
+            }
+            Some((a, Some(b)))
+        }
+        _ => {
+            p.push(
+                path,
+                format_args!("{value:?}: at most two CIDRs (one IPv4, one IPv6)"),
+            );
+            None
+        }
+    }
+}
+
+/// The gateway of `cidr`: the entry of `given` (comma-separated) of its
+/// family, else its first host address.
+fn gateway_of(p: &mut Problems, cidr: IpNet, given: &str) -> Option<IpAddr> {
+    let mut ips = Vec::new();
+    for part in given.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        ips.push(p.ip("network.gateway_ip", part)?);
+    }
+    let Some(ip) = ips
+        .into_iter()
+        .find(|ip| ip.is_ipv4() == cidr.network().is_ipv4())
+    else {
+        return Some(first_host(&cidr));
+    };
+    if !cidr.contains(&ip) || ip == cidr.network() || (ip.is_ipv4() && ip == cidr.broadcast()) {
+        p.push(
+            "network.gateway_ip",
+            format_args!("{ip} is not a host address of the pod CIDR {cidr}"),
+        );
+    }
+    Some(ip)
 }
 
 fn parse_network(
@@ -768,8 +855,12 @@ fn parse_network(
             None
         }
     };
-    let pod_cidr = p.cidr("network.pod_cidr", &n.pod_cidr);
-    if let Some(c) = pod_cidr {
+    let cidrs = dual_cidr(&mut p, "network.pod_cidr", &n.pod_cidr);
+    let pod_cidr = cidrs.map(|(c, _)| c);
+    let own_cidrs: Vec<IpNet> = cidrs
+        .map(|(a, b)| std::iter::once(a).chain(b).collect())
+        .unwrap_or_default();
+    for c in &own_cidrs {
         if c.max_prefix_len() - c.prefix_len() < 2 {
             p.push(
                 "network.pod_cidr",
@@ -777,24 +868,33 @@ fn parse_network(
             );
         }
     }
-    let gateway = match (pod_cidr, n.gateway_ip.is_empty()) {
-        (Some(c), true) => Some(first_host(&c)),
-        (c, false) => {
-            let gw = p.ip("network.gateway_ip", &n.gateway_ip);
-            if let (Some(c), Some(ip)) = (c, gw) {
-                if !c.contains(&ip) || ip == c.network() || (ip.is_ipv4() && ip == c.broadcast()) {
-                    p.push(
-                        "network.gateway_ip",
-                        format_args!("{ip} is not a host address of the pod CIDR {c}"),
-                    );
-                }
-            }
-            gw
-        }
-        (None, true) => None,
+    let gateway = pod_cidr.and_then(|c| gateway_of(&mut p, c, &n.gateway_ip));
+    let secondary = match cidrs.and_then(|(_, b)| b) {
+        Some(c) => gateway_of(&mut p, c, &n.gateway_ip).map(|g| (c, g)),
+        None => None,
     };
+    let given: Vec<IpAddr> = n
+        .gateway_ip
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if !own_cidrs.is_empty() {
+        for (i, g) in given.iter().enumerate() {
+            let family = own_cidrs
+                .iter()
+                .filter(|c| c.network().is_ipv4() == g.is_ipv4())
+                .count();
+            let again = given[..i].iter().any(|x| x.is_ipv4() == g.is_ipv4());
+            if family == 0 || again {
+                p.push(
+                    "network.gateway_ip",
+                    format_args!("{g}: one gateway per pod CIDR, of its IP family"),
+                );
+            }
+        }
+    }
     let service_cidrs = p.cidrs("network.service_cidrs", &n.service_cidrs);
-    if let Some(c) = pod_cidr {
+    for &c in &own_cidrs {
         for (i, s) in service_cidrs.iter().enumerate() {
             if overlaps(&c, s) {
                 p.push(
@@ -834,9 +934,13 @@ fn parse_network(
                 format_args!("{:?} is this node", peer.name),
             );
         }
-        let peer_cidr = p.cidr(&format!("{path}.pod_cidr"), &peer.pod_cidr);
-        if let Some(pc) = peer_cidr {
-            if let Some(c) = pod_cidr.filter(|c| overlaps(c, &pc)) {
+        let peer_dual = dual_cidr(&mut p, &format!("{path}.pod_cidr"), &peer.pod_cidr);
+        let peer_cidr = peer_dual.map(|(c, _)| c);
+        for pc in peer_dual
+            .map(|(a, b)| std::iter::once(a).chain(b).collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if let Some(c) = own_cidrs.iter().find(|c| overlaps(c, &pc)) {
                 p.push(
                     format_args!("{path}.pod_cidr"),
                     format_args!("{pc} overlaps this node's pod CIDR {c}"),
@@ -867,6 +971,7 @@ fn parse_network(
             peers.push(PeerSpec {
                 name: peer.name.clone(),
                 pod_cidr,
+                pod_cidr_secondary: peer_dual.and_then(|(_, b)| b),
                 underlay_ip,
             });
         }
@@ -877,6 +982,7 @@ fn parse_network(
             mode,
             pod_cidr,
             gateway,
+            secondary,
             service_cidrs,
             underlay_ip,
             vni,
@@ -1014,7 +1120,7 @@ impl From<&NodeNetworkSpec> for pb::NodeNetwork {
         pb::NodeNetwork {
             node_name: n.node_name.clone(),
             mode: pb::NetworkMode::from(n.mode).into(),
-            pod_cidr: n.pod_cidr.to_string(),
+            pod_cidr: n.pod_cidrs(),
             service_cidrs: n.service_cidrs.iter().map(ToString::to_string).collect(),
             underlay_ip: n.underlay_ip.to_string(),
             vni: n.vni,
@@ -1023,11 +1129,15 @@ impl From<&NodeNetworkSpec> for pb::NodeNetwork {
                 .iter()
                 .map(|p| pb::PeerNode {
                     name: p.name.clone(),
-                    pod_cidr: p.pod_cidr.to_string(),
+                    pod_cidr: p
+                        .pod_cidrs()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     underlay_ip: p.underlay_ip.to_string(),
                 })
                 .collect(),
-            gateway_ip: n.gateway.to_string(),
+            gateway_ip: n.gateways(),
         }
     }
 }

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use dpumesh_dataplane::bpf::maps::{
-    CidrKey, CidrValue, DropReason, Endpoint, NodeConfig, PodCounters, Tunnel, TunnelKey,
-    COUNTER_SLOTS, DROP_MAX, MAX_PEERS, MAX_PODS, MAX_PORTS, SLOT_UNATTRIBUTED,
+    CidrKey, CidrValue, DropReason, Endpoint, Ip6Key, NodeConfig, PodCounters, Tunnel, Tunnel6Key,
+    TunnelKey, COUNTER_SLOTS, DROP_MAX, EP_CUSTOM_OUT_CIDRS, EP_IN_PORT_LIST, EP_IPV6, EP_MESHED,
+    MAX_PEERS, MAX_PODS, MAX_PORTS, SLOT_UNATTRIBUTED,
 };
 
 macro_rules! rust_layout {
@@ -34,7 +35,8 @@ fn rust_side() -> HashMap<String, usize> {
             vf_index,
             in_capture_ports,
             in_exclude_ports,
-            out_exclude_ports
+            out_exclude_ports,
+            ipv6
         }
     );
     rust_layout!(
@@ -53,7 +55,8 @@ fn rust_side() -> HashMap<String, usize> {
             inbound_port,
             steer_mark,
             vni,
-            tunnel_ifindex
+            tunnel_ifindex,
+            gateway_ipv6
         }
     );
     rust_layout!(
@@ -84,6 +87,15 @@ fn rust_side() -> HashMap<String, usize> {
     );
     rust_layout!(m, "dm_tunnel_key", TunnelKey { prefixlen, addr });
     rust_layout!(m, "dm_tunnel", Tunnel { remote_ipv4, vni });
+    rust_layout!(m, "dm_tunnel6_key", Tunnel6Key { prefixlen, addr });
+    rust_layout!(m, "dm_ip6_key", Ip6Key { addr });
+    m.insert("const.DM_EP_MESHED".into(), EP_MESHED as usize);
+    m.insert(
+        "const.DM_EP_CUSTOM_OUT_CIDRS".into(),
+        EP_CUSTOM_OUT_CIDRS as usize,
+    );
+    m.insert("const.DM_EP_IN_PORT_LIST".into(), EP_IN_PORT_LIST as usize);
+    m.insert("const.DM_EP_IPV6".into(), EP_IPV6 as usize);
     m.insert("const.DM_MAX_PEERS".into(), MAX_PEERS as usize);
     m.insert("const.DM_MAX_PODS".into(), MAX_PODS as usize);
     m.insert(

@@ -26,6 +26,7 @@ fn network() -> NetworkSpec {
     NetworkSpec {
         mode: MODE_UNDERLAY,
         pod_cidr: "10.244.1.0/24".parse().unwrap(),
+        pod_cidr6: None,
         service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
         uplink: "lo".into(),
         underlay_ip: Ipv4Addr::new(192, 0, 2, 11),
@@ -40,6 +41,7 @@ fn pod(meshed: bool) -> PodSpec {
         representor: "lo".into(),
         vf_index: 0,
         ipv4: POD_IP,
+        ipv6: None,
         mac: POD_MAC,
         meshed,
         interception: InterceptionSpec::default(),
@@ -258,6 +260,7 @@ fn routed_packets_lose_one_ttl_and_expiring_ones_are_dropped() {
             representor: "rep-b".into(),
             vf_index: 1,
             ipv4: b_ip,
+            ipv6: None,
             mac: b_mac,
             meshed: false,
             interception: InterceptionSpec::default(),
@@ -279,14 +282,40 @@ fn routed_packets_lose_one_ttl_and_expiring_ones_are_dropped() {
             assert_eq!(&r.data[26..], &pkt[26..], "addresses and payload unchanged");
         }
 
-        // TTL 1 (and 0) would reach 0 here: dropped, counted on the sender.
+        // TTL 1 (and 0) would reach 0 here: dropped, counted on the sender,
+        // and answered with ICMP time exceeded from the gateway, back to a.
         for ttl in [1u8, 0] {
             let pkt = with_ttl(udp(GATEWAY_MAC, POD_MAC, POD_IP, b_ip, 1000, 53), ttl);
-            assert_eq!(run(&dp, &pkt).ret, TC_ACT_SHOT, "TTL {ttl} is dropped");
+            let r = run(&dp, &pkt);
+            assert_eq!(r.ret, TC_ACT_REDIRECT, "TTL {ttl}: the answer goes back");
+            let icmp = &r.data;
+            assert_eq!(icmp.len(), 14 + 20 + 8 + 28, "TTL {ttl}: {icmp:02x?}");
+            assert_eq!(&icmp[0..6], &POD_MAC, "to a");
+            assert_eq!(&icmp[6..12], &GATEWAY_MAC, "from the gateway MAC");
+            assert_eq!(ipv4_header_sum(icmp), 0xffff, "IPv4 header checksum");
+            assert_eq!(icmp[23], 1, "ICMP");
+            assert_eq!(&icmp[26..30], &GATEWAY.octets(), "from the gateway");
+            assert_eq!(&icmp[30..34], &POD_IP.octets(), "to a");
+            assert_eq!((icmp[34], icmp[35]), (11, 0), "time exceeded in transit");
+            let mut sum: u32 = icmp[34..]
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            assert_eq!(sum, 0xffff, "ICMP checksum");
+            assert_eq!(&icmp[42..], &pkt[14..42], "quotes the IP header + 8 bytes");
         }
+        // No ICMP error about an ICMP error: dropped silently.
+        let mut err = with_ttl(udp(GATEWAY_MAC, POD_MAC, POD_IP, b_ip, 1000, 53), 1);
+        err[23] = 1; // protocol ICMP, type 3 (destination unreachable)
+        err[34] = 3;
+        let err = with_ttl(err, 1);
+        assert_eq!(run(&dp, &err).ret, TC_ACT_SHOT, "no error about an error");
         let a = dp.pod_counters("uid-a").unwrap().unwrap();
-        assert_eq!(a.drop_count(DropReason::TtlExceeded), 2);
-        assert_eq!(a.bypassed, 3);
+        assert_eq!(a.drop_count(DropReason::TtlExceeded), 3);
+        assert_eq!(a.bypassed, 3, "answers are not the pod's traffic");
 
         // From the fabric to pod b: the same, charged to pod b.
         let from_peer = Ipv4Addr::new(10, 244, 2, 9);

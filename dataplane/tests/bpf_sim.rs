@@ -3,7 +3,7 @@
 mod bpf_common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use bpf_common::*;
@@ -27,6 +27,7 @@ fn network_in(sim: &Sim, node: usize, mode: u8) -> NetworkSpec {
     NetworkSpec {
         mode,
         pod_cidr: n.pod_cidr,
+        pod_cidr6: None,
         service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
         uplink: n.uplink_ifname.clone(),
         underlay_ip: n.uplink.addr(),
@@ -37,6 +38,7 @@ fn network_in(sim: &Sim, node: usize, mode: u8) -> NetworkSpec {
             .filter(|p| p.index != node)
             .map(|p| UnderlayPeer {
                 pod_cidr: p.pod_cidr,
+                pod_cidr6: None,
                 underlay_ip: p.uplink.addr(),
             })
             .collect(),
@@ -50,6 +52,7 @@ fn pod_spec(sim: &Sim, node: usize, vf: usize, uid: &str, ip: Ipv4Addr, meshed: 
         representor: v.representor,
         vf_index: vf as u32,
         ipv4: ip,
+        ipv6: None,
         mac: v.mac.0,
         meshed,
         interception: InterceptionSpec::default(),
@@ -495,6 +498,7 @@ fn a_network_change_that_fails_half_way_is_rolled_back() {
         n.service_cidrs.push("10.97.0.0/16".parse().unwrap());
         n.peers.push(UnderlayPeer {
             pod_cidr: "10.244.9.0/24".parse().unwrap(),
+            pod_cidr6: None,
             underlay_ip: n.peers[0].underlay_ip,
         });
         n.vni = 77;
@@ -940,4 +944,336 @@ fn ttl_exceeded_is_answered_with_icmp_time_exceeded_so_traceroute_sees_the_dpus(
         assert!(a_after > a_before, "mode {mode}: a {a_before} -> {a_after}");
         assert!(c_after > c_before, "mode {mode}: c {c_before} -> {c_after}");
     }
+}
+
+// ---------------------------------------------------------------- IPv6
+
+/// Node `i`'s IPv6 pod CIDR in these tests.
+fn pod_cidr6(node: usize) -> ipnet::Ipv6Net {
+    format!("fd00:10:244:{node}::/64").parse().unwrap()
+}
+
+fn pod_ip6(node: usize, host: u16) -> Ipv6Addr {
+    let mut s = pod_cidr6(node).network().segments();
+    s[7] = host;
+    Ipv6Addr::from(s)
+}
+
+/// As [`network_in`], dual stack: every node also has an IPv6 pod CIDR.
+fn network6_in(sim: &Sim, node: usize, mode: u8) -> NetworkSpec {
+    let mut n = network_in(sim, node, mode);
+    n.pod_cidr6 = Some(pod_cidr6(node));
+    for (p, peer) in n
+        .peers
+        .iter_mut()
+        .zip(sim.nodes().iter().filter(|p| p.index != node))
+    {
+        p.pod_cidr6 = Some(pod_cidr6(peer.index));
+    }
+    n
+}
+
+/// The pod's IPv6 address (/64, no DAD) and its default route via the
+/// node's IPv6 gateway, as a dual-stack CNI would configure it.
+fn add_ipv6(pod: &Netns, ip: Ipv6Addr, gateway: Ipv6Addr) {
+    exec(
+        pod,
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    )
+    .expect("IPv6 address");
+    exec(
+        pod,
+        "ip",
+        &[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway.to_string(),
+            "dev",
+            "eth0",
+        ],
+    )
+    .expect("IPv6 default route");
+}
+
+fn ping6(from: &Netns, to: Ipv6Addr) -> Result<String, String> {
+    exec(
+        from,
+        "busybox",
+        &["ping6", "-c", "3", "-W", "2", &to.to_string()],
+    )
+}
+
+fn echo_server6(ns: &Netns, port: u16) -> std::thread::JoinHandle<()> {
+    let l = ns
+        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).expect("bind [::]"))
+        .expect("netns");
+    std::thread::spawn(move || {
+        if let Some(mut s) = accept_timeout(&l) {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+fn tcp6_roundtrip(client: &Netns, server: &Netns, ip: Ipv6Addr, port: u16, msg: &[u8]) {
+    let srv = echo_server6(server, port);
+    let mut s = connect(client, SocketAddr::from((ip, port)));
+    roundtrip(&mut s, msg);
+    drop(s);
+    srv.join().unwrap();
+}
+
+fn traceroute6(from: &Netns, to: Ipv6Addr) -> Vec<String> {
+    let out = exec(
+        from,
+        "busybox",
+        &[
+            "traceroute6",
+            "-n",
+            "-q",
+            "1",
+            "-w",
+            "2",
+            "-m",
+            "5",
+            &to.to_string(),
+        ],
+    )
+    .expect("traceroute6");
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.next()?.parse::<u32>().ok()?;
+            w.next().map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn dual_stack_pods_talk_ipv6_through_the_dataplane_on_a_node_and_across_nodes() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpf6"))
+            .with_nodes(2)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let _pins = Pins(
+        sim.nodes()
+            .iter()
+            .map(|n| PinDir(n.bpf_pin_dir.clone()))
+            .collect(),
+    );
+    let gw1 = sim.node(1).unwrap().pod_gateway;
+    let gw2 = sim.node(2).unwrap().pod_gateway;
+    let (gw6_1, gw6_2) = (pod_ip6(1, 1), pod_ip6(2, 1));
+    let (ip_a, ip_b, ip_c) = (
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 1, 6),
+        Ipv4Addr::new(10, 244, 2, 7),
+    );
+    let (ip6_a, ip6_b, ip6_c) = (pod_ip6(1, 5), pod_ip6(1, 6), pod_ip6(2, 7));
+    let pa = cni_attach(&sim, 1, 0, "a", ip_a, gw1);
+    let pb = cni_attach(&sim, 1, 1, "b", ip_b, gw1);
+    let pc = cni_attach(&sim, 2, 0, "c", ip_c, gw2);
+    add_ipv6(&pa, ip6_a, gw6_1);
+    add_ipv6(&pb, ip6_b, gw6_1);
+    add_ipv6(&pc, ip6_c, gw6_2);
+    let with6 = |mut p: PodSpec, ip: Ipv6Addr| {
+        p.ipv6 = Some(ip);
+        p
+    };
+    let pods1 = vec![
+        with6(pod_spec(&sim, 1, 0, "uid-a", ip_a, false), ip6_a),
+        with6(pod_spec(&sim, 1, 1, "uid-b", ip_b, false), ip6_b),
+    ];
+    let pods2 = vec![with6(pod_spec(&sim, 2, 0, "uid-c", ip_c, false), ip6_c)];
+    let mut dps = [1, 2].map(|i| {
+        let n = sim.node(i).unwrap();
+        let pin = PinDir(n.bpf_pin_dir.clone());
+        let net = network6_in(&sim, i, MODE_UNDERLAY);
+        let pods = if i == 1 { pods1.clone() } else { pods2.clone() };
+        n.dpu
+            .run(|| {
+                let mut dp = BpfDataplane::load(&pin).expect("load");
+                dp.apply_network(&net).expect("network");
+                dp.reconcile(&pods).expect("reconcile");
+                dp
+            })
+            .expect("dpu netns")
+    });
+    let dpu1 = sim.node(1).unwrap().dpu.clone();
+    let dpu2 = sim.node(2).unwrap().dpu.clone();
+
+    eprintln!("step: same-node ping6 and neighbour discovery");
+    let before = counters(&dps[0], "uid-a");
+    ping6(&pa, ip6_b).expect("a -> b ping6");
+    let a = counters(&dps[0], "uid-a");
+    assert!(
+        a.arp_replies > before.arp_replies,
+        "a's neighbour solicitation was answered: {a:?}"
+    );
+    assert!(a.bypassed >= before.bypassed + 3, "a: {a:?}");
+    // b is on a's /64: a resolved it directly, to the dataplane's gateway MAC.
+    let neigh = exec(&pa, "ip", &["-6", "neigh", "show", "dev", "eth0"]).unwrap();
+    assert!(
+        neigh.lines().any(|l| l.starts_with(&format!("{ip6_b} "))
+            && l.contains("02:64:67:77:00:01")
+            && l.contains("router")),
+        "b resolved by ND: {neigh}"
+    );
+    eprintln!("step: same-node tcp over IPv6");
+    tcp6_roundtrip(&pa, &pb, ip6_b, 8090, b"same node v6");
+
+    eprintln!("step: cross-node (underlay) ping6 and tcp");
+    let routes = exec(&dpu1, "ip", &["-6", "route", "show", "proto", "77"]).unwrap();
+    assert!(
+        routes.contains("fd00:10:244:2::/64 via fd64:646d:7570::c000:20c"),
+        "IPv6 peer route via the derived underlay address: {routes}"
+    );
+    let out = ping6(&pa, ip6_c).expect("a -> c ping6 across nodes (underlay)");
+    assert!(out.contains("3 packets received"), "{out}");
+    tcp6_roundtrip(&pa, &pc, ip6_c, 8091, b"cross node v6 underlay");
+    tcp6_roundtrip(&pc, &pa, ip6_a, 8092, b"cross node v6 underlay back");
+    // And IPv4 still works beside it.
+    ping(&pa, ip_c).expect("a -> c IPv4 beside IPv6");
+
+    eprintln!("step: traceroute6 (ICMPv6 time exceeded from both DPUs)");
+    let hops = traceroute6(&pa, ip6_c);
+    assert_eq!(
+        hops,
+        [gw6_1.to_string(), gw6_2.to_string(), ip6_c.to_string()],
+        "a -> c over IPv6"
+    );
+    let c = counters(&dps[1], "uid-c");
+    assert!(c.drop_count(DropReason::TtlExceeded) >= 1, "c: {c:?}");
+
+    eprintln!("step: spoofed IPv6 source");
+    let before = counters(&dps[0], "uid-a").drop_count(DropReason::SpoofIp);
+    exec(
+        &pa,
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd00:10:244:1::99/128",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    )
+    .unwrap();
+    let spoofed = exec(
+        &pa,
+        "busybox",
+        &[
+            "ping6",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-I",
+            "fd00:10:244:1::99",
+            &ip6_b.to_string(),
+        ],
+    );
+    assert!(
+        spoofed.is_err(),
+        "a spoofed source got through: {spoofed:?}"
+    );
+    let after = counters(&dps[0], "uid-a").drop_count(DropReason::SpoofIp);
+    assert!(
+        after >= before + 2,
+        "spoofed IPv6 pings counted: {before} -> {after}"
+    );
+    // (Gone again, so that source selection picks a's own address below.)
+    exec(
+        &pa,
+        "ip",
+        &["-6", "addr", "del", "fd00:10:244:1::99/128", "dev", "eth0"],
+    )
+    .unwrap();
+
+    eprintln!("step: overlay");
+    for (i, dp) in dps.iter_mut().enumerate() {
+        let net = network6_in(&sim, i + 1, MODE_OVERLAY);
+        sim.node(i + 1)
+            .unwrap()
+            .dpu
+            .run(|| dp.apply_network(&net))
+            .unwrap()
+            .expect("overlay");
+    }
+    let routes = exec(&dpu1, "ip", &["-6", "route", "show", "proto", "77"]).unwrap();
+    assert!(
+        !routes.contains(" via "),
+        "no IPv6 peer routes in overlay: {routes}"
+    );
+    let tx = |ns: &Netns| -> u64 {
+        exec(
+            ns,
+            "cat",
+            &["/sys/class/net/dm-vxlan/statistics/tx_packets"],
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let tx_before = tx(&dpu1) + tx(&dpu2);
+    if let Err(e) = ping6(&pa, ip6_c) {
+        panic!(
+            "a -> c ping6 over VXLAN: {e}\n{:?}\n{:?}\na: {:?}\nc: {:?}\ntx {} -> {}",
+            exec(
+                &dpu1,
+                "bpftool",
+                &[
+                    "map",
+                    "dump",
+                    "pinned",
+                    &format!("{}/dm_tunnels6", sim.node(1).unwrap().bpf_pin_dir.display())
+                ]
+            ),
+            exec(
+                &dpu1,
+                "sh",
+                &["-c", "ip -6 route; ip -6 addr; ip -s link show dm-vxlan"]
+            ),
+            counters(&dps[0], "uid-a"),
+            counters(&dps[1], "uid-c"),
+            tx_before,
+            tx(&dpu1) + tx(&dpu2)
+        );
+    }
+    tcp6_roundtrip(&pa, &pc, ip6_c, 8093, b"cross node v6 overlay");
+    tcp6_roundtrip(&pc, &pa, ip6_a, 8094, b"cross node v6 overlay back");
+    let tx_after = tx(&dpu1) + tx(&dpu2);
+    assert!(
+        tx_after >= tx_before + 6,
+        "IPv6 went through the tunnel: {tx_before} -> {tx_after}"
+    );
+    let hops = traceroute6(&pa, ip6_c);
+    assert_eq!(
+        hops,
+        [gw6_1.to_string(), gw6_2.to_string(), ip6_c.to_string()],
+        "a -> c over IPv6 in overlay"
+    );
+    let c = counters(&dps[1], "uid-c");
+    assert!(c.bypassed >= 6, "c counts IPv6 too: {c:?}");
 }

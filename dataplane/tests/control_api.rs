@@ -348,6 +348,25 @@ async fn node_network_errors() {
         ),
         (|n| n.peers[1].name = "node-2".into(), r#"network.peers[1].name: "node-2" is also network.peers[0]"#),
         (|n| n.peers[1].name = "".into(), "network.peers[1].name: required"),
+        (
+            |n| n.pod_cidr = "10.244.1.0/24,10.245.1.0/24".into(),
+            "network.pod_cidr: 10.244.1.0/24 and 10.245.1.0/24 are of one IP family",
+        ),
+        (
+            |n| n.pod_cidr = "10.244.1.0/24,fd00:1::/64,fd00:2::/64".into(),
+            "network.pod_cidr: \"10.244.1.0/24,fd00:1::/64,fd00:2::/64\": at most two CIDRs",
+        ),
+        (
+            |n| n.gateway_ip = "fd00:1::1".into(),
+            "network.gateway_ip: fd00:1::1: one gateway per pod CIDR, of its IP family",
+        ),
+        (
+            |n| {
+                n.pod_cidr = "10.244.1.0/24,fd00:10:244:2::/64".into();
+                n.peers[0].pod_cidr = "10.244.2.0/24,fd00:10:244:2::/64".into();
+            },
+            "network.peers[0].pod_cidr: fd00:10:244:2::/64 overlaps this node's pod CIDR fd00:10:244:2::/64",
+        ),
     ];
     for (edit, needle) in cases {
         let mut n = network();
@@ -965,4 +984,66 @@ fn discovered_representors_come_from_the_netns() {
     drop(runtime);
     let _ = stop.send(());
     server.join().unwrap();
+}
+
+#[tokio::test]
+async fn dual_stack_pod_cidrs_and_pod_ips() {
+    let mut s = start().await;
+    let mut n = network();
+    n.pod_cidr = "10.244.1.0/24,fd00:10:244:1::/64".into();
+    n.peers[0].pod_cidr = "10.244.2.0/24,fd00:10:244:2::/64".into();
+    assert!(s.set_network(n.clone()).await.unwrap());
+    let mut effective = n.clone();
+    effective.vni = 4242;
+    effective.gateway_ip = "10.244.1.1,fd00:10:244:1::1".into();
+    assert_eq!(s.get_network().await, Some(effective));
+    let programmed = s.backend.memory.programmed().network.unwrap();
+    assert_eq!(
+        programmed
+            .secondary
+            .map(|(c, g)| (c.to_string(), g.to_string())),
+        Some(("fd00:10:244:1::/64".into(), "fd00:10:244:1::1".into()))
+    );
+    assert_eq!(
+        programmed.peers[0]
+            .pod_cidr_secondary
+            .map(|c| c.to_string()),
+        Some("fd00:10:244:2::/64".into())
+    );
+
+    // A dual-stack pod: one address of each family.
+    let mut p = pod(1);
+    p.ips.push("fd00:10:244:1::b".into());
+    assert!(s.add(p.clone()).await.unwrap());
+    assert_eq!(s.list().await, vec![p]);
+
+    // An IPv6 address outside the IPv6 pod CIDR, or its gateway, is refused.
+    let mut p = pod(2);
+    p.ips.push("fd00:10:244:9::b".into());
+    s.refused(
+        Code::InvalidArgument,
+        "pod.ips[1]: fd00:10:244:9::b is outside the node's pod CIDR 10.244.1.0/24,fd00:10:244:1::/64",
+        |c| add_err(p, c),
+    )
+    .await;
+    let mut p = pod(2);
+    p.ips.push("fd00:10:244:1::1".into());
+    s.refused(
+        Code::InvalidArgument,
+        "pod.ips[1]: fd00:10:244:1::1 is the pods' gateway of fd00:10:244:1::/64",
+        |c| add_err(p, c),
+    )
+    .await;
+
+    // Without an IPv6 pod CIDR, IPv6 pod addresses are refused.
+    let mut s = start().await;
+    s.set_network(network()).await.unwrap();
+    let mut p = pod(3);
+    p.ips.push("fd00:10:244:1::c".into());
+    s.refused(
+        Code::InvalidArgument,
+        "pod.ips[1]: fd00:10:244:1::c is outside the node's pod CIDR 10.244.1.0/24",
+        |c| add_err(p, c),
+    )
+    .await;
 }

@@ -38,9 +38,12 @@
 #define DM_EP_CUSTOM_OUT_CIDRS (1u << 1)
 /* Inbound capture limited to in_capture_ports (otherwise every port). */
 #define DM_EP_IN_PORT_LIST (1u << 2)
+/* The pod has an IPv6 address (ipv6 below). */
+#define DM_EP_IPV6 (1u << 3)
 
-/* A local pod, as seen by the dataplane. Value of dm_ep_by_ifindex (key:
- * representor ifindex, __u32) and of dm_ep_by_ip (key: IPv4, __be32). */
+/* A local pod, as seen by the dataplane. Value of dm_ep_ifindex (key:
+ * representor ifindex, __u32), of dm_ep_ip (key: IPv4, __be32) and of
+ * dm_ep_ip6 (key: IPv6, 16 bytes). */
 struct dm_endpoint {
 	__u32 ifindex;        /* representor ifindex in the DPU netns */
 	__be32 ipv4;          /* the pod's only accepted source address */
@@ -51,6 +54,12 @@ struct dm_endpoint {
 	__be16 in_capture_ports[DM_MAX_PORTS];  /* with DM_EP_IN_PORT_LIST */
 	__be16 in_exclude_ports[DM_MAX_PORTS];
 	__be16 out_exclude_ports[DM_MAX_PORTS];
+	__u8 ipv6[16];        /* with DM_EP_IPV6: the pod's accepted IPv6 source */
+};
+
+/* Key of dm_ep_ip6: a pod's IPv6 address, as on the wire. */
+struct dm_ip6_key {
+	__u8 addr[16];
 };
 
 /* dm_node_config.mode */
@@ -73,6 +82,7 @@ struct dm_node_config {
 	__u32 steer_mark;      /* skb->mark for packets delivered to local sockets */
 	__u32 vni;
 	__u32 tunnel_ifindex;  /* collect_md VXLAN device (overlay) */
+	__u8 gateway_ipv6[16]; /* first address of the IPv6 pod CIDR; zero: no IPv6 */
 };
 
 /* Key of dm_out_cidrs, an LPM trie. prefixlen counts the 32 bits of scope
@@ -99,6 +109,13 @@ struct dm_tunnel_key {
 	__be32 addr;
 };
 
+/* Key of dm_tunnels6, an LPM trie over a peer node's IPv6 pod CIDR (the
+ * value is a dm_tunnel as well: IPv6 inside, IPv4 underlay outside). */
+struct dm_tunnel6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
 /* Value of dm_tunnels: where that CIDR is reached. remote_ipv4 is in HOST
  * byte order because that is what bpf_skb_set_tunnel_key() takes. */
 struct dm_tunnel {
@@ -110,12 +127,13 @@ struct dm_tunnel {
 enum dm_drop_reason {
 	DM_DROP_UNKNOWN_VF = 0,  /* packet on a representor with no pod */
 	DM_DROP_SPOOF_MAC = 1,   /* source MAC is not the VF's */
-	DM_DROP_SPOOF_IP = 2,    /* source IP (or ARP sender) is not the VF's */
+	DM_DROP_SPOOF_IP = 2,    /* source IP (or ARP sender, NS source) is not the VF's */
 	DM_DROP_MALFORMED = 3,   /* truncated or unparsable headers */
 	DM_DROP_NOT_READY = 4,   /* node network not set yet */
 	DM_DROP_NO_ROUTE = 5,    /* FIB has no route / forwarding failed */
 	DM_DROP_LOCAL_DST = 6,   /* pod tried to reach the DPU itself */
-	DM_DROP_UNSUPPORTED = 7, /* ethertype we do not forward (e.g. IPv6 for now) */
+	DM_DROP_UNSUPPORTED = 7, /* ethertype we do not forward; IPv6 link-local traffic
+				  * we do not serve (router solicitation, MLD, DAD) */
 	DM_DROP_NO_PROXY = 8,    /* captured SYN but no proxy listener: fail closed */
 	DM_DROP_TTL_EXCEEDED = 9, /* routed packet whose TTL would reach 0 */
 	DM_DROP_MAX = 10,
@@ -133,7 +151,7 @@ struct dm_pod_counters {
 	__u64 steered_inbound;   /* packets handed to the inbound listener (to this pod) */
 	__u64 to_proxy_socket;   /* packets of established proxy connections */
 	__u64 bypassed;          /* packets forwarded without the proxy */
-	__u64 arp_replies;
+	__u64 arp_replies;       /* ARP requests and neighbour solicitations answered */
 	__u64 drops[DM_DROP_MAX];
 };
 

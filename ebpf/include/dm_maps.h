@@ -24,6 +24,13 @@ struct {
 } dm_ep_ip SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DM_MAX_PODS);
+	__type(key, struct dm_ip6_key); /* pod IPv6 */
+	__type(value, struct dm_endpoint);
+} dm_ep_ip6 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -45,6 +52,14 @@ struct {
 	__type(key, struct dm_tunnel_key);
 	__type(value, struct dm_tunnel);
 } dm_tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DM_MAX_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dm_tunnel6_key);
+	__type(value, struct dm_tunnel);
+} dm_tunnels6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -6,6 +6,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/in.h>
 #include <linux/pkt_cls.h>
@@ -112,6 +113,77 @@ static __always_inline int dm_ttl_dec(struct __sk_buff *skb, struct dm_ip4 *p)
 				new_word, sizeof(new_word)))
 		return -1;
 	return dm_parse_ip4(skb, p);
+}
+
+/* The parsed view of one IPv6 packet (fixed header only: extension headers
+ * are forwarded untouched, never parsed). */
+struct dm_ip6 {
+	struct ethhdr *eth;
+	struct ipv6hdr *ip6;
+};
+
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+#define DM_ND_RS 133
+#define DM_ND_NS 135
+#define DM_ND_NA 136
+
+static __always_inline int dm_parse_ip6(struct __sk_buff *skb, struct dm_ip6 *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	if ((void *)(ip6 + 1) > end)
+		return -1;
+	if (ip6->version != 6)
+		return -1;
+	p->eth = eth;
+	p->ip6 = ip6;
+	return 0;
+}
+
+static __always_inline int dm_ip6_eq(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+static __always_inline int dm_ip6_is_zero(const __u8 *a)
+{
+	const __u32 *x = (const __u32 *)a;
+
+	return (x[0] | x[1] | x[2] | x[3]) == 0;
+}
+
+/* fe80::/10 */
+static __always_inline int dm_ip6_is_link_local(const __u8 *a)
+{
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+}
+
+/* fe80::/64 with the modified EUI-64 interface id of `mac` (RFC 4291
+ * appendix A): the link-local address a VF derives from its MAC. */
+static __always_inline int dm_ip6_is_eui64_ll(const __u8 *a, const __u8 *mac)
+{
+	const __u32 *x = (const __u32 *)a;
+
+	return a[0] == 0xfe && a[1] == 0x80 && a[2] == 0 && a[3] == 0 && x[1] == 0 &&
+	       a[8] == (mac[0] ^ 0x02) && a[9] == mac[1] && a[10] == mac[2] && a[11] == 0xff &&
+	       a[12] == 0xfe && a[13] == mac[3] && a[14] == mac[4] && a[15] == mac[5];
+}
+
+/* One routing hop for IPv6: the hop limit is not covered by any checksum.
+ * Returns 0 when done, DM_TTL_EXPIRED when it would reach 0 (unchanged). */
+static __always_inline int dm_hop_dec(struct dm_ip6 *p)
+{
+	if (p->ip6->hop_limit <= 1)
+		return DM_TTL_EXPIRED;
+	p->ip6->hop_limit--;
+	return 0;
 }
 
 #endif /* DM_PKT_H */

@@ -40,6 +40,23 @@ fn v4net(n: &IpNet, what: &str) -> Result<ipnet::Ipv4Net, BackendError> {
     }
 }
 
+/// The IPv4 and (dual stack) IPv6 CIDR of a pod CIDR pair.
+fn dual(
+    first: &IpNet,
+    second: Option<&IpNet>,
+    what: &str,
+) -> Result<(ipnet::Ipv4Net, Option<ipnet::Ipv6Net>), BackendError> {
+    match (first, second) {
+        (IpNet::V4(a), None) => Ok((*a, None)),
+        (IpNet::V4(a), Some(IpNet::V6(b))) | (IpNet::V6(b), Some(IpNet::V4(a))) => {
+            Ok((*a, Some(*b)))
+        }
+        _ => Err(BackendError(format!(
+            "{what} {first}: the eBPF backend needs an IPv4 pod CIDR (IPv6-only is not supported)"
+        ))),
+    }
+}
+
 fn v4nets(ns: &[IpNet], what: &str) -> Result<Vec<ipnet::Ipv4Net>, BackendError> {
     ns.iter().map(|n| v4net(n, what)).collect()
 }
@@ -53,12 +70,30 @@ pub fn pod_spec(p: &PodEntry) -> Result<PodSpec, BackendError> {
             IpAddr::V6(_) => None,
         })
         .ok_or_else(|| BackendError(format!("pod {}: no IPv4 address", p.uid)))?;
+    let mut v6 = p.ips.iter().filter_map(|ip| match ip {
+        IpAddr::V6(v) => Some(*v),
+        IpAddr::V4(_) => None,
+    });
+    let ipv6 = v6.next();
+    if v6.next().is_some() {
+        return Err(BackendError(format!(
+            "pod {}: more than one IPv6 address (the eBPF backend takes one IPv4 and one IPv6)",
+            p.uid
+        )));
+    }
+    if p.ips.iter().filter(|ip| ip.is_ipv4()).count() > 1 {
+        return Err(BackendError(format!(
+            "pod {}: more than one IPv4 address (the eBPF backend takes one IPv4 and one IPv6)",
+            p.uid
+        )));
+    }
     let i = &p.interception;
     Ok(PodSpec {
         uid: p.uid.clone(),
         representor: p.representor.clone(),
         vf_index: p.vf_index,
         ipv4,
+        ipv6,
         mac: p.mac.0,
         meshed: p.meshed,
         interception: InterceptionSpec {
@@ -84,17 +119,26 @@ pub fn network_spec(n: &NodeNetworkSpec, uplink: &str) -> Result<NetworkSpec, Ba
                 p.name
             )));
         };
+        let (pod_cidr, pod_cidr6) =
+            dual(&p.pod_cidr, p.pod_cidr_secondary.as_ref(), "peer pod_cidr")?;
         peers.push(UnderlayPeer {
-            pod_cidr: v4net(&p.pod_cidr, "peer pod_cidr")?,
+            pod_cidr,
+            pod_cidr6,
             underlay_ip: ip,
         });
     }
+    let (pod_cidr, pod_cidr6) = dual(
+        &n.pod_cidr,
+        n.secondary.as_ref().map(|(c, _)| c),
+        "pod_cidr",
+    )?;
     Ok(NetworkSpec {
         mode: match n.mode {
             NetworkMode::Overlay => MODE_OVERLAY,
             NetworkMode::Underlay => MODE_UNDERLAY,
         },
-        pod_cidr: v4net(&n.pod_cidr, "pod_cidr")?,
+        pod_cidr,
+        pod_cidr6,
         service_cidrs: v4nets(&n.service_cidrs, "service_cidrs")?,
         uplink: uplink.to_string(),
         underlay_ip,

@@ -93,6 +93,7 @@ pub fn program_costs(repeat: u32, peer_representor: &str) -> Result<Vec<PathCost
     dp.apply_network(&NetworkSpec {
         mode: MODE_UNDERLAY,
         pod_cidr,
+        pod_cidr6: None,
         service_cidrs: vec![services],
         uplink: "lo".into(),
         underlay_ip: Ipv4Addr::new(192, 0, 2, 11),
@@ -104,6 +105,7 @@ pub fn program_costs(repeat: u32, peer_representor: &str) -> Result<Vec<PathCost
         representor: rep.into(),
         vf_index: 0,
         ipv4: ip,
+        ipv6: None,
         mac,
         meshed,
         interception: InterceptionSpec::default(),

@@ -8,7 +8,7 @@
 //! and a new process replaces them in place. Nothing is flushed: [`BpfDataplane::reconcile`]
 //! adopts entries that match the desired state and removes only the rest.
 use std::collections::{BTreeSet, HashMap as StdHashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -16,14 +16,14 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::maps::{
-    self, CidrData, CidrValue, Endpoint, NodeConfig, PodCounters, Tunnel, CIDR_CAPTURE,
-    CIDR_EXCLUDE, COUNTER_SLOTS, MAX_PODS,
+    self, CidrData, CidrValue, Endpoint, Ip6Key, NodeConfig, PodCounters, Tunnel, CIDR_CAPTURE,
+    CIDR_EXCLUDE, COUNTER_SLOTS, EP_IPV6, MAX_PODS,
 };
 use super::netcfg::{self, NetCfgError, PeerRoutes};
-use super::spec::{NetworkSpec, PodSpec};
+use super::spec::{underlay6, NetworkSpec, PodSpec};
 use super::{
     DM_TC_OBJ, GATEWAY_MAC, INBOUND_PORT, OUTBOUND_PORT, PROG_REP_EGRESS, PROG_REP_INGRESS,
     PROG_TUNNEL_INGRESS, PROG_UPLINK_INGRESS, STEER_MARK, TUNNEL_IFNAME, VXLAN_PORT,
@@ -164,6 +164,7 @@ struct Restored {
 /// half-way failure can be undone.
 enum Undo {
     EpIp(u32, Option<Endpoint>),
+    EpIp6(Ip6Key, Option<Endpoint>),
     EpIfindex(u32, Option<Endpoint>),
     Cidr(Key<CidrData>, Option<CidrValue>),
 }
@@ -173,6 +174,7 @@ enum Undo {
 pub struct MapUsage {
     pub endpoints_by_ifindex: usize,
     pub endpoints_by_ip: usize,
+    pub endpoints_by_ip6: usize,
     /// Per-pod outbound CIDR entries (scope != 0).
     pub pod_cidrs: usize,
     /// Node-wide captured CIDRs (scope 0).
@@ -189,10 +191,12 @@ pub struct BpfDataplane {
     kernel: bool,
     ep_ifindex: HashMap<MapData, u32, Endpoint>,
     ep_ip: HashMap<MapData, u32, Endpoint>,
+    ep_ip6: HashMap<MapData, Ip6Key, Endpoint>,
     node: Array<MapData, NodeConfig>,
     out_cidrs: LpmTrie<MapData, CidrData, CidrValue>,
     counters: PerCpuArray<MapData, PodCounters>,
     tunnels: LpmTrie<MapData, u32, Tunnel>,
+    tunnels6: LpmTrie<MapData, [u8; 16], Tunnel>,
     pods: StdHashMap<String, Installed>,
     /// Leftovers of a previous run, by representor ifindex (see [`Restored`]).
     restored: StdHashMap<u32, Restored>,
@@ -209,10 +213,12 @@ pub struct BpfDataplane {
 /// call, so a failure half-way can put it back.
 struct NetworkBefore {
     tunnels: Vec<(Key<u32>, Tunnel)>,
+    tunnels6: Vec<(Key<[u8; 16]>, Tunnel)>,
     node_cidrs: Vec<(Key<CidrData>, CidrValue)>,
     node: Option<NodeConfig>,
     /// Kernel mode: the dpumesh peer routes (`netcfg::peer_routes`).
     peer_routes: Option<Vec<String>>,
+    peer_routes6: Option<Vec<String>>,
     tunnel_existed: bool,
 }
 
@@ -254,19 +260,23 @@ impl BpfDataplane {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(BpfError::Missing("map"));
         let ep_ifindex = HashMap::try_from(take(maps::MAP_EP_IFINDEX)?)?;
         let ep_ip = HashMap::try_from(take(maps::MAP_EP_IP)?)?;
+        let ep_ip6 = HashMap::try_from(take(maps::MAP_EP_IP6)?)?;
         let node = Array::try_from(take(maps::MAP_NODE)?)?;
         let out_cidrs = LpmTrie::try_from(take(maps::MAP_OUT_CIDRS)?)?;
         let counters = PerCpuArray::try_from(take(maps::MAP_COUNTERS)?)?;
         let tunnels = LpmTrie::try_from(take(maps::MAP_TUNNELS)?)?;
+        let tunnels6 = LpmTrie::try_from(take(maps::MAP_TUNNELS6)?)?;
         Ok(BpfDataplane {
             ebpf,
             kernel,
             ep_ifindex,
             ep_ip,
+            ep_ip6,
             node,
             out_cidrs,
             counters,
             tunnels,
+            tunnels6,
             pods: StdHashMap::new(),
             restored: StdHashMap::new(),
             free_slots: (0..MAX_PODS).collect(),
@@ -389,6 +399,7 @@ impl BpfDataplane {
         };
         let before = NetworkBefore {
             tunnels: self.tunnels.iter().collect::<Result<_, _>>()?,
+            tunnels6: self.tunnels6.iter().collect::<Result<_, _>>()?,
             node_cidrs: self
                 .out_cidrs
                 .iter()
@@ -397,6 +408,11 @@ impl BpfDataplane {
             node: self.node.get(&0, 0).ok(),
             peer_routes: if self.kernel {
                 Some(netcfg::peer_routes()?)
+            } else {
+                None
+            },
+            peer_routes6: if self.kernel {
+                Some(netcfg::peer_routes6()?)
             } else {
                 None
             },
@@ -446,6 +462,23 @@ impl BpfDataplane {
                 warn("tunnel entry", &e);
             }
         }
+        let have: Vec<Key<[u8; 16]>> = self.tunnels6.keys().filter_map(Result::ok).collect();
+        for k in have {
+            if !before
+                .tunnels6
+                .iter()
+                .any(|(b, _)| b.prefix_len() == k.prefix_len() && b.data() == k.data())
+            {
+                if let Err(e) = remove_ok(self.tunnels6.remove(&k)) {
+                    warn("IPv6 tunnel entry", &e);
+                }
+            }
+        }
+        for (k, v) in &before.tunnels6 {
+            if let Err(e) = self.tunnels6.insert(k, *v, 0) {
+                warn("IPv6 tunnel entry", &e);
+            }
+        }
         let have: Vec<Key<CidrData>> = self
             .out_cidrs
             .keys()
@@ -467,6 +500,11 @@ impl BpfDataplane {
         if let Some(routes) = &before.peer_routes {
             if let Err(e) = netcfg::restore_peer_routes(routes) {
                 warn("peer routes", &e);
+            }
+        }
+        if let Some(routes) = &before.peer_routes6 {
+            if let Err(e) = netcfg::restore_peer_routes6(routes) {
+                warn("IPv6 peer routes", &e);
             }
         }
         if self.kernel && !before.tunnel_existed {
@@ -504,6 +542,28 @@ impl BpfDataplane {
                     &peers,
                 )?;
             }
+            // Dual stack. Underlay: peers' IPv6 pod CIDRs via their derived
+            // underlay IPv6 address (spec::underlay6), ours on the uplink.
+            // Overlay: the programs tunnel IPv6 themselves, no routes.
+            let v6_underlay = net.pod_cidr6.is_some() && !overlay;
+            let peers6: Vec<(Ipv6Net, Ipv6Addr)> = if v6_underlay {
+                net.peers
+                    .iter()
+                    .filter_map(|p| p.pod_cidr6.map(|c| (c, underlay6(p.underlay_ip))))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if net.pod_cidr6.is_some() {
+                netcfg::prepare_node_ipv6()?;
+            }
+            if v6_underlay {
+                netcfg::set_underlay6(&net.uplink, Some(underlay6(net.underlay_ip)))?;
+                netcfg::sync_peer_routes6(&net.uplink, &peers6)?;
+            } else if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+                netcfg::sync_peer_routes6(&net.uplink, &[])?;
+                netcfg::set_underlay6(&net.uplink, None)?;
+            }
         }
 
         // Overlay peers: exactly the peers' pod CIDRs (none in underlay mode).
@@ -533,6 +593,33 @@ impl BpfDataplane {
         for k in have {
             if !want_tunnels.contains_key(&(k.prefix_len(), k.data())) {
                 remove_ok(self.tunnels.remove(&k))?;
+            }
+        }
+        // The same for peers' IPv6 pod CIDRs (IPv6 inside, IPv4 outside).
+        let want_tunnels6: StdHashMap<(u32, [u8; 16]), Tunnel> = if overlay {
+            net.peers
+                .iter()
+                .filter_map(|p| {
+                    let c = p.pod_cidr6?;
+                    Some((
+                        (u32::from(c.prefix_len()), c.network().octets()),
+                        Tunnel {
+                            remote_ipv4: u32::from(p.underlay_ip),
+                            vni: net.vni,
+                        },
+                    ))
+                })
+                .collect()
+        } else {
+            StdHashMap::new()
+        };
+        for (&(plen, addr), t) in &want_tunnels6 {
+            self.tunnels6.insert(&Key::new(plen, addr), *t, 0)?;
+        }
+        let have: Vec<Key<[u8; 16]>> = self.tunnels6.keys().filter_map(Result::ok).collect();
+        for k in have {
+            if !want_tunnels6.contains_key(&(k.prefix_len(), k.data())) {
+                remove_ok(self.tunnels6.remove(&k))?;
             }
         }
 
@@ -582,6 +669,7 @@ impl BpfDataplane {
             steer_mark: STEER_MARK,
             vni: net.vni,
             tunnel_ifindex,
+            gateway_ipv6: net.gateway6().map(|g| g.octets()).unwrap_or_default(),
         };
         self.node.set(0, cfg, 0)?;
         if self.fail_network_after_writes {
@@ -655,6 +743,9 @@ impl BpfDataplane {
                     spec.ipv4
                 )));
             }
+            if let Some(v6) = spec.ipv6.filter(|v6| other.spec.ipv6 == Some(*v6)) {
+                return Err(BpfError::Conflict(format!("IP {v6} is held by pod {uid}")));
+            }
         }
         let i = &spec.interception;
         let too_many =
@@ -677,6 +768,7 @@ impl BpfDataplane {
                 old = Some(Installed {
                     spec: PodSpec {
                         ipv4: maps::ipv4_from_be(r.ep.ipv4),
+                        ipv6: endpoint_ipv6(&r.ep),
                         ..spec.clone()
                     },
                     ifindex: ifx,
@@ -701,6 +793,9 @@ impl BpfDataplane {
         if !i.capture_inbound_ports.is_empty() {
             flags |= maps::EP_IN_PORT_LIST;
         }
+        if spec.ipv6.is_some() {
+            flags |= EP_IPV6;
+        }
         let ep = Endpoint {
             ifindex: ifx,
             ipv4: maps::ipv4_be(spec.ipv4),
@@ -711,6 +806,7 @@ impl BpfDataplane {
             in_capture_ports: in_capture,
             in_exclude_ports: in_exclude,
             out_exclude_ports: out_exclude,
+            ipv6: spec.ipv6.map(|a| a.octets()).unwrap_or_default(),
         };
 
         // Per-pod CIDRs; the longest prefix decides, an exclude beats an
@@ -752,6 +848,9 @@ impl BpfDataplane {
                     netcfg::remove_pod_route(o.spec.ipv4, &o.spec.representor);
                 }
             }
+            if let Some(v6) = o.spec.ipv6.filter(|v6| spec.ipv6 != Some(*v6)) {
+                remove_ok(self.ep_ip6.remove(&ip6_key(v6)))?;
+            }
             if o.ifindex != ifx {
                 remove_ok(self.ep_ifindex.remove(&o.ifindex))?;
             }
@@ -767,16 +866,6 @@ impl BpfDataplane {
         if adopted.is_some() {
             self.restored.remove(&ifx);
         }
-        // A leftover elsewhere with this pod's IP is stale now.
-        let stale: Vec<u32> = self
-            .restored
-            .iter()
-            .filter(|(_, r)| r.ep.ipv4 == ep.ipv4)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
-            self.sweep_restored_one(k)?;
-        }
         self.pods.insert(
             spec.uid.clone(),
             Installed {
@@ -786,6 +875,19 @@ impl BpfDataplane {
                 cidrs,
             },
         );
+        // A leftover elsewhere with this pod's IP is stale now (swept after
+        // the pod is recorded, so the sweep keeps the IP entries it owns).
+        let stale: Vec<u32> = self
+            .restored
+            .iter()
+            .filter(|(_, r)| {
+                r.ep.ipv4 == ep.ipv4 || (spec.ipv6.is_some() && endpoint_ipv6(&r.ep) == spec.ipv6)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.sweep_restored_one(k)?;
+        }
         Ok(())
     }
 
@@ -809,6 +911,12 @@ impl BpfDataplane {
         let prev = self.ep_ip.get(&ep.ipv4, 0).ok();
         undo.push(Undo::EpIp(ep.ipv4, prev));
         self.ep_ip.insert(ep.ipv4, *ep, 0)?;
+        if let Some(v6) = spec.ipv6 {
+            let k = ip6_key(v6);
+            let prev = self.ep_ip6.get(&k, 0).ok();
+            undo.push(Undo::EpIp6(k, prev));
+            self.ep_ip6.insert(k, *ep, 0)?;
+        }
         for (k, v) in cidrs {
             let prev = old
                 .and_then(|o| o.cidrs.iter().find(|(ok, _)| same_key(ok, k)))
@@ -837,6 +945,8 @@ impl BpfDataplane {
             let r = match u {
                 Undo::EpIp(k, Some(v)) => self.ep_ip.insert(k, v, 0),
                 Undo::EpIp(k, None) => self.ep_ip.remove(&k),
+                Undo::EpIp6(k, Some(v)) => self.ep_ip6.insert(k, v, 0),
+                Undo::EpIp6(k, None) => self.ep_ip6.remove(&k),
                 Undo::EpIfindex(k, Some(v)) => self.ep_ifindex.insert(k, v, 0),
                 Undo::EpIfindex(k, None) => self.ep_ifindex.remove(&k),
                 Undo::Cidr(k, Some(v)) => self.out_cidrs.insert(&k, v, 0),
@@ -869,6 +979,9 @@ impl BpfDataplane {
         // The ifindex entry first: from then on the VF's packets are dropped.
         remove_ok(self.ep_ifindex.remove(&p.ifindex))?;
         remove_ok(self.ep_ip.remove(&maps::ipv4_be(p.spec.ipv4)))?;
+        if let Some(v6) = p.spec.ipv6 {
+            remove_ok(self.ep_ip6.remove(&ip6_key(v6)))?;
+        }
         for (k, _) in &p.cidrs {
             remove_ok(self.out_cidrs.remove(k))?;
         }
@@ -887,6 +1000,11 @@ impl BpfDataplane {
         };
         remove_ok(self.ep_ifindex.remove(&ifx))?;
         let ip = maps::ipv4_from_be(r.ep.ipv4);
+        if let Some(v6) = endpoint_ipv6(&r.ep) {
+            if !self.pods.values().any(|p| p.spec.ipv6 == Some(v6)) {
+                remove_ok(self.ep_ip6.remove(&ip6_key(v6)))?;
+            }
+        }
         let owned = self.pods.values().any(|p| p.spec.ipv4 == ip);
         if !owned {
             remove_ok(self.ep_ip.remove(&r.ep.ipv4))?;
@@ -938,6 +1056,17 @@ impl BpfDataplane {
         for ip in ips {
             if !owned_ips.contains(&ip) {
                 remove_ok(self.ep_ip.remove(&ip))?;
+            }
+        }
+        let owned_ip6: HashSet<Ip6Key> = self
+            .pods
+            .values()
+            .filter_map(|p| p.spec.ipv6.map(ip6_key))
+            .collect();
+        let ip6s: Vec<Ip6Key> = self.ep_ip6.keys().filter_map(Result::ok).collect();
+        for k in ip6s {
+            if !owned_ip6.contains(&k) {
+                remove_ok(self.ep_ip6.remove(&k))?;
             }
         }
         let owned_ifx: HashSet<u32> = self.pods.values().map(|p| p.ifindex).collect();
@@ -1023,6 +1152,7 @@ impl BpfDataplane {
         Ok(MapUsage {
             endpoints_by_ifindex: self.ep_ifindex.keys().count(),
             endpoints_by_ip: self.ep_ip.keys().count(),
+            endpoints_by_ip6: self.ep_ip6.keys().count(),
             pod_cidrs: cidr_keys.iter().filter(|k| k.data().scope != 0).count(),
             node_cidrs: cidr_keys.iter().filter(|k| k.data().scope == 0).count(),
             used_counter_slots: used,
@@ -1033,6 +1163,15 @@ impl BpfDataplane {
     pub fn node_config(&self) -> Result<NodeConfig, BpfError> {
         Ok(self.node.get(&0, 0)?)
     }
+}
+
+fn ip6_key(ip: Ipv6Addr) -> Ip6Key {
+    Ip6Key { addr: ip.octets() }
+}
+
+/// The IPv6 address of an endpoint entry, if it has one.
+fn endpoint_ipv6(ep: &Endpoint) -> Option<Ipv6Addr> {
+    (ep.flags & EP_IPV6 != 0).then(|| Ipv6Addr::from(ep.ipv6))
 }
 
 fn cidr_key(scope: u32, plen: u32, addr: u32) -> Key<CidrData> {

@@ -6,7 +6,7 @@
 //! programs compare them against packet bytes directly.
 #![allow(unsafe_code)]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const MAX_PODS: u32 = 4096;
 pub const SLOT_UNATTRIBUTED: u32 = MAX_PODS;
@@ -18,6 +18,7 @@ pub const MAX_PEERS: u32 = 1024;
 pub const EP_MESHED: u16 = 1 << 0;
 pub const EP_CUSTOM_OUT_CIDRS: u16 = 1 << 1;
 pub const EP_IN_PORT_LIST: u16 = 1 << 2;
+pub const EP_IPV6: u16 = 1 << 3;
 
 pub const MODE_UNSET: u8 = 0;
 pub const MODE_UNDERLAY: u8 = 1;
@@ -33,9 +34,13 @@ pub const MAP_NODE: &str = "dm_node";
 pub const MAP_OUT_CIDRS: &str = "dm_out_cidrs";
 pub const MAP_COUNTERS: &str = "dm_counters";
 pub const MAP_TUNNELS: &str = "dm_tunnels";
-pub const ALL_MAPS: [&str; 6] = [
+pub const MAP_EP_IP6: &str = "dm_ep_ip6";
+pub const MAP_TUNNELS6: &str = "dm_tunnels6";
+pub const ALL_MAPS: [&str; 8] = [
     MAP_EP_IFINDEX,
     MAP_EP_IP,
+    MAP_EP_IP6,
+    MAP_TUNNELS6,
     MAP_NODE,
     MAP_OUT_CIDRS,
     MAP_COUNTERS,
@@ -56,6 +61,8 @@ pub struct Endpoint {
     pub in_capture_ports: [u16; MAX_PORTS],
     pub in_exclude_ports: [u16; MAX_PORTS],
     pub out_exclude_ports: [u16; MAX_PORTS],
+    /// With [`EP_IPV6`]: the pod's IPv6 address (wire order).
+    pub ipv6: [u8; 16],
 }
 
 /// `struct dm_node_config`.
@@ -75,6 +82,8 @@ pub struct NodeConfig {
     pub steer_mark: u32,
     pub vni: u32,
     pub tunnel_ifindex: u32,
+    /// First address of the IPv6 pod CIDR; all zero when the node has none.
+    pub gateway_ipv6: [u8; 16],
 }
 
 /// `struct dm_cidr_key` (what aya's `lpm_trie::Key<CidrData>` puts on the wire).
@@ -108,6 +117,22 @@ pub struct TunnelKey {
     pub prefixlen: u32,
     /// Network byte order.
     pub addr: u32,
+}
+
+/// `struct dm_ip6_key`: key of `dm_ep_ip6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ip6Key {
+    pub addr: [u8; 16],
+}
+
+/// `struct dm_tunnel6_key` (what aya's `lpm_trie::Key<[u8; 16]>` puts on
+/// the wire): a peer's IPv6 pod CIDR.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel6Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
 }
 
 /// `struct dm_tunnel`: where a peer's pod CIDR is reached in overlay mode.
@@ -220,6 +245,8 @@ unsafe impl aya::Pod for CidrValue {}
 unsafe impl aya::Pod for PodCounters {}
 unsafe impl aya::Pod for TunnelKey {}
 unsafe impl aya::Pod for Tunnel {}
+unsafe impl aya::Pod for Ip6Key {}
+unsafe impl aya::Pod for Tunnel6Key {}
 
 /// An IPv4 address as the programs store it (network byte order in memory).
 pub fn ipv4_be(ip: Ipv4Addr) -> u32 {
@@ -229,6 +256,11 @@ pub fn ipv4_be(ip: Ipv4Addr) -> u32 {
 /// The inverse of [`ipv4_be`].
 pub fn ipv4_from_be(v: u32) -> Ipv4Addr {
     Ipv4Addr::from(v.to_ne_bytes())
+}
+
+/// An IPv6 address as the programs store it (wire order).
+pub fn ipv6_bytes(ip: Ipv6Addr) -> [u8; 16] {
+    ip.octets()
 }
 
 /// A port as the programs store it (network byte order in memory).

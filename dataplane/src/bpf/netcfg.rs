@@ -5,10 +5,10 @@
 //! every AddPod/RemovePod, over rtnetlink (`rtnl`). Everything we add carries
 //! `proto` [`RT_PROTO`] so it can be found and swept without touching anyone
 //! else's routes.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::rtnl;
 use super::{STEER_MARK, STEER_RULE_PREF, STEER_TABLE};
@@ -79,6 +79,123 @@ pub fn prepare_node() -> Result<(), NetCfgError> {
         "proto",
         RT_PROTO,
     ])?;
+    Ok(())
+}
+
+/// IPv6 forwarding on (dual-stack nodes): `bpf_fib_lookup` refuses IPv6
+/// lookups on a device that does not forward.
+pub fn prepare_node_ipv6() -> Result<(), NetCfgError> {
+    sysctl("net/ipv6/conf/all/forwarding", "1")
+}
+
+/// The uplink's derived IPv6 underlay address (`spec::underlay6`): IPv6 on
+/// for the uplink, the address added without DAD (it is unique by
+/// construction). `None` removes a derived address it has.
+pub fn set_underlay6(uplink: &str, addr: Option<Ipv6Addr>) -> Result<(), NetCfgError> {
+    use super::spec::{UNDERLAY6_PREFIX, UNDERLAY6_PREFIX_LEN};
+    let prefix = Ipv6Net::new(UNDERLAY6_PREFIX, UNDERLAY6_PREFIX_LEN).map_err(|e| NetCfgError {
+        args: "(underlay IPv6 prefix)".into(),
+        detail: e.to_string(),
+    })?;
+    if let Some(a) = addr {
+        sysctl(&format!("net/ipv6/conf/{uplink}/disable_ipv6"), "0")?;
+        ip(&[
+            "-6",
+            "addr",
+            "replace",
+            &format!("{a}/{UNDERLAY6_PREFIX_LEN}"),
+            "dev",
+            uplink,
+            "nodad",
+        ])?;
+    }
+    // Any other derived address (an old underlay IP) goes.
+    let Ok(shown) = ip(&["-6", "-o", "addr", "show", "dev", uplink]) else {
+        return Ok(());
+    };
+    for line in shown.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(cidr) = words
+            .iter()
+            .position(|w| *w == "inet6")
+            .and_then(|i| words.get(i + 1))
+        else {
+            continue;
+        };
+        let Ok(net) = cidr.parse::<Ipv6Net>() else {
+            continue;
+        };
+        if prefix.contains(&net.addr()) && Some(net.addr()) != addr {
+            ip(&["-6", "addr", "del", cidr, "dev", uplink])?;
+        }
+    }
+    Ok(())
+}
+
+/// Exactly these IPv6 routes to peers' IPv6 pod CIDRs, `via <next hop> dev
+/// <uplink>` (underlay); an empty list removes them all (overlay, or no IPv6).
+pub fn sync_peer_routes6(uplink: &str, peers: &[(Ipv6Net, Ipv6Addr)]) -> Result<(), NetCfgError> {
+    for (cidr, nh) in peers {
+        ip(&[
+            "-6",
+            "route",
+            "replace",
+            &cidr.to_string(),
+            "via",
+            &nh.to_string(),
+            "dev",
+            uplink,
+            "proto",
+            RT_PROTO,
+        ])?;
+    }
+    for line in peer_routes6()? {
+        let Some(dst) = line.split_whitespace().next() else {
+            continue;
+        };
+        if !peers.iter().any(|(c, _)| c.to_string() == dst) {
+            ip(&["-6", "route", "del", dst, "proto", RT_PROTO])?;
+        }
+    }
+    Ok(())
+}
+
+/// The dpumesh IPv6 peer routes, as `ip -6 route show` prints them. Empty
+/// when the kernel has no IPv6.
+pub fn peer_routes6() -> Result<Vec<String>, NetCfgError> {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(Vec::new());
+    }
+    let shown = ip(&["-6", "route", "show", "proto", RT_PROTO])?;
+    Ok(shown
+        .lines()
+        .filter(|l| l.contains(" via "))
+        .map(|l| l.trim().to_string())
+        .collect())
+}
+
+/// Makes the dpumesh IPv6 peer routes exactly `routes` (lines of
+/// [`peer_routes6`]).
+pub fn restore_peer_routes6(routes: &[String]) -> Result<(), NetCfgError> {
+    let dst = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
+    let keep: Vec<String> = routes.iter().map(|l| dst(l)).collect();
+    for line in peer_routes6()? {
+        let d = dst(&line);
+        if !keep.contains(&d) {
+            ip(&["-6", "route", "del", &d, "proto", RT_PROTO])?;
+        }
+    }
+    for line in routes {
+        let mut args = vec!["-6", "route", "replace"];
+        args.extend(
+            line.split_whitespace()
+                .take_while(|w| *w != "metric" && *w != "pref"),
+        );
+        if !args.contains(&"proto") {
+            args.extend(["proto", RT_PROTO]);
+        }
+        ip(&args)?;
+    }
     Ok(())
 }
 
