@@ -355,6 +355,13 @@ fn start_node(
     pods: Vec<PodSteering>,
     ca_root: &std::path::Path,
 ) -> String {
+    // One CA root for the test's nodes, so their proxies trust each other.
+    let ca = ["--ca-root-file".to_string(), ca_root.display().to_string()];
+    start_node_with(sim, i, pods, &ca)
+}
+
+/// [`start_node`] with the given CA flags for dpu-proxy.
+fn start_node_with(sim: &SimGuard, i: usize, pods: Vec<PodSteering>, ca: &[String]) -> String {
     let node = sim.node(i).expect("node").clone();
     let mgmt_ip = node.mgmt_dpu.addr();
     let dp_mgmt = format!("{mgmt_ip}:15081");
@@ -422,10 +429,8 @@ fn start_node(
             "127.0.0.1:15000".into(),
             "--workers".into(),
             "1".into(),
-            // One CA root for the test's nodes, so their proxies trust each other.
-            "--ca-root-file".into(),
-            ca_root.display().to_string(),
         ])
+        .args(ca.iter().cloned())
         .health(proxy_mgmt.clone()),
     )
     .expect("spawn dpu-proxy");
@@ -876,6 +881,160 @@ fn a_spoofed_source_never_reaches_the_proxy_as_another_pods_identity() {
     drop(server);
     let name = sim.cluster().to_string();
     drop(sim);
+    let left = dpumesh_sim::leftovers(&name).expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[path = "support/fake_istiod.rs"]
+mod fake_istiod;
+
+/// The cross-node path with certificates from istiod's CA instead of the
+/// built-in one: a fake istiod (real gRPC over TLS, `support/fake_istiod.rs`)
+/// listens at the host end of each node's management link (one CA behind
+/// both listeners); each dpu-proxy runs with `--ca-addr` and asks it, with
+/// the bearer token and `ImpersonatedIdentity`, for its pod's certificate.
+/// The request then crosses HBONE and node 2 sees the client's principal.
+#[test]
+fn pod_to_service_on_another_node_with_certificates_from_istiod() {
+    let sim = SimGuard::up(
+        SimConfig::new(unique_cluster("pxica"))
+            .with_nodes(2)
+            .with_vfs(1),
+    )
+    .expect("sim up");
+    let (n1, n2) = (
+        sim.node(1).expect("node 1").clone(),
+        sim.node(2).expect("node 2").clone(),
+    );
+    let (ip_a, ip_c) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 7));
+    let pod_a = attach_pod(&sim, &n1, 0, "client-a", ip_a);
+    let pod_c = attach_pod(&sim, &n2, 0, "server-c", ip_c);
+
+    let istiod_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("istiod runtime");
+    let listeners = [&n1, &n2]
+        .map(|n| {
+            let addr = SocketAddr::new(n.mgmt_host.addr().into(), 15012);
+            n.host
+                .run(move || std::net::TcpListener::bind(addr))
+                .expect("netns")
+                .expect("bind istiod on the management link")
+        })
+        .into();
+    let istiod = istiod_rt.block_on(fake_istiod::FakeIstiod::start_on(listeners));
+    let ca_flags = |n: &Node| -> Vec<String> {
+        vec![
+            "--ca-addr".into(),
+            format!("https://{}:15012", n.mgmt_host.addr()),
+            "--ca-server-name".into(),
+            fake_istiod::ISTIOD_NAME.into(),
+            "--ca-token-file".into(),
+            istiod.token_file().display().to_string(),
+            "--ca-trust-root-pem".into(),
+            istiod.root_file().display().to_string(),
+            "--ca-cluster-id".into(),
+            "sim-cluster".into(),
+            "--ca-own-identity".into(),
+            fake_istiod::OWN.into(),
+        ]
+    };
+    let m1 = start_node_with(
+        &sim,
+        1,
+        vec![steering("uid-a", "client-a", &n1, 0, ip_a)],
+        &ca_flags(&n1),
+    );
+    let m2 = start_node_with(
+        &sim,
+        2,
+        vec![steering("uid-c", "server-c", &n2, 0, ip_c)],
+        &ca_flags(&n2),
+    );
+    push(
+        &n1.host,
+        m1.clone(),
+        cross_node_config(&n1, 1, ("uid-a", "client-a", "client", ip_a), ip_c, &m1),
+    );
+    push(
+        &n2.host,
+        m2.clone(),
+        cross_node_config(&n2, 2, ("uid-c", "server-c", "server", ip_c), ip_c, &m2),
+    );
+    let server = PodServer::start(&pod_c, "server-c", SERVER_PORT);
+    let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+
+    // Issuance follows the push asynchronously: wait until both proxies
+    // hold their pod's certificate.
+    let client_id = "spiffe://cluster.local/ns/default/sa/client-a";
+    let server_id = "spiffe://cluster.local/ns/default/sa/server-c";
+    let logs: Vec<PathBuf> = sim
+        .processes()
+        .expect("processes")
+        .into_iter()
+        .filter(|p| p.name.starts_with("dpu-proxy-n"))
+        .map(|p| p.log)
+        .collect();
+    assert_eq!(logs.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for log in &logs {
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("workload identities in step with the config") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no certificate from istiod ({}):\n{text}\nistiod saw {:?}",
+                log.display(),
+                istiod.seen()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let seen = istiod.seen();
+    for id in [client_id, server_id] {
+        assert!(
+            seen.iter().any(|s| s.csr_san.as_deref() == Some(id)),
+            "istiod was not asked for {id}: {seen:?}"
+        );
+    }
+    for s in istiod.seen() {
+        assert!(s.authorized, "{s:?}");
+        assert_eq!(s.cluster_id.as_deref(), Some("sim-cluster"), "{s:?}");
+        assert_eq!(s.impersonated, s.csr_san, "{s:?}");
+    }
+
+    // a → VIP → node 1's proxy → HBONE (both sides prove istiod-issued
+    // identities) → node 2's proxy → c, which sees a's own IP.
+    for h2 in [false, true] {
+        let (status, body) = get(&pod_a, vip, "web", "/x", h2);
+        assert_eq!(status, StatusCode::OK, "h2={h2}: {body}");
+        assert_eq!(body, format!("served by server-c to {ip_a}"), "h2={h2}");
+    }
+    let inb = admin(&n2.dpu, "/metrics");
+    let received = [
+        ("reporter", "destination"),
+        ("destination_principal", server_id),
+        ("source_principal", client_id),
+        ("connection_security_policy", "mutual_tls"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(requests_total(&inb, &received), 2.0, "{inb}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin(&n1.dpu, "/stats")).expect("stats JSON");
+    assert!(
+        stats["proxy"]["hbone_upstream"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
+
+    drop(server);
+    let name = sim.cluster().to_string();
+    drop(sim);
+    drop(istiod);
+    drop(istiod_rt);
     let left = dpumesh_sim::leftovers(&name).expect("leftovers");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
