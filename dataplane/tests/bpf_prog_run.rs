@@ -4,7 +4,7 @@
 //! stands in for a pod's representor.
 mod bpf_common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use bpf_common::*;
@@ -330,6 +330,121 @@ fn routed_packets_lose_one_ttl_and_expiring_ones_are_dropped() {
         let b = dp.pod_counters("uid-b").unwrap().unwrap();
         assert_eq!(b.drop_count(DropReason::TtlExceeded), 1);
         assert_eq!(b.bypassed, 1);
+    })
+    .expect("netns");
+}
+
+const POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 1);
+
+/// The link-local address a VF with `mac` derives (modified EUI-64).
+fn eui64_ll(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
+}
+
+/// Proxy ND: a pod's neighbour solicitation is answered with an
+/// advertisement of the gateway MAC (bytes and checksum checked); DAD, the
+/// pod's own address and a foreign source get none; IPv6 from a foreign
+/// source is dropped as spoofed, the pod's link-local noise as unsupported.
+#[test]
+fn neighbour_solicitations_are_answered_and_ipv6_sources_checked() {
+    let ns = NsGuard::new("nd");
+    ns.0.run(|| {
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        let mut net = network();
+        net.pod_cidr6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        dp.apply_network(&net).expect("network");
+        let mut p = pod(false);
+        p.ipv6 = Some(POD_IP6);
+        dp.apply_pod(&p).expect("pod");
+
+        for (src, target) in [
+            (POD_IP6, GATEWAY6),
+            (eui64_ll(POD_MAC), "fe80::1".parse().unwrap()),
+            (POD_IP6, Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 9)),
+        ] {
+            let r = run(&dp, &neighbour_solicitation(POD_MAC, src, target));
+            assert_eq!(r.ret, TC_ACT_REDIRECT, "NS {src} for {target}");
+            let d = &r.data;
+            assert_eq!(d.len(), 14 + 40 + 32, "{d:02x?}");
+            assert_eq!(&d[0..6], &POD_MAC, "eth dst = pod");
+            assert_eq!(&d[6..12], &GATEWAY_MAC, "eth src = gateway");
+            assert_eq!(&d[12..14], &ETH_P_IPV6.to_be_bytes());
+            assert_eq!(d[14] >> 4, 6);
+            assert_eq!(&d[18..20], &32u16.to_be_bytes(), "payload length");
+            assert_eq!((d[20], d[21]), (58, 255), "ICMPv6, hop limit 255");
+            assert_eq!(&d[22..38], &target.octets(), "from the target");
+            assert_eq!(&d[38..54], &src.octets(), "to the solicitor");
+            assert_eq!((d[54], d[55]), (136, 0), "neighbour advertisement");
+            assert_eq!(d[58], 0xe0, "router, solicited, override");
+            assert_eq!(&d[62..78], &target.octets(), "target");
+            assert_eq!(&d[78..80], &[2, 1], "target link-layer address option");
+            assert_eq!(&d[80..86], &GATEWAY_MAC);
+            assert_eq!(icmp6_sum(d), 0xffff, "ICMPv6 checksum");
+        }
+        let c = dp.pod_counters("uid-a").unwrap().unwrap();
+        assert_eq!(c.arp_replies, 3);
+
+        // DAD and the pod's own address: no answer, unsupported.
+        let dad = neighbour_solicitation(POD_MAC, Ipv6Addr::UNSPECIFIED, POD_IP6);
+        assert_eq!(run(&dp, &dad).ret, TC_ACT_SHOT);
+        let own = neighbour_solicitation(POD_MAC, eui64_ll(POD_MAC), POD_IP6);
+        assert_eq!(run(&dp, &own).ret, TC_ACT_SHOT);
+        // A solicitation from an address that is not the pod's: spoofed.
+        let foreign = neighbour_solicitation(
+            POD_MAC,
+            Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x99),
+            GATEWAY6,
+        );
+        assert_eq!(run(&dp, &foreign).ret, TC_ACT_SHOT);
+        // Forwarded traffic from a foreign source: spoofed; the pod's own
+        // link-local multicast (an MLD-like packet): unsupported.
+        let udp6 = |src: Ipv6Addr, dst: Ipv6Addr| {
+            ipv6_packet(GATEWAY_MAC, POD_MAC, src, dst, 17, 64, &[0; 16])
+        };
+        let peer: Ipv6Addr = "fd00:10:244:2::7".parse().unwrap();
+        let spoofed = udp6("fd00:10:244:1::99".parse().unwrap(), peer);
+        assert_eq!(run(&dp, &spoofed).ret, TC_ACT_SHOT);
+        let mld = udp6(eui64_ll(POD_MAC), "ff02::16".parse().unwrap());
+        assert_eq!(run(&dp, &mld).ret, TC_ACT_SHOT);
+        let c = dp.pod_counters("uid-a").unwrap().unwrap();
+        assert_eq!(c.arp_replies, 3);
+        assert_eq!(c.drop_count(DropReason::Unsupported), 3, "{c:?}");
+        assert_eq!(c.drop_count(DropReason::SpoofIp), 2, "{c:?}");
+        assert_eq!(c.packets_out, 8);
+
+        // Hop limit 1 from the pod: dropped, answered with ICMPv6 time
+        // exceeded from the IPv6 gateway, back to the pod.
+        let probe = ipv6_packet(GATEWAY_MAC, POD_MAC, POD_IP6, peer, 17, 1, &[7; 24]);
+        let r = run(&dp, &probe);
+        assert_eq!(r.ret, TC_ACT_REDIRECT);
+        let d = &r.data;
+        assert_eq!(d.len(), 14 + 40 + 8 + 128, "{d:02x?}");
+        assert_eq!(&d[0..6], &POD_MAC);
+        assert_eq!(&d[22..38], &GATEWAY6.octets(), "from the IPv6 gateway");
+        assert_eq!(&d[38..54], &POD_IP6.octets());
+        assert_eq!((d[54], d[55]), (3, 0), "time exceeded in transit");
+        assert_eq!(icmp6_sum(d), 0xffff, "ICMPv6 checksum");
+        assert_eq!(&d[62..62 + probe.len() - 14], &probe[14..], "quote");
+        let c = dp.pod_counters("uid-a").unwrap().unwrap();
+        assert_eq!(c.drop_count(DropReason::TtlExceeded), 1);
     })
     .expect("netns");
 }

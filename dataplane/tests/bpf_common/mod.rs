@@ -263,3 +263,74 @@ pub fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
     frame[24..26].copy_from_slice(&csum.to_be_bytes());
     frame
 }
+
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
+/// Ethernet + IPv6 header (hop limit `hops`) + `payload`.
+pub fn ipv6_packet(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next: u8,
+    hops: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = eth(dst_mac, src_mac, ETH_P_IPV6);
+    v.extend_from_slice(&[0x60, 0, 0, 0]);
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    v.push(next);
+    v.push(hops);
+    v.extend_from_slice(&src.octets());
+    v.extend_from_slice(&dst.octets());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A neighbour solicitation from `src` (MAC `mac`) for `target`, to its
+/// solicited-node multicast address, with the source link-layer option.
+pub fn neighbour_solicitation(
+    mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    target: std::net::Ipv6Addr,
+) -> Vec<u8> {
+    let t = target.octets();
+    let dst = std::net::Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15],
+    ]);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&t);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&mac);
+    ipv6_packet(
+        [0x33, 0x33, 0xff, t[13], t[14], t[15]],
+        mac,
+        src,
+        dst,
+        58,
+        255,
+        &icmp,
+    )
+}
+
+/// The ones' complement sum of an ICMPv6 message in an Ethernet + IPv6
+/// frame, pseudo-header included: 0xffff when its checksum is right.
+pub fn icmp6_sum(frame: &[u8]) -> u16 {
+    let msg = &frame[54..];
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            let hi = c[0];
+            let lo = c.get(1).copied().unwrap_or(0);
+            sum += u32::from(u16::from_be_bytes([hi, lo]));
+        }
+    };
+    add(&frame[22..54]); // source and destination
+    add(&(msg.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(msg);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
