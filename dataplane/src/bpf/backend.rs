@@ -242,3 +242,77 @@ fn stats(c: PodCounters) -> PodStats {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{MacAddr, PeerSpec};
+
+    fn node(first: &str, second: Option<&str>) -> NodeNetworkSpec {
+        let first: IpNet = first.parse().unwrap();
+        NodeNetworkSpec {
+            node_name: "n1".into(),
+            mode: NetworkMode::Underlay,
+            pod_cidr: first,
+            gateway: "10.244.1.1".parse().unwrap(),
+            secondary: second.map(|s| (s.parse().unwrap(), "fd00:10:244:1::1".parse().unwrap())),
+            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+            underlay_ip: "192.0.2.11".parse().unwrap(),
+            vni: 4242,
+            peers: vec![PeerSpec {
+                name: "n2".into(),
+                pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
+                pod_cidr_secondary: Some("10.244.2.0/24".parse().unwrap()),
+                underlay_ip: "192.0.2.12".parse().unwrap(),
+            }],
+        }
+    }
+
+    #[test]
+    fn dual_stack_networks_take_either_order_and_need_ipv4() {
+        let n = network_spec(&node("10.244.1.0/24", Some("fd00:10:244:1::/64")), "p0").unwrap();
+        assert_eq!(n.pod_cidr.to_string(), "10.244.1.0/24");
+        assert_eq!(n.pod_cidr6.unwrap().to_string(), "fd00:10:244:1::/64");
+        assert_eq!(n.gateway6().unwrap().to_string(), "fd00:10:244:1::1");
+        // The peer listed its IPv6 CIDR first.
+        assert_eq!(n.peers[0].pod_cidr.to_string(), "10.244.2.0/24");
+        assert_eq!(
+            n.peers[0].pod_cidr6.unwrap().to_string(),
+            "fd00:10:244:2::/64"
+        );
+        let n = network_spec(&node("fd00:10:244:1::/64", Some("10.244.1.0/24")), "p0").unwrap();
+        assert_eq!(n.pod_cidr.to_string(), "10.244.1.0/24");
+        assert_eq!(n.pod_cidr6.unwrap().to_string(), "fd00:10:244:1::/64");
+        let e = network_spec(&node("fd00:10:244:1::/64", None), "p0").unwrap_err();
+        assert!(e.0.contains("IPv6-only is not supported"), "{e}");
+    }
+
+    #[test]
+    fn a_pod_has_one_ipv4_and_at_most_one_ipv6() {
+        let mut p = PodEntry {
+            uid: "u".into(),
+            name: "p".into(),
+            namespace: "ns".into(),
+            container_id: String::new(),
+            ifname: String::new(),
+            vf_index: 0,
+            representor: "pf0vf0".into(),
+            ips: vec![
+                "fd00:10:244:1::5".parse().unwrap(),
+                "10.244.1.5".parse().unwrap(),
+            ],
+            mac: MacAddr([2, 0, 0, 0, 0, 5]),
+            meshed: false,
+            interception: Default::default(),
+        };
+        let s = pod_spec(&p).unwrap();
+        assert_eq!(s.ipv4.to_string(), "10.244.1.5");
+        assert_eq!(s.ipv6.unwrap().to_string(), "fd00:10:244:1::5");
+        p.ips.push("fd00:10:244:1::6".parse().unwrap());
+        let e = pod_spec(&p).unwrap_err();
+        assert!(e.0.contains("more than one IPv6 address"), "{e}");
+        p.ips = vec!["fd00:10:244:1::5".parse().unwrap()];
+        let e = pod_spec(&p).unwrap_err();
+        assert!(e.0.contains("no IPv4 address"), "{e}");
+    }
+}
