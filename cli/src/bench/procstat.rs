@@ -34,6 +34,23 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// (anonymous, file-backed) resident KB of one process (`RssAnon`,
+/// `RssFile` of /proc/<pid>/status): heap and stacks vs the binary's and
+/// libraries' pages.
+pub fn rss_split_kb(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?))
+}
+
 /// Sum over a set of processes (processes that exited count as zero).
 pub fn sample_all(pids: &BTreeSet<u32>) -> ProcSample {
     pids.iter()

@@ -663,6 +663,15 @@ impl<'a> Bench<'a> {
             };
             load::run(&spec, &self.work)?;
             let s = procstat::sample_all(&with_children(p.pid));
+            if let Some((anon, file)) = procstat::rss_split_kb(p.pid) {
+                eprintln!(
+                    "dpu-proxy at {pods} pods / {services} services (1 in {routed_every} routed): \
+                     RSS {:.1} MB = anon {:.1} MB + file {:.1} MB",
+                    s.rss_kb as f64 / 1024.0,
+                    anon as f64 / 1024.0,
+                    file as f64 / 1024.0
+                );
+            }
             Ok(s.rss_kb as f64 / 1024.0)
         })();
         self.stop(&p)?;
