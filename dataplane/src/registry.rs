@@ -798,18 +798,14 @@ fn dual_cidr(p: &mut Problems, path: &str, value: &str) -> Option<(IpNet, Option
     }
 }
 
-/// The gateway of `cidr`: the entry of `given` (comma-separated) of its
-/// family, else its first host address.
-fn gateway_of(p: &mut Problems, cidr: IpNet, given: &str) -> Option<IpAddr> {
-    let mut ips = Vec::new();
-    for part in given.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        ips.push(p.ip("network.gateway_ip", part)?);
-    }
-    let Some(ip) = ips
-        .into_iter()
+/// The gateway of `cidr`: the entry of `given` of its family, else its
+/// first host address.
+fn gateway_of(p: &mut Problems, cidr: IpNet, given: &[IpAddr]) -> IpAddr {
+    let Some(&ip) = given
+        .iter()
         .find(|ip| ip.is_ipv4() == cidr.network().is_ipv4())
     else {
-        return Some(first_host(&cidr));
+        return first_host(&cidr);
     };
     if !cidr.contains(&ip) || ip == cidr.network() || (ip.is_ipv4() && ip == cidr.broadcast()) {
         p.push(
@@ -817,7 +813,7 @@ fn gateway_of(p: &mut Problems, cidr: IpNet, given: &str) -> Option<IpAddr> {
             format_args!("{ip} is not a host address of the pod CIDR {cidr}"),
         );
     }
-    Some(ip)
+    ip
 }
 
 fn parse_network(
@@ -868,16 +864,24 @@ fn parse_network(
             );
         }
     }
-    let gateway = pod_cidr.and_then(|c| gateway_of(&mut p, c, &n.gateway_ip));
-    let secondary = match cidrs.and_then(|(_, b)| b) {
-        Some(c) => gateway_of(&mut p, c, &n.gateway_ip).map(|g| (c, g)),
-        None => None,
-    };
-    let given: Vec<IpAddr> = n
-        .gateway_ip
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    // Comma-separated too: at most one per pod CIDR, of its family.
+    let mut given: Vec<IpAddr> = Vec::new();
+    let mut gateway_ok = true;
+    for part in n.gateway_ip.split(',').map(str::trim) {
+        if n.gateway_ip.is_empty() {
+            break;
+        }
+        match p.ip("network.gateway_ip", part) {
+            Some(ip) => given.push(ip),
+            None => gateway_ok = false,
+        }
+    }
+    let gateway = pod_cidr
+        .filter(|_| gateway_ok)
+        .map(|c| gateway_of(&mut p, c, &given));
+    let secondary = cidrs
+        .and_then(|(_, b)| b)
+        .map(|c| (c, gateway_of(&mut p, c, &given)));
     if !own_cidrs.is_empty() {
         for (i, g) in given.iter().enumerate() {
             let family = own_cidrs

@@ -1011,6 +1011,24 @@ async fn dual_stack_pod_cidrs_and_pod_ips() {
         Some("fd00:10:244:2::/64".into())
     );
 
+    // A given IPv6 gateway must lie in the IPv6 pod CIDR.
+    let mut bad = n.clone();
+    bad.gateway_ip = "10.244.1.1,fd00:9::1".into();
+    s.refused(
+        Code::InvalidArgument,
+        "network.gateway_ip: fd00:9::1 is not a host address of the pod CIDR fd00:10:244:1::/64",
+        |c| set_err(bad, c),
+    )
+    .await;
+    let mut custom = n.clone();
+    custom.gateway_ip = "fd00:10:244:1::fe".into();
+    assert!(s.set_network(custom).await.unwrap());
+    assert_eq!(
+        s.get_network().await.unwrap().gateway_ip,
+        "10.244.1.1,fd00:10:244:1::fe"
+    );
+    assert!(s.set_network(n.clone()).await.unwrap());
+
     // A dual-stack pod: one address of each family.
     let mut p = pod(1);
     p.ips.push("fd00:10:244:1::b".into());
