@@ -324,6 +324,7 @@ fn generated(pods: usize, services: usize) -> NodeConfig {
                     health: EndpointHealth::Healthy,
                     labels: BTreeMap::from([("version".into(), format!("v{}", e + 1))]),
                     service_account: "default".into(),
+                    hbone: None,
                 })
                 .collect(),
         });

@@ -299,6 +299,35 @@ pub struct Endpoint {
     /// Service account of the endpoint's pod: the identity it must prove over mTLS.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_account: String,
+    /// Whether the endpoint accepts HBONE (mTLS, `CONNECT` to `<address>:15008`):
+    /// `true` for a meshed pod of a dpumesh node, an ambient pod or an
+    /// HBONE-capable sidecar; `false` for a workload without an Istio proxy.
+    /// Unset: derived from `node` (HBONE when it is set and not ours). With
+    /// `true`, an empty `node` means "another node, name unknown".
+    /// See [`Endpoint::uses_hbone_from`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hbone: Option<bool>,
+}
+
+impl Endpoint {
+    /// Whether a proxy on node `local_node` reaches this endpoint over HBONE
+    /// (for an `ISTIO_MUTUAL` cluster, given the endpoint's identity is known):
+    /// never on its own node; otherwise `hbone` when set, else whether `node`
+    /// names another node.
+    pub fn uses_hbone_from(&self, local_node: &str) -> bool {
+        hbone_eligible(self.hbone, &self.node, local_node)
+    }
+}
+
+/// [`Endpoint::uses_hbone_from`] on the fields, for runtimes that copy them.
+pub fn hbone_eligible(hbone: Option<bool>, node: &str, local_node: &str) -> bool {
+    if !node.is_empty() && node == local_node {
+        return false;
+    }
+    match hbone {
+        Some(capable) => capable,
+        None => !node.is_empty(),
+    }
 }
 
 fn default_weight() -> u32 {
@@ -901,5 +930,24 @@ impl NodeConfig {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod hbone_tests {
+    use super::hbone_eligible;
+
+    #[test]
+    fn hbone_rule() {
+        // Unset: derived from the node (the controller's Kubernetes path).
+        assert!(hbone_eligible(None, "node-2", "node-1"));
+        assert!(!hbone_eligible(None, "", "node-1"));
+        assert!(!hbone_eligible(None, "node-1", "node-1"));
+        // Explicit: another node (named or not) per the mark, never our own node.
+        assert!(hbone_eligible(Some(true), "", "node-1"));
+        assert!(hbone_eligible(Some(true), "node-2", "node-1"));
+        assert!(!hbone_eligible(Some(true), "node-1", "node-1"));
+        assert!(!hbone_eligible(Some(false), "node-2", "node-1"));
+        assert!(!hbone_eligible(Some(false), "", "node-1"));
     }
 }

@@ -814,6 +814,12 @@ impl<'c> Checker<'c> {
                 format!("{:?} is not a DNS-1123 subdomain", ep.service_account),
             );
         }
+        if ep.hbone == Some(true) && ep.service_account.is_empty() {
+            self.err(
+                &p.f("hbone"),
+                "true needs serviceAccount (the identity the endpoint must prove over HBONE)",
+            );
+        }
     }
 
     // -- clusters -----------------------------------------------------------
