@@ -267,6 +267,8 @@ static __always_inline int dm_icmp_time_exceeded(struct __sk_buff *skb, struct d
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, DM_ICMP_QUOTE))
 		return TC_ACT_SHOT;
 
+	if (!dm_icmp_allowed()) /* rate limit (dm_maps.h) */
+		return TC_ACT_SHOT;
 	r.ip.version = 4;
 	r.ip.ihl = 5;
 	r.ip.tos = 0xc0; /* internetwork control, as Linux's own ICMP */
@@ -530,6 +532,8 @@ static __always_inline int dm_icmp6_time_exceeded(struct __sk_buff *skb, struct 
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, n))
 		return TC_ACT_SHOT;
 
+	if (!dm_icmp_allowed()) /* rate limit (dm_maps.h) */
+		return TC_ACT_SHOT;
 	r.ip6.version = 6;
 	r.ip6.payload_len = bpf_htons(sizeof(r) - sizeof(r.ip6));
 	r.ip6.nexthdr = IPPROTO_ICMPV6;

@@ -448,3 +448,31 @@ fn neighbour_solicitations_are_answered_and_ipv6_sources_checked() {
     })
     .expect("netns");
 }
+
+/// ICMP errors are rate-limited per CPU (a burst of 50, then 1000 a
+/// second): a flood of expiring packets from one CPU gets the burst
+/// answered and then mostly plain drops, every one still counted.
+#[test]
+fn icmp_time_exceeded_answers_are_rate_limited() {
+    let ns = NsGuard::new("icmprl");
+    ns.0.run(|| {
+        // One CPU, one bucket.
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0).expect("cpu 0");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).expect("pin");
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        dp.apply_network(&network()).expect("network");
+        dp.apply_pod(&pod(false)).expect("pod");
+        let b_ip = Ipv4Addr::new(10, 244, 1, 7);
+        let pkt = with_ttl(udp(GATEWAY_MAC, POD_MAC, POD_IP, b_ip, 1000, 53), 1);
+        const FLOOD: u64 = 300;
+        let answered = (0..FLOOD)
+            .filter(|_| run(&dp, &pkt).ret == TC_ACT_REDIRECT)
+            .count() as u64;
+        assert!(answered >= 50, "the burst is answered: {answered}");
+        assert!(answered < FLOOD, "not every packet is answered: {answered}");
+        let a = dp.pod_counters("uid-a").unwrap().unwrap();
+        assert_eq!(a.drop_count(DropReason::TtlExceeded), FLOOD);
+    })
+    .expect("netns");
+}

@@ -68,6 +68,46 @@ struct {
 	__type(value, struct dm_pod_counters);
 } dm_counters SEC(".maps");
 
+/* ICMP errors the dataplane sends (time exceeded): one token bucket per
+ * CPU, as Linux's net.ipv4.icmp_msgs_per_sec (1000) and icmp_msgs_burst
+ * (50). Not pinned: a restart starts with full buckets. */
+#define DM_ICMP_PER_SEC 1000
+#define DM_ICMP_BURST 50
+struct dm_icmp_bucket {
+	__u64 last_ns;
+	__u64 tokens;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dm_icmp_bucket);
+} dm_icmp_rl SEC(".maps");
+
+/* 1 when this CPU may send one more ICMP error now (a token is taken). */
+static __always_inline int dm_icmp_allowed(void)
+{
+	__u32 zero = 0;
+	struct dm_icmp_bucket *b = bpf_map_lookup_elem(&dm_icmp_rl, &zero);
+	__u64 now, add;
+
+	if (!b)
+		return 0;
+	now = bpf_ktime_get_ns();
+	add = (now - b->last_ns) / (1000000000ULL / DM_ICMP_PER_SEC);
+	if (add) {
+		b->tokens += add;
+		if (b->tokens > DM_ICMP_BURST)
+			b->tokens = DM_ICMP_BURST;
+		b->last_ns = now;
+	}
+	if (!b->tokens)
+		return 0;
+	b->tokens--;
+	return 1;
+}
+
 static __always_inline struct dm_pod_counters *dm_counters_of(__u32 slot)
 {
 	return bpf_map_lookup_elem(&dm_counters, &slot);
