@@ -46,7 +46,9 @@ struct Args {
     /// JSON access log: "off", "stdout", or a file to append to.
     #[arg(long, env = "DPU_PROXY_ACCESS_LOG", default_value = "off")]
     access_log: Sink,
-    /// Worker threads of the data path (default: one per CPU).
+    /// Worker threads of the data path (default: one per CPU). With 1, the
+    /// data path runs on a single-threaded (current-thread) runtime on its
+    /// own thread: no work-stealing machinery on the request path.
     #[arg(long)]
     workers: Option<usize>,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -120,13 +122,24 @@ fn main() -> anyhow::Result<()> {
         access_log,
     );
 
-    // The data path: its own multi-thread runtime.
-    let mut data = tokio::runtime::Builder::new_multi_thread();
-    data.enable_all().thread_name("dpu-proxy-data");
-    if let Some(n) = args.workers {
-        data.worker_threads(n.max(1));
+    // The data path: its own runtime. One worker: a current-thread runtime,
+    // driven by a thread of its own once everything is set up (spawned
+    // tasks wait until then); more: a multi-thread runtime.
+    let single = args.workers.is_some_and(|n| n <= 1);
+    let data = if single {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("dpu-proxy-data")
+            .build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.enable_all().thread_name("dpu-proxy-data");
+        if let Some(n) = args.workers {
+            b.worker_threads(n);
+        }
+        b.build()
     }
-    let data = data.build().context("data path runtime")?;
+    .context("data path runtime")?;
     // A bad istiod CA setting stops the start, before anything listens.
     let istiod = istiod_ca(&data, &args)?;
     for spec in proxy::listeners_on(args.listen_ip, args.outbound_port, args.inbound_port) {
@@ -146,6 +159,26 @@ fn main() -> anyhow::Result<()> {
     if let Err(e) = start_hbone(&data, &store, &proxy, &args, istiod) {
         tracing::error!(error = format!("{e:#}"), "HBONE disabled");
     }
+
+    // The single-threaded data runtime gets its thread; it runs until the
+    // control side below says stop.
+    let data = std::sync::Arc::new(data);
+    let (data_stop, data_stopped) = tokio::sync::oneshot::channel::<()>();
+    let data_thread = if single {
+        let rt = data.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("dpu-proxy-data".into())
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = data_stopped.await;
+                    })
+                })
+                .context("starting the data path thread")?,
+        )
+    } else {
+        None
+    };
 
     // Control gRPC and admin: a current-thread runtime on this thread.
     let control_rt = tokio::runtime::Builder::new_current_thread()
@@ -192,7 +225,13 @@ fn main() -> anyhow::Result<()> {
             Err(e) => Err(e.into()),
         }
     })?;
-    data.shutdown_timeout(Duration::from_secs(1));
+    let _ = data_stop.send(());
+    if let Some(t) = data_thread {
+        let _ = t.join();
+    }
+    if let Ok(data) = std::sync::Arc::try_unwrap(data) {
+        data.shutdown_timeout(Duration::from_secs(1));
+    }
     tracing::info!("stopped");
     Ok(())
 }
