@@ -575,6 +575,35 @@ fn cross_node_config(
     serde_json::from_value(cfg).expect("test NodeConfig parses")
 }
 
+/// Waits until `n` dpu-proxies of `sim` logged that their workload
+/// certificates are in step with the pushed config (issuance follows a push
+/// asynchronously).
+fn wait_for_identities(sim: &SimGuard, n: usize) {
+    let logs: Vec<PathBuf> = sim
+        .processes()
+        .expect("processes")
+        .into_iter()
+        .filter(|p| p.name.starts_with("dpu-proxy-n"))
+        .map(|p| p.log)
+        .collect();
+    assert_eq!(logs.len(), n, "{logs:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for log in &logs {
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("workload identities in step with the config") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no workload certificates ({}):\n{text}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn pod_to_service_on_another_node_through_both_proxies() {
     let sim = SimGuard::up(
@@ -616,6 +645,7 @@ fn pod_to_service_on_another_node_through_both_proxies() {
     );
     let server = PodServer::start(&pod_c, "server-c", SERVER_PORT);
     let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+    wait_for_identities(&sim, 2);
 
     // a → VIP: node 1's proxy (outbound, 15001) → HBONE (mTLS, CONNECT
     // 10.244.2.7:8080 to 10.244.2.7:15008, steered by node 2's dataplane to
@@ -966,34 +996,10 @@ fn pod_to_service_on_another_node_with_certificates_from_istiod() {
     let server = PodServer::start(&pod_c, "server-c", SERVER_PORT);
     let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
 
-    // Issuance follows the push asynchronously: wait until both proxies
-    // hold their pod's certificate.
+    // Issuance follows the push asynchronously.
     let client_id = "spiffe://cluster.local/ns/default/sa/client-a";
     let server_id = "spiffe://cluster.local/ns/default/sa/server-c";
-    let logs: Vec<PathBuf> = sim
-        .processes()
-        .expect("processes")
-        .into_iter()
-        .filter(|p| p.name.starts_with("dpu-proxy-n"))
-        .map(|p| p.log)
-        .collect();
-    assert_eq!(logs.len(), 2);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for log in &logs {
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if text.contains("workload identities in step with the config") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no certificate from istiod ({}):\n{text}\nistiod saw {:?}",
-                log.display(),
-                istiod.seen()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    wait_for_identities(&sim, 2);
     let seen = istiod.seen();
     for id in [client_id, server_id] {
         assert!(
