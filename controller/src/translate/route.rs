@@ -338,11 +338,24 @@ fn route_match(m: &rt::RouteMatch) -> Result<Vec<RouteMatch>, String> {
                 out.authority = value
             }
             ":method" if !invert && value.is_some() && out.method.is_none() => out.method = value,
-            _ => out.headers.push(KeyMatch {
-                name: h.name.clone(),
-                value,
-                invert,
-            }),
+            _ => {
+                // Envoy: a value matcher never matches an absent header, even
+                // inverted (unless `treat_missing_header_as_empty`), while an
+                // inverted NodeConfig condition holds for an absent key: the
+                // header must then also be present.
+                if invert && value.is_some() && !h.treat_missing_header_as_empty {
+                    out.headers.push(KeyMatch {
+                        name: h.name.clone(),
+                        value: None,
+                        invert: false,
+                    });
+                }
+                out.headers.push(KeyMatch {
+                    name: h.name.clone(),
+                    value,
+                    invert,
+                })
+            }
         }
     }
     for q in &m.query_parameters {
@@ -397,12 +410,17 @@ fn matcher(s: &StringMatcher) -> Result<StringMatch, String> {
 
 /// (value condition, invert) of a header matcher. istiod still sends the
 /// deprecated `*_match` fields in places; both forms are read.
+///
+/// `present_match: p` with `invert_match: i` matches (p == present) != i, that
+/// is an absent header when p == i (`present_match: true` alone: present).
+/// `treat_missing_header_as_empty` with a value matcher that matches the empty
+/// string cannot be expressed (it would match an absent header): an error.
 #[allow(deprecated)]
 fn header_value(h: &rt::HeaderMatcher) -> Result<(Option<StringMatch>, bool), String> {
     let invert = h.invert_match;
-    Ok(match &h.header_match_specifier {
+    let out = match &h.header_match_specifier {
         None => (None, invert),
-        Some(HeaderMatchSpecifier::PresentMatch(present)) => (None, invert != *present),
+        Some(HeaderMatchSpecifier::PresentMatch(present)) => (None, invert == *present),
         Some(HeaderMatchSpecifier::ExactMatch(v)) => (Some(StringMatch::Exact(v.clone())), invert),
         Some(HeaderMatchSpecifier::PrefixMatch(v)) => {
             (Some(StringMatch::Prefix(v.clone())), invert)
@@ -420,6 +438,28 @@ fn header_value(h: &rt::HeaderMatcher) -> Result<(Option<StringMatch>, bool), St
         Some(HeaderMatchSpecifier::RangeMatch(_)) => {
             return Err("range_match is not supported".into())
         }
+    };
+    if h.treat_missing_header_as_empty {
+        if let (Some(value), _) = &out {
+            if matches_empty(value)? {
+                return Err(
+                    "treat_missing_header_as_empty with a value matcher that matches the empty \
+                     string is not supported"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a value condition holds for the empty string (regexes full-match).
+fn matches_empty(m: &StringMatch) -> Result<bool, String> {
+    Ok(match m {
+        StringMatch::Exact(s) | StringMatch::Prefix(s) => s.is_empty(),
+        StringMatch::Regex(r) => regex::Regex::new(&format!("^(?:{r})$"))
+            .map_err(|e| format!("regex {r:?}: {e}"))?
+            .is_match(""),
     })
 }
 
@@ -608,4 +648,84 @@ fn redirect_action(r: &rt::RedirectAction) -> Result<Redirect, String> {
         Some(_) => return Err("redirect: only path_redirect is supported".into()),
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: &str) -> rt::HeaderMatcher {
+        let mut h: rt::HeaderMatcher = rt::HeaderMatcher {
+            name: "x-h".into(),
+            ..Default::default()
+        };
+        match kind {
+            "present" => h.header_match_specifier = Some(HeaderMatchSpecifier::PresentMatch(true)),
+            "absent" => h.header_match_specifier = Some(HeaderMatchSpecifier::PresentMatch(false)),
+            v => {
+                h.header_match_specifier = Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact(v.into())),
+                    ..Default::default()
+                }))
+            }
+        }
+        h
+    }
+
+    fn conditions(h: rt::HeaderMatcher) -> Vec<(Option<StringMatch>, bool)> {
+        let m = rt::RouteMatch {
+            headers: vec![h],
+            ..Default::default()
+        };
+        let out = route_match(&m).expect("translates");
+        out[0]
+            .headers
+            .iter()
+            .map(|k| (k.value.clone(), k.invert))
+            .collect()
+    }
+
+    /// Envoy's semantics, as the differential test against Envoy found them.
+    #[test]
+    fn header_presence_and_inversion_follow_envoy() {
+        // present_match: true → the header is present (not inverted).
+        assert_eq!(conditions(header("present")), vec![(None, false)]);
+        // present_match: false → absent; inverted present_match: true → absent.
+        assert_eq!(conditions(header("absent")), vec![(None, true)]);
+        let mut h = header("present");
+        h.invert_match = true;
+        assert_eq!(conditions(h), vec![(None, true)]);
+        // An inverted value matcher does not match an absent header: presence
+        // is required too.
+        let mut h = header("prod");
+        h.invert_match = true;
+        assert_eq!(
+            conditions(h),
+            vec![
+                (None, false),
+                (Some(StringMatch::Exact("prod".into())), true)
+            ]
+        );
+        // ... unless a missing header counts as empty ("" is not "prod").
+        let mut h = header("prod");
+        h.invert_match = true;
+        h.treat_missing_header_as_empty = true;
+        assert_eq!(
+            conditions(h),
+            vec![(Some(StringMatch::Exact("prod".into())), true)]
+        );
+        // Not inverted: one condition, which an absent header fails.
+        assert_eq!(
+            conditions(header("prod")),
+            vec![(Some(StringMatch::Exact("prod".into())), false)]
+        );
+        // A missing header as empty with a matcher that takes "": refused.
+        let mut h = header("");
+        h.treat_missing_header_as_empty = true;
+        let m = rt::RouteMatch {
+            headers: vec![h],
+            ..Default::default()
+        };
+        assert!(route_match(&m).is_err());
+    }
 }
