@@ -237,6 +237,8 @@ pub struct IstiodCa {
     client: IstioCertificateServiceClient<Channel>,
     /// Checks issued chains against the configured roots.
     chain_check: Arc<dyn ClientCertVerifier>,
+    /// `clusterid` header value.
+    cluster_id: tonic::metadata::AsciiMetadataValue,
 }
 
 impl std::fmt::Debug for IstiodCa {
@@ -294,6 +296,12 @@ impl IstiodCa {
             .connect_timeout(config.request_timeout)
             .timeout(config.request_timeout);
         let channel = endpoint.connect_with_connector_lazy(dialer);
+        let cluster_id = config.cluster_id.parse().map_err(|_| {
+            bad(format!(
+                "cluster ID {:?} is not a valid header value",
+                config.cluster_id
+            ))
+        })?;
         let chain_check = WebPkiClientVerifier::builder_with_provider(roots, tls::provider())
             .build()
             .map_err(|e| bad(format!("chain verifier: {e}")))?;
@@ -301,6 +309,7 @@ impl IstiodCa {
             config,
             client: IstioCertificateServiceClient::new(channel),
             chain_check,
+            cluster_id,
         })
     }
 
@@ -340,18 +349,8 @@ impl IstiodCa {
                 .map_err(|_| IstiodCaError::TokenNotAscii(self.config.token_file.clone()))?;
         bearer.set_sensitive(true);
         req.metadata_mut().insert("authorization", bearer);
-        let cluster = self
-            .config
-            .cluster_id
-            .parse()
-            .map_err(|_| IstiodCaError::Rpc {
-                code: tonic::Code::InvalidArgument,
-                message: format!(
-                    "cluster ID {:?} is not a valid header",
-                    self.config.cluster_id
-                ),
-            })?;
-        req.metadata_mut().insert("clusterid", cluster);
+        req.metadata_mut()
+            .insert("clusterid", self.cluster_id.clone());
         req.set_timeout(self.config.request_timeout);
 
         let resp = self
