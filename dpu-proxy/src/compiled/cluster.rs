@@ -30,6 +30,8 @@ pub struct EndpointRt {
     pub outlier: Arc<OutlierState>,
     /// Node the endpoint runs on (`Endpoint.node`; empty = unknown).
     pub node: String,
+    /// `Endpoint.hbone`: whether it accepts HBONE (unset = derived from `node`).
+    pub hbone: Option<bool>,
     /// SPIFFE ID the endpoint must prove over mTLS (from its service account);
     /// `None` when the endpoint has no service account.
     /// Interned at compile time (see [`super::intern`]): no lookup per request.
@@ -47,6 +49,7 @@ impl EndpointRt {
             workload_id: u32::MAX,
             outlier: Arc::default(),
             node: String::new(),
+            hbone: None,
             spiffe_id: None,
         }
     }
@@ -211,6 +214,7 @@ impl ClusterRt {
             rt.workload_id = workload_id;
             rt.outlier = carry.endpoint(&c.name, addr);
             rt.node = ep.node.clone();
+            rt.hbone = ep.hbone;
             rt.spiffe_id = (!principal.is_empty()).then(|| super::intern(&principal));
             endpoints.push(Arc::new(rt));
         }

@@ -154,16 +154,21 @@ pub struct HboneTarget {
 
 impl HboneTarget {
     /// HBONE is used when the cluster's TLS mode is `ISTIO_MUTUAL`, the
-    /// endpoint runs on another node (its `node` is set and is not ours), it
-    /// has a service account (the identity to check), and the client is a
-    /// local pod (the identity to present).
+    /// endpoint is HBONE-eligible from this node ([`hbone_eligible`]: not on
+    /// our node, and `hbone: true`, or `hbone` unset and `node` names another
+    /// node), it has a service account (the identity to check), and the client
+    /// is a local pod (the identity to present).
+    ///
+    /// [`hbone_eligible`]: dpumesh_api::config::hbone_eligible
     pub fn for_endpoint(
         cfg: &CompiledConfig,
         cluster: &ClusterRt,
         ep: &EndpointRt,
         client: IpAddr,
     ) -> Option<HboneTarget> {
-        if cluster.tls != TlsMode::IstioMutual || ep.node.is_empty() || ep.node == cfg.node_name {
+        if cluster.tls != TlsMode::IstioMutual
+            || !dpumesh_api::config::hbone_eligible(ep.hbone, &ep.node, &cfg.node_name)
+        {
             return None;
         }
         let dst = ep.spiffe_id?;
@@ -610,5 +615,87 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dpumesh_api::config::NodeConfig;
+    use serde_json::json;
+
+    /// One `ISTIO_MUTUAL` service on node `n1` whose endpoints cover the HBONE
+    /// rule: `hbone` unset / true / false, `node` ours / another / unknown.
+    fn compiled(tls: &str) -> Arc<CompiledConfig> {
+        let ep = |addr: &str, node: &str, hbone: Option<bool>| {
+            let mut e = json!({"address": addr, "node": node, "serviceAccount": "reviews"});
+            if let Some(h) = hbone {
+                e["hbone"] = json!(h);
+            }
+            e
+        };
+        let config: NodeConfig = serde_json::from_value(json!({
+            "version": 1,
+            "node": {"name": "n1", "networkMode": "underlay", "podCidr": "10.244.1.0/24",
+                     "dpuMgmtAddr": "192.168.100.2:15080"},
+            "pods": [{"uid": "u1", "name": "client", "namespace": "default", "ips": ["10.244.1.5"],
+                      "mac": "02:00:00:00:00:01", "vfIndex": 1, "representor": "pf0vf1"}],
+            "services": [{
+                "hostname": "reviews.default.svc.cluster.local", "namespace": "default",
+                "ports": [{"port": 9080, "name": "http"}],
+                "endpoints": [
+                    ep("10.244.2.1", "n2", None),
+                    ep("10.244.2.2", "", None),
+                    ep("10.244.2.3", "", Some(true)),
+                    ep("10.244.2.4", "n2", Some(true)),
+                    ep("10.244.1.6", "n1", Some(true)),
+                    ep("10.244.2.5", "n2", Some(false)),
+                    {"address": "10.244.2.6", "node": "n2"}
+                ]
+            }],
+            "clusters": [{"name": "outbound|9080||reviews.default.svc.cluster.local",
+                          "service": "reviews.default.svc.cluster.local", "port": 9080,
+                          "tls": tls}]
+        }))
+        .expect("test config parses");
+        CompiledConfig::compile(&config).expect("compiles")
+    }
+
+    fn hbone_dial(cfg: &CompiledConfig, addr: &str) -> Option<SocketAddr> {
+        let cluster = cfg
+            .cluster("outbound|9080||reviews.default.svc.cluster.local")
+            .expect("cluster");
+        let ep = cluster
+            .priorities
+            .iter()
+            .flat_map(|p| &p.endpoints)
+            .find(|e| e.addr.ip().to_string() == addr)
+            .unwrap_or_else(|| panic!("no endpoint {addr}"));
+        let client: IpAddr = "10.244.1.5".parse().expect("ip");
+        HboneTarget::for_endpoint(cfg, cluster, ep, client).map(|t| t.dial)
+    }
+
+    #[test]
+    fn hbone_follows_the_endpoint_mark_then_its_node() {
+        let cfg = compiled("ISTIO_MUTUAL");
+        let hbone = |a: &str| hbone_dial(&cfg, a).map(|d| d.to_string());
+        // Unset: another named node → HBONE; unknown node → plaintext.
+        assert_eq!(hbone("10.244.2.1").as_deref(), Some("10.244.2.1:15008"));
+        assert_eq!(hbone("10.244.2.2"), None);
+        // hbone: true → HBONE on another node, named or not; never on ours.
+        assert_eq!(hbone("10.244.2.3").as_deref(), Some("10.244.2.3:15008"));
+        assert_eq!(hbone("10.244.2.4").as_deref(), Some("10.244.2.4:15008"));
+        assert_eq!(hbone("10.244.1.6"), None);
+        // hbone: false (no Istio proxy) → plaintext even on another node.
+        assert_eq!(hbone("10.244.2.5"), None);
+        // No service account: no identity to check → plaintext.
+        assert_eq!(hbone("10.244.2.6"), None);
+    }
+
+    #[test]
+    fn no_hbone_unless_istio_mutual() {
+        let cfg = compiled("DISABLE");
+        assert_eq!(hbone_dial(&cfg, "10.244.2.3"), None);
+        assert_eq!(hbone_dial(&cfg, "10.244.2.1"), None);
     }
 }
