@@ -1,5 +1,6 @@
-//! The node's inventory: the node itself, its pods, and the services they can
-//! reach: `node.yaml`, `pods.yaml` and `services.yaml`, read from a directory or
+//! The node's inventory: the node itself, its pods, the services they can
+//! reach, and what the controller knows of endpoints cluster-wide: `node.yaml`,
+//! `pods.yaml`, `services.yaml` and (optional) `endpoints.yaml`, read from a directory or
 //! streamed by the controller (`crate::inventory_client`); one decoder for both.
 //! Format: `docs/adapter.md`.
 
@@ -80,12 +81,25 @@ pub struct PortSpec {
     pub target_port: Option<u16>,
 }
 
+/// What the controller knows about one endpoint address from the
+/// EndpointSlices and the pods (`endpoints.yaml`): its node, and for a pod of a
+/// dpumesh node its service account and whether it is meshed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KnownEndpoint {
+    pub node: String,
+    pub service_account: String,
+    pub meshed: bool,
+}
+
 /// Everything the adapter knows about the node besides xDS.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inventory {
     pub node: NodeInfo,
     pub pods: Vec<PodSpec>,
     pub services: Vec<ServiceSpec>,
+    /// Endpoint IP → what the controller knows of it, cluster-wide (from the
+    /// optional `endpoints.yaml`; empty without it).
+    pub endpoints: BTreeMap<String, KnownEndpoint>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +126,48 @@ struct PodsFile {
 struct ServicesFile {
     #[serde(default)]
     services: Vec<ServiceSpec>,
+}
+
+/// `endpoints.yaml` as the controller writes it (`k8s::build::ServiceEndpoints`).
+/// Only the fields the adapter uses are read; the others (`hostname`, `ports`,
+/// `zone`, `pod`, `ready`) are the controller's business.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EndpointsFile {
+    #[serde(default)]
+    endpoints: Vec<ServiceEndpointsDoc>,
+}
+
+#[derive(Deserialize)]
+struct ServiceEndpointsDoc {
+    #[serde(default)]
+    endpoints: Vec<EndpointDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointDoc {
+    ip: String,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    service_account: String,
+    #[serde(default)]
+    meshed: bool,
+}
+
+/// Endpoint IP → what is known of it; the first entry of an IP wins (an IP
+/// belongs to one pod, so its entries in several services agree).
+fn known_endpoints(file: EndpointsFile) -> BTreeMap<String, KnownEndpoint> {
+    let mut out = BTreeMap::new();
+    for ep in file.endpoints.into_iter().flat_map(|s| s.endpoints) {
+        out.entry(ep.ip).or_insert(KnownEndpoint {
+            node: ep.node,
+            service_account: ep.service_account,
+            meshed: ep.meshed,
+        });
+    }
+    out
 }
 
 fn parse_yaml<T: for<'de> Deserialize<'de> + Default>(
@@ -141,6 +197,8 @@ pub struct InventoryTexts<'a> {
     pub node_yaml: (&'a str, &'a str),
     pub pods_yaml: (&'a str, &'a str),
     pub services_yaml: (&'a str, &'a str),
+    /// Optional: empty text = no endpoint knowledge.
+    pub endpoints_yaml: (&'a str, &'a str),
 }
 
 impl Inventory {
@@ -162,16 +220,24 @@ impl Inventory {
         } else {
             String::new()
         };
-        let (np, pp, sp) = (
+        let endpoints_path = dir.join("endpoints.yaml");
+        let endpoints_text = if endpoints_path.exists() {
+            read_text(&endpoints_path)?
+        } else {
+            String::new()
+        };
+        let (np, pp, sp, ep) = (
             node_path.display().to_string(),
             pods_path.display().to_string(),
             services_path.display().to_string(),
+            endpoints_path.display().to_string(),
         );
         Inventory::parse(
             InventoryTexts {
                 node_yaml: (&np, &node_text),
                 pods_yaml: (&pp, &pods_text),
                 services_yaml: (&sp, &services_text),
+                endpoints_yaml: (&ep, &endpoints_text),
             },
             node,
         )
@@ -210,10 +276,15 @@ impl Inventory {
         let pods = parse_yaml::<PodsFile>(texts.pods_yaml.1, texts.pods_yaml.0)?.pods;
         let services =
             parse_yaml::<ServicesFile>(texts.services_yaml.1, texts.services_yaml.0)?.services;
+        let endpoints = known_endpoints(parse_yaml::<EndpointsFile>(
+            texts.endpoints_yaml.1,
+            texts.endpoints_yaml.0,
+        )?);
         Ok(Inventory {
             node: info,
             pods,
             services,
+            endpoints,
         })
     }
 }

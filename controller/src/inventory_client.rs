@@ -42,16 +42,18 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
 /// Decodes one streamed update for `node`.
 pub fn decode(msg: &NodeInventory, node: &str) -> Result<Inventory, InventoryError> {
     let g = msg.generation;
-    let (n, p, s) = (
+    let (n, p, s, e) = (
         format!("WatchNode({node}) generation {g}: node.yaml"),
         format!("WatchNode({node}) generation {g}: pods.yaml"),
         format!("WatchNode({node}) generation {g}: services.yaml"),
+        format!("WatchNode({node}) generation {g}: endpoints.yaml"),
     );
     Inventory::parse(
         InventoryTexts {
             node_yaml: (&n, &msg.node_yaml),
             pods_yaml: (&p, &msg.pods_yaml),
             services_yaml: (&s, &msg.services_yaml),
+            endpoints_yaml: (&e, &msg.endpoints_yaml),
         },
         Some(node),
     )

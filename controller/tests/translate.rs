@@ -444,3 +444,113 @@ fn json_decoding_names_the_bad_resource() {
         .expect_err("unknown field");
     assert!(err.to_string().contains("no_such_field"), "{err}");
 }
+
+/// `tests/fixtures/hbone/`: node-1's adapter with the controller's
+/// `endpoints.yaml` and istiod's EDS markers (tlsMode, the HBONE form).
+fn hbone_fixture() -> NodeConfig {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hbone");
+    let config = local::build(&dir, Some("node-1")).unwrap_or_else(|e| panic!("{e}"));
+    config.validate().unwrap_or_else(|e| panic!("{e}"));
+    config
+}
+
+#[test]
+fn endpoints_get_their_node_and_hbone_eligibility() {
+    let c = hbone_fixture();
+    let reviews = c
+        .services
+        .iter()
+        .find(|s| s.hostname == REVIEWS)
+        .expect("reviews");
+    let cluster = c
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+        .expect("cluster");
+    assert_eq!(cluster.tls, TlsMode::IstioMutual);
+    // (address, node, hbone, serviceAccount, dpu-proxy on node-1 tunnels to it)
+    let got: Vec<(&str, &str, Option<bool>, &str, bool)> = reviews
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.address.as_str(),
+                e.node.as_str(),
+                e.hbone,
+                e.service_account.as_str(),
+                e.uses_hbone_from("node-1") && !e.service_account.is_empty(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            // Local pod: our node, never tunnelled to.
+            ("10.244.1.13", "node-1", None, "bookinfo-reviews", false),
+            // Meshed pod of another dpumesh node (the controller says so).
+            (
+                "10.244.2.14",
+                "node-2",
+                Some(true),
+                "bookinfo-reviews",
+                true
+            ),
+            // No proxy on another node: plaintext, as Istio's auto-mTLS.
+            ("10.244.2.20", "node-2", Some(false), "reviews-plain", false),
+            // Sidecar (tlsMode istio) on a non-dpumesh node.
+            ("10.244.3.5", "node-3", Some(true), "reviews-sidecar", true),
+            // Ambient pod in istiod's HBONE form (internal address, tunnel: http).
+            ("10.244.3.6", "node-3", Some(true), "reviews-ambient", true),
+            // Sidecar whose node name nobody knows: hbone with an empty node.
+            ("10.244.4.7", "", Some(true), "reviews-ext", true),
+            // Sidecar without a known identity: nothing to verify, plaintext.
+            ("10.244.5.8", "", None, "", false),
+            // Unknown, no proxy: plaintext.
+            ("10.244.5.9", "", None, "", false),
+        ]
+    );
+    // The HBONE form's endpoint_id port is the endpoint's port (= service port).
+    assert_eq!(reviews.ports[0].target_port.unwrap_or(9080), 9080);
+    assert!(reviews.endpoints.iter().all(|e| e.ports.is_empty()));
+}
+
+#[test]
+fn without_the_controllers_endpoints_only_istio_markers_count() {
+    // The same xDS without endpoints.yaml (a --local-dir without it): remote
+    // endpoints have no node and no identity, so nothing can be tunnelled to,
+    // and the local pod still gets our node.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hbone");
+    let dir = std::env::temp_dir().join(format!("dpumesh-hbone-{}", std::process::id()));
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::create_dir_all(dir.join("xds")).expect("mkdir");
+    for f in [
+        "node.yaml",
+        "pods.yaml",
+        "services.yaml",
+        "xds/clusters.yaml",
+        "xds/endpoints.yaml",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).expect("copy fixture");
+    }
+    let c = local::build(&dir, Some("node-1")).unwrap_or_else(|e| panic!("{e}"));
+    c.validate().unwrap_or_else(|e| panic!("{e}"));
+    let reviews = c
+        .services
+        .iter()
+        .find(|s| s.hostname == REVIEWS)
+        .expect("reviews");
+    for e in &reviews.endpoints {
+        if e.address == "10.244.1.13" {
+            assert_eq!((e.node.as_str(), e.hbone), ("node-1", None));
+        } else {
+            assert_eq!((e.node.as_str(), e.hbone), ("", None), "{}", e.address);
+            assert!(!e.uses_hbone_from("node-1") || e.service_account.is_empty());
+        }
+    }
+}

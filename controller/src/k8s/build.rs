@@ -71,6 +71,13 @@ pub struct EndpointSpec {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub pod: String,
     pub ready: bool,
+    /// The service account of the pod behind it, when the pod is known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
+    /// The pod is a meshed pod of a dpumesh node: its node's dpu-proxy
+    /// terminates HBONE for it (the adapter marks such endpoints `hbone: true`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub meshed: bool,
 }
 
 /// The result of one build: every node's inventory, and why objects were left out.
@@ -85,7 +92,7 @@ pub struct Built {
 pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
     let mut skipped = Vec::new();
     let services = services(state, settings, &mut skipped);
-    let endpoints = endpoints(state, settings);
+    let mut endpoints = endpoints(state, settings);
     let mut pods_by_node: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
     for pod in state.pods.iter() {
         match pod_spec(pod, state, settings) {
@@ -97,6 +104,38 @@ pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
                 pod.name_any()
             )),
         }
+    }
+    // Endpoints carry their pod's identity, and whether it is a meshed pod of a
+    // dpumesh node: istiod's EDS has neither (the adapter's HBONE decision,
+    // docs/adapter.md).
+    let dpumesh_pods: BTreeMap<String, bool> = pods_by_node
+        .values()
+        .flatten()
+        .map(|p| (p.key(), p.meshed))
+        .collect();
+    let service_accounts: BTreeMap<String, String> = state
+        .pods
+        .iter()
+        .map(|p| {
+            let key = format!(
+                "{}/{}",
+                p.namespace().unwrap_or_else(|| "default".to_string()),
+                p.name_any()
+            );
+            let sa = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".to_string());
+            (key, sa)
+        })
+        .collect();
+    for ep in endpoints.iter_mut().flat_map(|s| s.endpoints.iter_mut()) {
+        if let Some(sa) = service_accounts.get(&ep.pod) {
+            ep.service_account = sa.clone();
+        }
+        ep.meshed = dpumesh_pods.get(&ep.pod).copied().unwrap_or(false);
     }
     let mut nodes = BTreeMap::new();
     for node in state.nodes.iter() {
@@ -112,6 +151,7 @@ pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
                             node: info,
                             pods,
                             services: services.clone(),
+                            endpoints: BTreeMap::new(),
                         },
                         endpoints: endpoints.clone(),
                     },
@@ -417,6 +457,8 @@ fn endpoints(state: &ClusterState, settings: &ClusterSettings) -> Vec<ServiceEnd
                     pod: pod.clone(),
                     // Unset means ready (the EndpointSlice API's rule).
                     ready: cond.ready.unwrap_or(true),
+                    service_account: String::new(),
+                    meshed: false,
                 });
             }
         }
@@ -457,6 +499,11 @@ mod tests {
             s.services.apply(Event::InitApply(load(v)));
         }
         s.services.apply(Event::InitDone);
+        s.endpoint_slices.apply(Event::Init);
+        for v in list("endpointSlices") {
+            s.endpoint_slices.apply(Event::InitApply(load(v)));
+        }
+        s.endpoint_slices.apply(Event::InitDone);
         s
     }
 
@@ -536,6 +583,85 @@ mod tests {
                 "service a/headless: port 53 (UDP) is not TCP",
             ]
         );
+    }
+
+    #[test]
+    fn endpoints_carry_the_pods_identity_and_dpumesh_membership() {
+        let on = |name: &str, node: &str, ip: &str, sa: &str, ann: serde_json::Value| {
+            json!({"metadata": {"name": name, "namespace": "default", "annotations": ann},
+                   "spec": {"nodeName": node, "serviceAccountName": sa, "containers": []},
+                   "status": {"podIP": ip}})
+        };
+        let vf = |i: &str| json!({"dpumesh.io/vf-index": i, "dpumesh.io/mac": "02:00:00:00:00:02"});
+        let target = |name: &str| json!({"kind": "Pod", "namespace": "default", "name": name});
+        let s = state(json!({
+            "nodes": [{"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}},
+                      {"metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.2.0/24"}}],
+            "pods": [
+                on("meshed", "n2", "10.244.2.7", "reviews", vf("2")),
+                on("opted-out", "n2", "10.244.2.8", "legacy",
+                   json!({"dpumesh.io/vf-index": "3", "dpumesh.io/mac": "02:00:00:00:00:03",
+                          "sidecar.istio.io/inject": "false"})),
+                on("no-vf", "n2", "10.244.2.9", "", json!({})),
+            ],
+            "endpointSlices": [{
+                "metadata": {"name": "reviews-x", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "reviews"}},
+                "addressType": "IPv4",
+                "endpoints": [
+                    {"addresses": ["10.244.2.7"], "nodeName": "n2", "targetRef": target("meshed")},
+                    {"addresses": ["10.244.2.8"], "nodeName": "n2", "targetRef": target("opted-out")},
+                    {"addresses": ["10.244.2.9"], "nodeName": "n2", "targetRef": target("no-vf")},
+                    {"addresses": ["10.0.0.1"]}
+                ]
+            }],
+        }));
+        let built = build(&s, &ClusterSettings::default());
+        let eps = &built.nodes["n1"].endpoints[0].endpoints;
+        let got: Vec<(&str, &str, &str, bool)> = eps
+            .iter()
+            .map(|e| {
+                (
+                    e.ip.as_str(),
+                    e.node.as_str(),
+                    e.service_account.as_str(),
+                    e.meshed,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1", "", "", false),
+                ("10.244.2.7", "n2", "reviews", true),
+                ("10.244.2.8", "n2", "legacy", false),
+                ("10.244.2.9", "n2", "default", false),
+            ]
+        );
+        // The adapter decodes what the controller renders (files or stream).
+        let [node_yaml, pods_yaml, services_yaml, endpoints_yaml] =
+            crate::k8s::output::render(&built.nodes["n1"]).expect("render");
+        let inv = Inventory::parse(
+            crate::inventory::InventoryTexts {
+                node_yaml: ("node.yaml", &node_yaml),
+                pods_yaml: ("pods.yaml", &pods_yaml),
+                services_yaml: ("services.yaml", &services_yaml),
+                endpoints_yaml: ("endpoints.yaml", &endpoints_yaml),
+            },
+            Some("n1"),
+        )
+        .expect("the adapter decodes the rendered inventory");
+        let meshed = &inv.endpoints["10.244.2.7"];
+        assert_eq!(
+            (
+                meshed.node.as_str(),
+                meshed.service_account.as_str(),
+                meshed.meshed
+            ),
+            ("n2", "reviews", true)
+        );
+        assert!(!inv.endpoints["10.244.2.8"].meshed);
+        assert_eq!(inv.endpoints["10.0.0.1"].node, "");
     }
 
     #[test]

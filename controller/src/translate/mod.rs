@@ -13,6 +13,7 @@
 //!   gets `routeOverrides["<port>"]` naming a content-addressed variant.
 
 mod cluster;
+mod endpoint;
 mod route;
 mod util;
 
@@ -213,7 +214,7 @@ pub fn translate<P: Borrow<ProxyResources>>(
                         "named endpoints are not supported",
                     ));
                 };
-                let Some((address, ep_port)) = socket(ep.address.as_ref()) else {
+                let Some((address, ep_port)) = endpoint::socket(ep, lbe.metadata.as_ref()) else {
                     return Err(error(
                         ENDPOINT_TYPE,
                         name,
@@ -243,7 +244,22 @@ pub fn translate<P: Borrow<ProxyResources>>(
                             .and_then(|m| string_field(m, "service_account"))
                             .map(String::from)
                     })
+                    .or_else(|| {
+                        // The controller's view (pods of other dpumesh nodes).
+                        inventory
+                            .endpoints
+                            .get(address.as_str())
+                            .map(|k| k.service_account.clone())
+                            .filter(|sa| !sa.is_empty())
+                    })
                     .unwrap_or_default();
+                let placement = endpoint::placement(
+                    inventory,
+                    &address,
+                    local.is_some(),
+                    endpoint::IstioMarks::of(lbe.metadata.as_ref()),
+                    &service_account,
+                );
                 let health = match HealthStatus::try_from(lbe.health_status) {
                     Ok(HealthStatus::Unhealthy) | Ok(HealthStatus::Timeout) => {
                         EndpointHealth::Unhealthy
@@ -256,9 +272,7 @@ pub fn translate<P: Borrow<ProxyResources>>(
                     .or_insert_with(|| Endpoint {
                         address,
                         ports: BTreeMap::new(),
-                        node: local
-                            .map(|_| inventory.node.name.clone())
-                            .unwrap_or_default(),
+                        node: placement.node,
                         locality: locality.clone(),
                         weight: lbe
                             .load_balancing_weight
@@ -269,6 +283,7 @@ pub fn translate<P: Borrow<ProxyResources>>(
                         health,
                         labels,
                         service_account,
+                        hbone: placement.hbone,
                     });
             }
         }
