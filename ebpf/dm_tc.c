@@ -553,6 +553,99 @@ static __always_inline int dm_icmp6_time_exceeded(struct __sk_buff *skb, struct 
 	return dm_route6(skb, p, cfg, NULL);
 }
 
+/* The L4 header of an IPv6 packet, past at most DM_IP6_EXT_MAX extension
+ * headers (hop-by-hop, routing, destination options, fragment, AH).
+ * Returns the protocol and sets *off (from the start of the frame);
+ * DM_L4_NONE for a fragment other than the first (it has no L4 header);
+ * -1 when the chain is longer or truncated. */
+#define DM_IP6_EXT_MAX 4
+#define DM_L4_NONE 256
+static __always_inline int dm_ip6_l4(struct __sk_buff *skb, const struct dm_ip6 *p, __u32 *off)
+{
+	__u32 o = ETH_HLEN + sizeof(struct ipv6hdr);
+	__u8 nh = p->ip6->nexthdr;
+
+#pragma unroll
+	for (int i = 0; i < DM_IP6_EXT_MAX; i++) {
+		__u8 h[4];
+
+		if (nh != 0 && nh != 43 && nh != 44 && nh != 51 && nh != 60) {
+			*off = o;
+			return nh;
+		}
+		if (bpf_skb_load_bytes(skb, o, h, 4))
+			return -1;
+		if (nh == 44) {
+			/* Fragment header: offset in the upper 13 bits of h[2..4]. */
+			if ((h[2] << 5) | (h[3] >> 3))
+				return DM_L4_NONE;
+			o += 8;
+		} else if (nh == 51) {
+			o += ((__u32)h[1] + 2) * 4;
+		} else {
+			o += ((__u32)h[1] + 1) * 8;
+		}
+		nh = h[0];
+	}
+	return -1;
+}
+
+/* 1 when `daddr` is an IPv6 destination the IPv4 rules would capture for a
+ * pod with the node-wide set: this node's or a peer's IPv6 pod CIDR. */
+static __always_inline int dm_out6_captured_dst(const __u8 *daddr)
+{
+	struct dm_tunnel6_key k = {};
+	struct dm_cidr_value *v;
+
+	k.prefixlen = 128;
+	__builtin_memcpy(k.addr, daddr, 16);
+	v = bpf_map_lookup_elem(&dm_out_cidrs6, &k);
+	return v && v->action == DM_CIDR_CAPTURE;
+}
+
+/* Fail closed for the mesh over IPv6. dpu-proxy listens on IPv4 only, so
+ * IPv6 TCP that the IPv4 rules would steer into it cannot be steered; it is
+ * refused (DM_DROP_MESH_IPV6) instead of bypassing mTLS and authorization.
+ * That is a SYN (a connection's first packet) from the meshed pod `src`
+ * (NULL from the fabric) to a captured destination that is not one of its
+ * excluded ports, or to the meshed local pod `dst` (NULL: not local) on a
+ * captured port. Pods with their own (IPv4) capture list capture no IPv6
+ * destination, as their list names none. A packet whose TCP header cannot
+ * be found (too many extension headers, truncated) is refused when a meshed
+ * pod is involved; fragments other than the first pass, as for IPv4. UDP
+ * and ICMPv6 are never captured. Returns 1 to drop. */
+static __always_inline int dm_mesh6_refused(struct __sk_buff *skb, const struct dm_ip6 *p,
+					    const struct dm_endpoint *src,
+					    const struct dm_endpoint *dst)
+{
+	__u8 nh = p->ip6->nexthdr;
+	struct tcphdr tcp;
+	int out, in, proto;
+	__u32 off = 0;
+
+	if (nh == IPPROTO_UDP || nh == IPPROTO_ICMPV6)
+		return 0;
+	out = src && (src->flags & DM_EP_MESHED) && !(src->flags & DM_EP_CUSTOM_OUT_CIDRS) &&
+	      dm_out6_captured_dst(p->ip6->daddr.in6_u.u6_addr8);
+	in = dst && (dst->flags & DM_EP_MESHED);
+	if (!out && !in)
+		return 0;
+	proto = dm_ip6_l4(skb, p, &off);
+	if (proto == DM_L4_NONE)
+		return 0;
+	if (proto < 0)
+		return 1;
+	if (proto != IPPROTO_TCP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off, &tcp, sizeof(tcp)))
+		return 1;
+	if (!dm_is_syn(&tcp))
+		return 0;
+	if (out && !dm_port_in(src->out_exclude_ports, tcp.dest))
+		return 1;
+	return in && dm_in_captured(dst, tcp.dest);
+}
+
 /* A pod's IPv6 packet, after the MAC check. */
 static __always_inline int dm_rep_ingress6(struct __sk_buff *skb, const struct dm_endpoint *ep,
 					   const struct dm_node_config *cfg,
@@ -590,7 +683,17 @@ static __always_inline int dm_rep_ingress6(struct __sk_buff *skb, const struct d
 	}
 	if (!own)
 		return dm_drop(c, DM_DROP_SPOOF_IP);
-	/* IPv6 is not steered into the proxy (yet): forwarded as bypass. */
+	/* IPv6 is not steered into the proxy (yet): what would be captured is
+	 * refused, the rest forwarded as bypass. */
+	if (p.ip6->nexthdr != IPPROTO_UDP && p.ip6->nexthdr != IPPROTO_ICMPV6) {
+		struct dm_ip6_key dk;
+		struct dm_endpoint *dst;
+
+		__builtin_memcpy(dk.addr, p.ip6->daddr.in6_u.u6_addr8, 16);
+		dst = bpf_map_lookup_elem(&dm_ep_ip6, &dk);
+		if (dm_mesh6_refused(skb, &p, ep, dst))
+			return dm_drop(c, DM_DROP_MESH_IPV6);
+	}
 	if (dm_hop_dec(&p) == DM_TTL_EXPIRED) {
 		dm_count_drop(c, DM_DROP_TTL_EXCEEDED);
 		return dm_icmp6_time_exceeded(skb, &p, cfg);
@@ -619,6 +722,8 @@ static __always_inline int dm_from_fabric6(struct __sk_buff *skb)
 	c = dm_counters_of(dst->slot);
 	if (!c)
 		return TC_ACT_SHOT;
+	if (dm_mesh6_refused(skb, &p, NULL, dst))
+		return dm_drop(c, DM_DROP_MESH_IPV6);
 	/* Routed into the pod: one hop. */
 	if (dm_hop_dec(&p) == DM_TTL_EXPIRED) {
 		dm_count_drop(c, DM_DROP_TTL_EXCEEDED);

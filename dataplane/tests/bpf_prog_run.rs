@@ -476,3 +476,120 @@ fn icmp_time_exceeded_answers_are_rate_limited() {
     })
     .expect("netns");
 }
+
+/// A TCP header (no options) from port 40000 to `dport` with `flags`.
+fn tcp6_header(dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    t
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// dpu-proxy has no IPv6 listeners: a meshed pod's IPv6 SYN that the IPv4
+/// rules would capture is dropped as `mesh_ipv6` (outbound from the pod, and
+/// inbound from the fabric to it), also behind extension headers, and a
+/// header chain too long to find the TCP header in is refused. Non-SYN TCP,
+/// UDP, excluded ports, destinations outside the IPv6 pod CIDRs and
+/// unmeshed pods are not.
+#[test]
+fn meshed_ipv6_tcp_that_would_be_captured_is_refused() {
+    let ns = NsGuard::new("mesh6");
+    ns.0.run(|| {
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        let mut net = network();
+        net.pod_cidr6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        net.peers = vec![dpumesh_dataplane::bpf::UnderlayPeer {
+            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            pod_cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
+            underlay_ip: Ipv4Addr::new(192, 0, 2, 12),
+        }];
+        dp.apply_network(&net).expect("network");
+        let mut p = pod(true);
+        p.ipv6 = Some(POD_IP6);
+        p.interception.exclude_outbound_ports = vec![9000];
+        p.interception.exclude_inbound_ports = vec![9001];
+        dp.apply_pod(&p).expect("pod");
+        let peer: Ipv6Addr = "fd00:10:244:2::7".parse().unwrap();
+        let outside: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let from_pod = |dst: Ipv6Addr, next: u8, payload: &[u8]| {
+            ipv6_packet(GATEWAY_MAC, POD_MAC, POD_IP6, dst, next, 64, payload)
+        };
+        let mesh6 = |dp: &BpfDataplane| {
+            dp.pod_counters("uid-a")
+                .unwrap()
+                .unwrap()
+                .drop_count(DropReason::MeshIpv6)
+        };
+
+        // A SYN to a peer's IPv6 pod CIDR: refused.
+        let syn = from_pod(peer, 6, &tcp6_header(80, TCP_SYN));
+        assert_eq!(run(&dp, &syn).ret, TC_ACT_SHOT);
+        assert_eq!(mesh6(&dp), 1);
+        // Behind a destination options header (8 bytes, next = TCP): too.
+        let mut opts = vec![6, 0, 1, 4, 0, 0, 0, 0];
+        opts.extend(tcp6_header(80, TCP_SYN));
+        assert_eq!(run(&dp, &from_pod(peer, 60, &opts)).ret, TC_ACT_SHOT);
+        assert_eq!(mesh6(&dp), 2);
+        // Five destination options headers: the TCP header is not looked
+        // for that far, so the packet is refused (fail closed).
+        let mut chain = Vec::new();
+        for i in 0..5 {
+            chain.extend([if i < 4 { 60 } else { 6 }, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        chain.extend(tcp6_header(80, TCP_SYN));
+        assert_eq!(run(&dp, &from_pod(peer, 60, &chain)).ret, TC_ACT_SHOT);
+        assert_eq!(mesh6(&dp), 3);
+        // Not captured, forwarded (to the FIB, which has no route here):
+        // an ACK, UDP, the excluded port, a destination outside the pod
+        // CIDRs, a fragment other than the first.
+        let mut frag = vec![6, 0, 0, 8, 0, 0, 0, 1]; // offset 1 (x 8 bytes)
+        frag.extend([0; 20]);
+        for pkt in [
+            from_pod(peer, 6, &tcp6_header(80, TCP_ACK)),
+            from_pod(peer, 6, &tcp6_header(80, TCP_SYN | TCP_ACK)),
+            from_pod(peer, 17, &[0; 16]),
+            from_pod(peer, 6, &tcp6_header(9000, TCP_SYN)),
+            from_pod(outside, 6, &tcp6_header(80, TCP_SYN)),
+            from_pod(peer, 44, &frag),
+        ] {
+            run(&dp, &pkt);
+        }
+        assert_eq!(mesh6(&dp), 3, "none of those refused");
+
+        // Inbound from the fabric to the meshed pod: refused on a captured
+        // port, counted on the pod; the excluded port goes through.
+        let from_fabric = |dport: u16| {
+            ipv6_packet(
+                GATEWAY_MAC,
+                [0x02, 0, 0, 0, 0, 0x99],
+                peer,
+                POD_IP6,
+                6,
+                64,
+                &tcp6_header(dport, TCP_SYN),
+            )
+        };
+        let r = run_prog(&dp, PROG_UPLINK_INGRESS, &from_fabric(8080));
+        assert_eq!(r.ret, TC_ACT_SHOT);
+        assert_eq!(mesh6(&dp), 4);
+        let r = run_prog(&dp, PROG_UPLINK_INGRESS, &from_fabric(9001));
+        assert_eq!(r.ret, TC_ACT_REDIRECT, "excluded inbound port: to the pod");
+        assert_eq!(mesh6(&dp), 4);
+
+        // An unmeshed pod: nothing refused either way.
+        let mut p = pod(false);
+        p.ipv6 = Some(POD_IP6);
+        dp.apply_pod(&p).expect("pod update");
+        run(&dp, &syn);
+        let r = run_prog(&dp, PROG_UPLINK_INGRESS, &from_fabric(8080));
+        assert_eq!(r.ret, TC_ACT_REDIRECT);
+        assert_eq!(mesh6(&dp), 4);
+    })
+    .expect("netns");
+}

@@ -1277,3 +1277,151 @@ fn dual_stack_pods_talk_ipv6_through_the_dataplane_on_a_node_and_across_nodes() 
     let c = counters(&dps[1], "uid-c");
     assert!(c.bypassed >= 6, "c counts IPv6 too: {c:?}");
 }
+
+/// A TCP connection from `client` to `ip:port` that must not get through:
+/// `server` listens there (so a forwarded SYN would connect), the client's
+/// connect times out and the listener accepted nothing.
+fn tcp6_refused(client: &Netns, server: &Netns, ip: Ipv6Addr, port: u16) {
+    let l = server
+        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).expect("bind [::]"))
+        .expect("netns");
+    let r = client
+        .run(|| TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2)))
+        .expect("netns");
+    assert!(r.is_err(), "[{ip}]:{port} connected: {r:?}");
+    l.set_nonblocking(true).unwrap();
+    assert!(l.accept().is_err(), "[{ip}]:{port} accepted a connection");
+}
+
+/// dpu-proxy has no IPv6 listeners: a meshed pod's IPv6 TCP that the IPv4
+/// rules would capture is refused (`mesh_ipv6`), never forwarded past the
+/// mesh. Unmeshed pods, excluded ports, ICMPv6 and UDP are forwarded.
+#[test]
+fn meshed_pods_ipv6_tcp_is_refused_not_bypassed_unmeshed_ipv6_still_forwarded() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpfm6"))
+            .with_nodes(2)
+            .with_vfs(3),
+    )
+    .expect("sim up");
+    let _pins = Pins(
+        sim.nodes()
+            .iter()
+            .map(|n| PinDir(n.bpf_pin_dir.clone()))
+            .collect(),
+    );
+    let gw1 = sim.node(1).unwrap().pod_gateway;
+    let gw2 = sim.node(2).unwrap().pod_gateway;
+    let (gw6_1, gw6_2) = (pod_ip6(1, 1), pod_ip6(2, 1));
+    let (ip_a, ip_b, ip_u, ip_c) = (
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 1, 6),
+        Ipv4Addr::new(10, 244, 1, 7),
+        Ipv4Addr::new(10, 244, 2, 8),
+    );
+    let (ip6_a, ip6_b, ip6_u, ip6_c) = (pod_ip6(1, 5), pod_ip6(1, 6), pod_ip6(1, 7), pod_ip6(2, 8));
+    // a, b: meshed, on node 1. u: unmeshed, node 1. c: unmeshed, node 2.
+    let pa = cni_attach(&sim, 1, 0, "a", ip_a, gw1);
+    let pb = cni_attach(&sim, 1, 1, "b", ip_b, gw1);
+    let pu = cni_attach(&sim, 1, 2, "u", ip_u, gw1);
+    let pc = cni_attach(&sim, 2, 0, "c", ip_c, gw2);
+    add_ipv6(&pa, ip6_a, gw6_1);
+    add_ipv6(&pb, ip6_b, gw6_1);
+    add_ipv6(&pu, ip6_u, gw6_1);
+    add_ipv6(&pc, ip6_c, gw6_2);
+    let with6 = |mut p: PodSpec, ip: Ipv6Addr| {
+        p.ipv6 = Some(ip);
+        p
+    };
+    let mut spec_a = with6(pod_spec(&sim, 1, 0, "uid-a", ip_a, true), ip6_a);
+    spec_a.interception.exclude_outbound_ports = vec![9000];
+    let mut spec_b = with6(pod_spec(&sim, 1, 1, "uid-b", ip_b, true), ip6_b);
+    spec_b.interception.exclude_inbound_ports = vec![9000];
+    let pods1 = vec![
+        spec_a,
+        spec_b,
+        with6(pod_spec(&sim, 1, 2, "uid-u", ip_u, false), ip6_u),
+    ];
+    let pods2 = vec![with6(pod_spec(&sim, 2, 0, "uid-c", ip_c, false), ip6_c)];
+    let dps = [1, 2].map(|i| {
+        let n = sim.node(i).unwrap();
+        let pin = PinDir(n.bpf_pin_dir.clone());
+        let net = network6_in(&sim, i, MODE_UNDERLAY);
+        let pods = if i == 1 { pods1.clone() } else { pods2.clone() };
+        n.dpu
+            .run(|| {
+                let mut dp = BpfDataplane::load(&pin).expect("load");
+                dp.apply_network(&net).expect("network");
+                dp.reconcile(&pods).expect("reconcile");
+                dp
+            })
+            .expect("dpu netns")
+    });
+    let mesh6 = |dp: &BpfDataplane, uid: &str| counters(dp, uid).drop_count(DropReason::MeshIpv6);
+
+    eprintln!("step: ping6 between meshed pods is forwarded");
+    ping6(&pa, ip6_b).expect("a -> b ping6 (meshed, ICMPv6 is not captured)");
+    ping6(&pa, ip6_c).expect("a -> c ping6 across nodes");
+
+    eprintln!("step: meshed -> meshed IPv6 TCP on one node is refused, counted on the sender");
+    let before = mesh6(&dps[0], "uid-a");
+    tcp6_refused(&pa, &pb, ip6_b, 8080);
+    let after = mesh6(&dps[0], "uid-a");
+    assert!(
+        after > before,
+        "a's refused SYNs counted as mesh_ipv6: {before} -> {after}"
+    );
+    assert_eq!(counters(&dps[0], "uid-a").steered_outbound, 0);
+
+    eprintln!("step: meshed -> unmeshed pod on another node (captured pod CIDR) is refused");
+    let before = mesh6(&dps[0], "uid-a");
+    tcp6_refused(&pa, &pc, ip6_c, 8081);
+    assert!(
+        mesh6(&dps[0], "uid-a") > before,
+        "a -> c refused and counted"
+    );
+
+    eprintln!("step: unmeshed -> meshed local pod is refused on b's inbound side");
+    let before = mesh6(&dps[0], "uid-u");
+    tcp6_refused(&pu, &pb, ip6_b, 8082);
+    assert!(
+        mesh6(&dps[0], "uid-u") > before,
+        "u -> b refused, counted on u"
+    );
+
+    eprintln!("step: from the uplink to a meshed pod is refused, counted on the pod");
+    let before = mesh6(&dps[0], "uid-b");
+    tcp6_refused(&pc, &pb, ip6_b, 8083);
+    assert!(
+        mesh6(&dps[0], "uid-b") > before,
+        "c -> b refused, counted on b"
+    );
+
+    eprintln!("step: the excluded port still bypasses, as for IPv4");
+    tcp6_roundtrip(&pa, &pb, ip6_b, 9000, b"excluded port v6");
+
+    eprintln!("step: unmeshed pods' IPv6 TCP is forwarded both ways, across nodes");
+    tcp6_roundtrip(&pu, &pc, ip6_c, 8084, b"unmeshed v6 u -> c");
+    tcp6_roundtrip(&pc, &pu, ip6_u, 8085, b"unmeshed v6 c -> u");
+
+    eprintln!("step: IPv6 UDP of a meshed pod is forwarded");
+    let srv = pb
+        .run(|| UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 8086)).expect("bind udp [::]"))
+        .expect("netns");
+    srv.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let cli = pa
+        .run(|| UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).expect("bind udp client"))
+        .expect("netns");
+    let mut got = false;
+    for _ in 0..5 {
+        cli.send_to(b"udp v6", SocketAddr::from((ip6_b, 8086)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        if let Ok((n, _)) = srv.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], b"udp v6");
+            got = true;
+            break;
+        }
+    }
+    assert!(got, "a -> b IPv6 UDP datagram arrived");
+}

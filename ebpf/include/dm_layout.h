@@ -110,7 +110,10 @@ struct dm_tunnel_key {
 };
 
 /* Key of dm_tunnels6, an LPM trie over a peer node's IPv6 pod CIDR (the
- * value is a dm_tunnel as well: IPv6 inside, IPv4 underlay outside). */
+ * value is a dm_tunnel as well: IPv6 inside, IPv4 underlay outside), and of
+ * dm_out_cidrs6, the node-wide IPv6 destinations the IPv4 rules would
+ * capture (this node's and every peer's IPv6 pod CIDR; value: a
+ * dm_cidr_value): an IPv6 prefix. */
 struct dm_tunnel6_key {
 	__u32 prefixlen;
 	__u8 addr[16];
@@ -136,7 +139,9 @@ enum dm_drop_reason {
 				  * we do not serve (router solicitation, MLD, DAD) */
 	DM_DROP_NO_PROXY = 8,    /* captured SYN but no proxy listener: fail closed */
 	DM_DROP_TTL_EXCEEDED = 9, /* routed packet whose TTL would reach 0 */
-	DM_DROP_MAX = 10,
+	DM_DROP_MESH_IPV6 = 10,  /* IPv6 TCP that would be captured: dpu-proxy has no
+				  * IPv6 listeners, so it is refused, not bypassed */
+	DM_DROP_MAX = 11,
 };
 
 /* Per-pod counters, one per-CPU array entry per slot. "out" = sent by the

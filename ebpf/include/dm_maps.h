@@ -61,6 +61,15 @@ struct {
 	__type(value, struct dm_tunnel);
 } dm_tunnels6 SEC(".maps");
 
+/* Node-wide IPv6 captured destinations (see dm_mesh6_refused in dm_tc.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DM_MAX_PEERS + 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dm_tunnel6_key);
+	__type(value, struct dm_cidr_value);
+} dm_out_cidrs6 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DM_COUNTER_SLOTS);

@@ -194,6 +194,9 @@ pub struct BpfDataplane {
     ep_ip6: HashMap<MapData, Ip6Key, Endpoint>,
     node: Array<MapData, NodeConfig>,
     out_cidrs: LpmTrie<MapData, CidrData, CidrValue>,
+    /// Node-wide IPv6 destinations the IPv4 rules would capture (the IPv6
+    /// pod CIDRs): refused for meshed pods, as dpu-proxy has no IPv6 yet.
+    out_cidrs6: LpmTrie<MapData, [u8; 16], CidrValue>,
     counters: PerCpuArray<MapData, PodCounters>,
     tunnels: LpmTrie<MapData, u32, Tunnel>,
     tunnels6: LpmTrie<MapData, [u8; 16], Tunnel>,
@@ -215,6 +218,7 @@ struct NetworkBefore {
     tunnels: Vec<(Key<u32>, Tunnel)>,
     tunnels6: Vec<(Key<[u8; 16]>, Tunnel)>,
     node_cidrs: Vec<(Key<CidrData>, CidrValue)>,
+    node_cidrs6: Vec<(Key<[u8; 16]>, CidrValue)>,
     node: Option<NodeConfig>,
     /// Kernel mode: the dpumesh peer routes (`netcfg::peer_routes`).
     peer_routes: Option<Vec<String>>,
@@ -263,6 +267,7 @@ impl BpfDataplane {
         let ep_ip6 = HashMap::try_from(take(maps::MAP_EP_IP6)?)?;
         let node = Array::try_from(take(maps::MAP_NODE)?)?;
         let out_cidrs = LpmTrie::try_from(take(maps::MAP_OUT_CIDRS)?)?;
+        let out_cidrs6 = LpmTrie::try_from(take(maps::MAP_OUT_CIDRS6)?)?;
         let counters = PerCpuArray::try_from(take(maps::MAP_COUNTERS)?)?;
         let tunnels = LpmTrie::try_from(take(maps::MAP_TUNNELS)?)?;
         let tunnels6 = LpmTrie::try_from(take(maps::MAP_TUNNELS6)?)?;
@@ -274,6 +279,7 @@ impl BpfDataplane {
             ep_ip6,
             node,
             out_cidrs,
+            out_cidrs6,
             counters,
             tunnels,
             tunnels6,
@@ -405,6 +411,7 @@ impl BpfDataplane {
                 .iter()
                 .filter(|r| r.as_ref().map_or(true, |(k, _)| k.data().scope == 0))
                 .collect::<Result<_, _>>()?,
+            node_cidrs6: self.out_cidrs6.iter().collect::<Result<_, _>>()?,
             node: self.node.get(&0, 0).ok(),
             peer_routes: if self.kernel {
                 Some(netcfg::peer_routes()?)
@@ -495,6 +502,23 @@ impl BpfDataplane {
         for (k, v) in &before.node_cidrs {
             if let Err(e) = self.out_cidrs.insert(k, *v, 0) {
                 warn("node CIDR", &e);
+            }
+        }
+        let have: Vec<Key<[u8; 16]>> = self.out_cidrs6.keys().filter_map(Result::ok).collect();
+        for k in have {
+            if !before
+                .node_cidrs6
+                .iter()
+                .any(|(b, _)| b.prefix_len() == k.prefix_len() && b.data() == k.data())
+            {
+                if let Err(e) = remove_ok(self.out_cidrs6.remove(&k)) {
+                    warn("node IPv6 CIDR", &e);
+                }
+            }
+        }
+        for (k, v) in &before.node_cidrs6 {
+            if let Err(e) = self.out_cidrs6.insert(k, *v, 0) {
+                warn("node IPv6 CIDR", &e);
             }
         }
         if let Some(routes) = &before.peer_routes {
@@ -652,6 +676,24 @@ impl BpfDataplane {
             let plen = k.prefix_len() - 32;
             if !want.contains_key(&(plen, k.data().addr)) {
                 remove_ok(self.out_cidrs.remove(&k))?;
+            }
+        }
+        // Their IPv6 counterpart: this node's and every peer's IPv6 pod
+        // CIDR. The programs refuse a meshed pod's IPv6 TCP to them (there is
+        // no IPv6 service CIDR: service CIDRs are IPv4).
+        let want6: StdHashMap<(u32, [u8; 16]), CidrValue> = net
+            .pod_cidr6
+            .iter()
+            .chain(net.peers.iter().filter_map(|p| p.pod_cidr6.as_ref()))
+            .map(|c| ((u32::from(c.prefix_len()), c.network().octets()), capture))
+            .collect();
+        for (&(plen, addr), v) in &want6 {
+            self.out_cidrs6.insert(&Key::new(plen, addr), *v, 0)?;
+        }
+        let have6: Vec<Key<[u8; 16]>> = self.out_cidrs6.keys().filter_map(Result::ok).collect();
+        for k in have6 {
+            if !want6.contains_key(&(k.prefix_len(), k.data())) {
+                remove_ok(self.out_cidrs6.remove(&k))?;
             }
         }
 

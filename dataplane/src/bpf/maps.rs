@@ -36,13 +36,15 @@ pub const MAP_COUNTERS: &str = "dm_counters";
 pub const MAP_TUNNELS: &str = "dm_tunnels";
 pub const MAP_EP_IP6: &str = "dm_ep_ip6";
 pub const MAP_TUNNELS6: &str = "dm_tunnels6";
-pub const ALL_MAPS: [&str; 8] = [
+pub const MAP_OUT_CIDRS6: &str = "dm_out_cidrs6";
+pub const ALL_MAPS: [&str; 9] = [
     MAP_EP_IFINDEX,
     MAP_EP_IP,
     MAP_EP_IP6,
     MAP_TUNNELS6,
     MAP_NODE,
     MAP_OUT_CIDRS,
+    MAP_OUT_CIDRS6,
     MAP_COUNTERS,
     MAP_TUNNELS,
 ];
@@ -157,9 +159,10 @@ pub enum DropReason {
     Unsupported = 7,
     NoProxy = 8,
     TtlExceeded = 9,
+    MeshIpv6 = 10,
 }
 
-pub const DROP_MAX: usize = 10;
+pub const DROP_MAX: usize = 11;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_MAX] = [
@@ -173,6 +176,7 @@ impl DropReason {
         DropReason::Unsupported,
         DropReason::NoProxy,
         DropReason::TtlExceeded,
+        DropReason::MeshIpv6,
     ];
 
     /// Label value for metrics.
@@ -188,6 +192,7 @@ impl DropReason {
             DropReason::Unsupported => "unsupported",
             DropReason::NoProxy => "no_proxy",
             DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::MeshIpv6 => "mesh_ipv6",
         }
     }
 }

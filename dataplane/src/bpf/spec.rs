@@ -23,7 +23,8 @@ pub struct PodSpec {
     pub representor: String,
     pub vf_index: u32,
     pub ipv4: Ipv4Addr,
-    /// Dual-stack pods: the IPv6 address (forwarded, never steered).
+    /// Dual-stack pods: the IPv6 address (forwarded, never steered: a meshed
+    /// pod's IPv6 TCP that would be captured is refused, `mesh_ipv6`).
     pub ipv6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
     pub meshed: bool,
