@@ -771,8 +771,13 @@ fn retriable_error(retry: &RetryRt, e: &UpstreamError) -> bool {
         UpstreamError::Connect(_) => {
             on.connect_failure || on.on_5xx || on.gateway_error || on.reset
         }
+        // Envoy counts a reset as a 5xx, for `gateway-error` too
+        // (`wouldRetryFromReset`); the differential test against Envoy checks it.
         UpstreamError::Reset(_) => {
-            on.reset || on.on_5xx || (on.refused_stream && e.is_refused_stream())
+            on.reset
+                || on.on_5xx
+                || on.gateway_error
+                || (on.refused_stream && e.is_refused_stream())
         }
         UpstreamError::Overflow => false,
     }
@@ -1220,6 +1225,8 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compiled::{RetryOn, RetryRt};
+    use http_body_util::Empty;
 
     #[test]
     fn request_id_is_a_uuid_v4() {
@@ -1242,6 +1249,56 @@ mod tests {
         assert_eq!(&buf, b"abcdef");
         hex_into(&mut buf[..4], 0x1f);
         assert_eq!(&buf[..4], b"001f");
+    }
+
+    /// A real `hyper::Error`: the upstream closes the connection before answering.
+    async fn reset_error() -> UpstreamError {
+        let (client, server) = tokio::io::duplex(64);
+        drop(server);
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(client))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::get("/").body(Empty::new()).expect("request");
+        match send.send_request(req).await {
+            Err(e) => UpstreamError::Reset(e),
+            Ok(r) => panic!("answer from a closed connection: {r:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_retried_as_envoy_does() {
+        let e = reset_error().await;
+        let retry = |on: RetryOn| RetryRt {
+            attempts: 1,
+            per_try_timeout: None,
+            on,
+            budget: None,
+        };
+        for on in [
+            RetryOn {
+                on_5xx: true,
+                ..RetryOn::default()
+            },
+            RetryOn {
+                gateway_error: true,
+                ..RetryOn::default()
+            },
+            RetryOn {
+                reset: true,
+                ..RetryOn::default()
+            },
+        ] {
+            assert!(retriable_error(&retry(on), &e));
+        }
+        // Neither connect-failure nor status codes cover a reset.
+        let on = RetryOn {
+            connect_failure: true,
+            status_codes: vec![503],
+            ..RetryOn::default()
+        };
+        assert!(!retriable_error(&retry(on), &e));
     }
 
     #[test]
