@@ -230,7 +230,8 @@ impl ClusterRt {
             }
             _ => vec![endpoints],
         };
-        let priorities = groups
+        // Collected through a filter, the list would keep room for four.
+        let mut priorities: Vec<PriorityLevel> = groups
             .into_iter()
             .filter(|g| !g.is_empty())
             .map(|endpoints| PriorityLevel {
@@ -238,6 +239,7 @@ impl ClusterRt {
                 endpoints,
             })
             .collect();
+        priorities.shrink_to_fit();
         let idle_ms = match c.connection_pool.idle_timeout_ms {
             0 => 3_600_000,
             ms => ms,

@@ -154,8 +154,8 @@ pub struct MatchRt {
     pub authority: Option<StrMatcher>,
     pub path: Option<StrMatcher>,
     pub method: Option<StrMatcher>,
-    pub headers: Vec<KeyMatcher>,
-    pub query_params: Vec<KeyMatcher>,
+    pub headers: Box<[KeyMatcher]>,
+    pub query_params: Box<[KeyMatcher]>,
 }
 
 impl MatchRt {
@@ -167,13 +167,13 @@ impl MatchRt {
         let authority = opt(&m.authority, "authority", errs);
         let path_m = opt(&m.path, "path", errs);
         let method = opt(&m.method, "method", errs);
-        let headers: Option<Vec<_>> = m
+        let headers: Option<Box<[_]>> = m
             .headers
             .iter()
             .enumerate()
             .map(|(i, k)| KeyMatcher::compile(k, true, &format!("{path}.headers[{i}]"), errs))
             .collect();
-        let query_params: Option<Vec<_>> = m
+        let query_params: Option<Box<[_]>> = m
             .query_params
             .iter()
             .enumerate()
@@ -232,15 +232,31 @@ impl MatchRt {
     }
 }
 
-/// Header changes, names and values parsed once.
+/// Header changes, names and values parsed once. Most routes and
+/// destinations change no header: those hold no allocation (one pointer
+/// instead of six lists inline, in every route and destination).
 #[derive(Debug, Default)]
-pub struct HeaderOpsRt {
-    pub request_set: Vec<(HeaderName, HeaderValue)>,
-    pub request_add: Vec<(HeaderName, HeaderValue)>,
-    pub request_remove: Vec<HeaderName>,
-    pub response_set: Vec<(HeaderName, HeaderValue)>,
-    pub response_add: Vec<(HeaderName, HeaderValue)>,
-    pub response_remove: Vec<HeaderName>,
+pub struct HeaderOpsRt(Option<Box<HeaderOpsList>>);
+
+#[derive(Debug, Default)]
+struct HeaderOpsList {
+    request_set: Box<[(HeaderName, HeaderValue)]>,
+    request_add: Box<[(HeaderName, HeaderValue)]>,
+    request_remove: Box<[HeaderName]>,
+    response_set: Box<[(HeaderName, HeaderValue)]>,
+    response_add: Box<[(HeaderName, HeaderValue)]>,
+    response_remove: Box<[HeaderName]>,
+}
+
+impl HeaderOpsList {
+    fn is_empty(&self) -> bool {
+        self.request_set.is_empty()
+            && self.request_add.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_set.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty()
+    }
 }
 
 impl HeaderOpsRt {
@@ -275,41 +291,31 @@ impl HeaderOpsRt {
             }
             out
         };
-        HeaderOpsRt {
-            request_set: pairs(&h.request_set, "requestSet", errs),
-            request_add: pairs(&h.request_add, "requestAdd", errs),
-            request_remove: names(&h.request_remove, "requestRemove", errs),
-            response_set: pairs(&h.response_set, "responseSet", errs),
-            response_add: pairs(&h.response_add, "responseAdd", errs),
-            response_remove: names(&h.response_remove, "responseRemove", errs),
-        }
+        let list = HeaderOpsList {
+            request_set: pairs(&h.request_set, "requestSet", errs).into(),
+            request_add: pairs(&h.request_add, "requestAdd", errs).into(),
+            request_remove: names(&h.request_remove, "requestRemove", errs).into(),
+            response_set: pairs(&h.response_set, "responseSet", errs).into(),
+            response_add: pairs(&h.response_add, "responseAdd", errs).into(),
+            response_remove: names(&h.response_remove, "responseRemove", errs).into(),
+        };
+        HeaderOpsRt((!list.is_empty()).then(|| Box::new(list)))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.request_set.is_empty()
-            && self.request_add.is_empty()
-            && self.request_remove.is_empty()
-            && self.response_set.is_empty()
-            && self.response_add.is_empty()
-            && self.response_remove.is_empty()
+        self.0.is_none()
     }
 
     pub fn apply_request(&self, h: &mut HeaderMap) {
-        apply(
-            h,
-            &self.request_remove,
-            &self.request_set,
-            &self.request_add,
-        );
+        if let Some(l) = &self.0 {
+            apply(h, &l.request_remove, &l.request_set, &l.request_add);
+        }
     }
 
     pub fn apply_response(&self, h: &mut HeaderMap) {
-        apply(
-            h,
-            &self.response_remove,
-            &self.response_set,
-            &self.response_add,
-        );
+        if let Some(l) = &self.0 {
+            apply(h, &l.response_remove, &l.response_set, &l.response_add);
+        }
     }
 }
 
@@ -339,8 +345,8 @@ pub struct DestinationRt {
 
 #[derive(Debug)]
 pub struct ForwardRt {
-    pub destinations: Vec<DestinationRt>,
-    pub weights: Vec<u32>,
+    pub destinations: Box<[DestinationRt]>,
+    pub weights: Box<[u32]>,
     pub total_weight: u32,
     pub rewrite_uri: Option<String>,
     pub rewrite_authority: Option<HeaderValue>,
@@ -452,12 +458,13 @@ pub struct MirrorRt {
 #[derive(Debug)]
 pub struct RouteRt {
     pub name: String,
-    pub matches: Vec<MatchRt>,
+    pub matches: Box<[MatchRt]>,
     pub action: ActionRt,
     pub headers: HeaderOpsRt,
     pub timeout: Option<Duration>,
-    pub retries: Option<RetryRt>,
-    pub fault: Option<FaultRt>,
+    /// Boxed, as `fault`: most routes have neither.
+    pub retries: Option<Box<RetryRt>>,
+    pub fault: Option<Box<FaultRt>>,
     pub mirror: Option<MirrorRt>,
     /// Local rate limit of this route (shared by every pod using the route).
     pub rate_limit: Option<Arc<TokenBucket>>,
@@ -495,7 +502,7 @@ impl RouteRt {
             },
             None => None,
         };
-        let matches: Option<Vec<_>> = r
+        let matches: Option<Box<[_]>> = r
             .matches
             .iter()
             .enumerate()
@@ -517,7 +524,7 @@ impl RouteRt {
                     &format!("{apath}.destinations"),
                     errs,
                 )?;
-                let weights: Vec<u32> = destinations.iter().map(|d| d.weight).collect();
+                let weights: Box<[u32]> = destinations.iter().map(|d| d.weight).collect();
                 let total_weight = weights.iter().sum();
                 let rewrite_authority = match f.rewrite.as_ref().and_then(|r| r.authority.as_ref())
                 {
@@ -534,7 +541,7 @@ impl RouteRt {
                     None => None,
                 };
                 ActionRt::Forward(ForwardRt {
-                    destinations,
+                    destinations: destinations.into(),
                     weights,
                     total_weight,
                     rewrite_uri: f.rewrite.as_ref().and_then(|r| r.uri.clone()),
@@ -608,8 +615,8 @@ impl RouteRt {
             retries: r
                 .retries
                 .as_ref()
-                .map(|rp| RetryRt::compile(rp, &format!("{path}.retries"), errs)),
-            fault,
+                .map(|rp| Box::new(RetryRt::compile(rp, &format!("{path}.retries"), errs))),
+            fault: fault.map(Box::new),
             mirror,
             rate_limit: r
                 .rate_limit
@@ -625,7 +632,7 @@ fn compile_destinations(
     path: &str,
     errs: &mut Errors,
 ) -> Option<Vec<DestinationRt>> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(dests.len());
     let mut ok = true;
     for (i, d) in dests.iter().enumerate() {
         let Some(cluster) = clusters.get(&d.cluster) else {
@@ -652,7 +659,7 @@ fn compile_destinations(
 #[derive(Debug)]
 pub struct VirtualHostRt {
     pub name: String,
-    pub routes: Vec<RouteRt>,
+    pub routes: Box<[RouteRt]>,
 }
 
 /// Virtual hosts of one route table, indexed by domain the way Envoy selects
@@ -682,7 +689,7 @@ impl RouteTableRt {
         let before = errs.0.len();
         for (vi, vh) in t.virtual_hosts.iter().enumerate() {
             let vpath = format!("{path}.virtualHosts[{vi}]");
-            let routes: Vec<RouteRt> = vh
+            let routes: Box<[RouteRt]> = vh
                 .routes
                 .iter()
                 .enumerate()
@@ -702,6 +709,7 @@ impl RouteTableRt {
                 routes,
             });
         }
+        table.vhosts.shrink_to_fit();
         table
             .suffixes
             .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
@@ -752,18 +760,18 @@ impl RouteTableRt {
     pub(super) fn catch_all(hostname: &str, cluster: Arc<ClusterRt>) -> RouteTableRt {
         let mut t = RouteTableRt::empty(&cluster.name);
         t.catch_all = Some(0);
-        t.vhosts.push(VirtualHostRt {
+        t.vhosts = vec![VirtualHostRt {
             name: hostname.to_string(),
-            routes: vec![RouteRt {
+            routes: Box::new([RouteRt {
                 name: "default".to_string(),
-                matches: Vec::new(),
+                matches: Box::default(),
                 action: ActionRt::Forward(ForwardRt {
-                    destinations: vec![DestinationRt {
+                    destinations: Box::new([DestinationRt {
                         cluster,
                         weight: 1,
                         headers: HeaderOpsRt::default(),
-                    }],
-                    weights: vec![1],
+                    }]),
+                    weights: Box::new([1]),
                     total_weight: 1,
                     rewrite_uri: None,
                     rewrite_authority: None,
@@ -774,8 +782,8 @@ impl RouteTableRt {
                 fault: None,
                 mirror: None,
                 rate_limit: None,
-            }],
-        });
+            }]),
+        }];
         t
     }
 
@@ -831,9 +839,9 @@ fn strip_port(authority: &str) -> Option<&str> {
 /// One TCP route (Istio VirtualService `tcp`).
 #[derive(Debug)]
 pub struct TcpRouteRt {
-    pub source_labels: Vec<(String, String)>,
-    pub destinations: Vec<DestinationRt>,
-    pub weights: Vec<u32>,
+    pub source_labels: Box<[(String, String)]>,
+    pub destinations: Box<[DestinationRt]>,
+    pub weights: Box<[u32]>,
     pub total_weight: u32,
 }
 
@@ -845,7 +853,7 @@ impl TcpRouteRt {
 
 #[derive(Debug)]
 pub struct TcpRouteTableRt {
-    pub routes: Vec<TcpRouteRt>,
+    pub routes: Box<[TcpRouteRt]>,
 }
 
 impl TcpRouteTableRt {
@@ -863,7 +871,7 @@ impl TcpRouteTableRt {
                 &format!("{path}.routes[{i}].destinations"),
                 errs,
             )?;
-            let weights: Vec<u32> = destinations.iter().map(|d| d.weight).collect();
+            let weights: Box<[u32]> = destinations.iter().map(|d| d.weight).collect();
             routes.push(TcpRouteRt {
                 source_labels: r
                     .source_labels
@@ -872,24 +880,26 @@ impl TcpRouteTableRt {
                     .collect(),
                 total_weight: weights.iter().sum(),
                 weights,
-                destinations,
+                destinations: destinations.into(),
             });
         }
-        Some(TcpRouteTableRt { routes })
+        Some(TcpRouteTableRt {
+            routes: routes.into(),
+        })
     }
 
     pub(super) fn single(cluster: Arc<ClusterRt>) -> TcpRouteTableRt {
         TcpRouteTableRt {
-            routes: vec![TcpRouteRt {
-                source_labels: Vec::new(),
-                destinations: vec![DestinationRt {
+            routes: Box::new([TcpRouteRt {
+                source_labels: Box::default(),
+                destinations: Box::new([DestinationRt {
                     cluster,
                     weight: 1,
                     headers: HeaderOpsRt::default(),
-                }],
-                weights: vec![1],
+                }]),
+                weights: Box::new([1]),
                 total_weight: 1,
-            }],
+            }]),
         }
     }
 

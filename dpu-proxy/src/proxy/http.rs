@@ -857,7 +857,7 @@ impl Proxy {
             return resp;
         }
         let hash = hash_for(cluster, &msg.parts.headers, ctx.peer);
-        let retry = route.retries.as_ref().filter(|r| r.attempts > 0);
+        let retry = route.retries.as_deref().filter(|r| r.attempts > 0);
         let mirror = route.mirror.as_ref().filter(|m| lb::chance(m.percent));
         let payload = if retry.is_some() || mirror.is_some() {
             match buffer_body(body, self.settings.retry_buffer_bytes).await {
