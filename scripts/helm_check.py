@@ -143,7 +143,34 @@ def dpu_mode():
         check(dpu["spec"]["template"]["spec"].get("hostNetwork") is True, "dpu: host network on the DPU")
         check(cs["dataplane"]["securityContext"].get("privileged") is True, "dpu: dataplane privileged (eBPF)")
         check("--mgmt-addr=192.168.100.2:15080" in cs["dpu-proxy"]["args"], "dpu: proxy control on mgmt addr")
+        identity(objects, dpu, cs["dpu-proxy"], "dpu")
+        check(dpu["spec"]["template"]["spec"].get("serviceAccountName") == "mesh-dpumesh-dpu"
+              and find(objects, "ServiceAccount", "mesh-dpumesh-dpu") is not None,
+              "dpu: DPU pods run as their own ServiceAccount (istiod's trusted node account)")
     return len(objects)
+
+
+def identity(objects, ds, proxy, mode):
+    """dpu-proxy gets certificates from istiod with a projected token and istiod's root."""
+    args = proxy["args"]
+    for arg in ["--trust-domain=cluster.local", "--ca-addr=https://istiod.istio-system.svc:15012",
+                "--ca-token-file=/var/run/secrets/tokens/istio-token",
+                "--ca-trust-root-pem=/var/run/secrets/istio/root-cert.pem"]:
+        check(arg in args, f"{mode}: dpu-proxy arg {arg}")
+    vols = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    token = vols.get("istio-token", {}).get("projected", {}).get("sources", [{}])[0].get("serviceAccountToken", {})
+    check(token.get("audience") == "istio-ca" and token.get("path") == "istio-token",
+          f"{mode}: projected token for istiod's audience")
+    check(vols.get("istio-ca-root", {}).get("configMap", {}).get("name") == "istio-ca-root-cert",
+          f"{mode}: istiod's root certificate ConfigMap")
+    mounts = {m["name"]: m["mountPath"] for m in proxy.get("volumeMounts", [])}
+    check(mounts.get("istio-token") == "/var/run/secrets/tokens"
+          and mounts.get("istio-ca-root") == "/var/run/secrets/istio", f"{mode}: dpu-proxy mounts both")
+    builtin = render(merged({"mode": mode, "identity": {"ca": "builtin"}}))
+    name = "mesh-dpumesh-dpu" if mode == "dpu" else "mesh-dpumesh-node"
+    p = containers(find(builtin, "DaemonSet", name))["dpu-proxy"]
+    check("--ca-root-file=/run/dpumesh/ca/root.pem" in p["args"]
+          and not any(a.startswith("--ca-addr") for a in p["args"]), f"{mode}: identity.ca=builtin")
 
 
 def host_mode():
@@ -161,6 +188,7 @@ def host_mode():
         check("--uplink=eth0" in cs["dataplane"]["args"], "host: dataplane uplink from values")
         env = {e["name"]: e.get("value") for e in containers(ds, init=True)["install-cni"]["env"]}
         check(env.get("DATAPLANE_MGMT_ADDR") == "127.0.0.1:15081", "host: CNI talks to the local dataplane")
+        identity(objects, ds, cs["dpu-proxy"], "host")
     return len(objects)
 
 
@@ -181,6 +209,7 @@ def bad_values():
     refused(merged({"cni": {"podCIDR": "not-a-cidr"}}), ["podCIDR"], "bad podCIDR")
     refused(merged({"dataplane": {"backend": "dpdk-magic"}}), ["backend"], "bad backend")
     refused(merged({"cluster": {"serviceCIDRs": ["10.96.0.0"]}}), ["serviceCIDRs"], "bad service CIDR")
+    refused(merged({"identity": {"ca": "vault"}}), ["identity"], "bad identity.ca")
 
 
 def commands():

@@ -78,6 +78,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     - --access-log={{ .Values.proxy.accessLog }}
     - --drain-seconds={{ .Values.proxy.drainSeconds }}
     - --log-level={{ .Values.logLevel }}
+    - --trust-domain={{ .Values.cluster.trustDomain }}
+    - --workload-cert-ttl-seconds={{ .Values.identity.workloadCertTtlSeconds }}
+    {{- if eq .Values.identity.ca "istiod" }}
+    - --ca-addr={{ .Values.identity.caAddr }}
+    - --ca-cluster-id={{ .Values.identity.caClusterId }}
+    - --ca-token-file=/var/run/secrets/tokens/istio-token
+    - --ca-trust-root-pem=/var/run/secrets/istio/root-cert.pem
+    {{- else }}
+    - --ca-root-file=/run/dpumesh/ca/root.pem
+    {{- end }}
   env:
     - name: NODE_NAME
       valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
@@ -93,6 +103,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     capabilities:
       add: [NET_ADMIN, NET_RAW, NET_BIND_SERVICE]
   resources: {{- toYaml .Values.proxy.resources | nindent 4 }}
+  volumeMounts:
+    {{- if eq .Values.identity.ca "istiod" }}
+    - {name: istio-token, mountPath: /var/run/secrets/tokens, readOnly: true}
+    - {name: istio-ca-root, mountPath: /var/run/secrets/istio, readOnly: true}
+    {{- else }}
+    - {name: run-dpumesh, mountPath: /run/dpumesh}
+    {{- end }}
 {{- end -}}
 
 {{- define "dpumesh.dpuVolumes" -}}
@@ -100,6 +117,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   hostPath: {path: {{ .Values.dataplane.bpfPinRoot }}, type: DirectoryOrCreate}
 - name: run-dpumesh
   hostPath: {path: /run/dpumesh, type: DirectoryOrCreate}
+{{- if eq .Values.identity.ca "istiod" }}
+- name: istio-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: istio-token
+          audience: {{ .Values.identity.tokenAudience }}
+          expirationSeconds: {{ .Values.identity.tokenExpirationSeconds }}
+- name: istio-ca-root
+  configMap: {name: {{ .Values.identity.rootCertConfigMap }}}
+{{- end }}
 {{- end -}}
 
 {{- define "dpumesh.metricsAnnotations" -}}
