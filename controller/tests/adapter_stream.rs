@@ -18,7 +18,7 @@ use dpumesh_controller::xds::{
     ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
 };
 use envoy_types::pb::google::protobuf::Any;
-use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS, SERVICES};
+use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS, SERVICES, SLICES};
 use serde_json::{json, Value};
 use support::ads::FakeAds;
 use support::{workspace_binary, DpuProxy, Reaped};
@@ -268,4 +268,116 @@ async fn streamed_inventory_adds_and_removes_pods_and_survives_a_controller_rest
     let _controller = Controller::start(&kubeconfig, &tmp.path().join("out2"), &controller_args);
     let (v4, _) = wait_pods(&proxy, &mut adapter, &["details-v1", "productpage-v1"]).await;
     assert!(v4 > v3, "{v4} > {v3}");
+}
+
+/// The controller's `endpoints_yaml` reaches the adapter's EDS translation: a
+/// meshed pod of node-2 (a dpumesh VF) becomes an HBONE endpoint with its node
+/// and service account in dpu-proxy's config, a proxy-less pod of node-2 is
+/// marked plaintext, an address the cluster does not know stays unmarked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_endpoints_give_remote_endpoints_their_node_and_hbone_mark() {
+    let server = ApiServer::start().await;
+    cluster_setup(&server);
+    let on_node_2 = |name: &str, ip: &str, sa: &str, annotations: Value| {
+        json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "labels": {"app": name}, "annotations": annotations},
+               "spec": {"nodeName": "node-2", "serviceAccountName": sa,
+                        "containers": [{"name": "app", "image": "busybox"}]},
+               "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+    };
+    let slice = |service: &str, ip: &str, pod: &str| {
+        json!({"metadata": {"name": format!("{service}-x"), "namespace": "default",
+                "labels": {"kubernetes.io/service-name": service}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": [ip], "conditions": {"ready": true}, "nodeName": "node-2",
+                              "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"}}],
+               "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}]})
+    };
+    server.batch(|b| {
+        b.apply(
+            NODES,
+            json!({"metadata": {"name": "node-2", "uid": "uid-node-2"},
+                   "spec": {"podCIDR": "10.244.2.0/24"}}),
+        );
+        b.apply(
+            PODS,
+            on_node_2(
+                "reviews-v3",
+                "10.244.2.14",
+                "bookinfo-reviews",
+                json!({"dpumesh.io/vf-index": "3", "dpumesh.io/mac": "02:64:6d:02:00:03"}),
+            ),
+        );
+        b.apply(
+            PODS,
+            on_node_2("details-plain", "10.244.2.12", "legacy", json!({})),
+        );
+        b.apply(SLICES, slice("reviews", "10.244.2.14", "reviews-v3"));
+        b.apply(SLICES, slice("details", "10.244.2.12", "details-plain"));
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = server.kubeconfig(tmp.path());
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let controller_args = ["--leader-elect=false", "--grpc-addr", grpc.as_str()];
+    let _controller = Controller::start(&kubeconfig, &tmp.path().join("out"), &controller_args);
+    let dir = tmp.path().join("adapter");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo/xds"),
+        &dir.join("xds"),
+    );
+    let proxy = DpuProxy::start().await;
+    let mut adapter = Reaped(
+        Command::new(workspace_binary("dpumesh-controller"))
+            .args(["adapter", "--local-dir"])
+            .arg(&dir)
+            .args([
+                "--node",
+                "node-1",
+                "--proxy-addr",
+                &proxy.mgmt_addr,
+                "--inventory-addr",
+                &format!("http://{grpc}"),
+                "--poll-ms",
+                "100",
+            ])
+            .env("DPUMESH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn adapter"),
+    );
+    let (_, c) = wait_pods(&proxy, &mut adapter, &["productpage-v1"]).await;
+    let endpoint = |host: &str, address: &str| {
+        let svc = c
+            .services
+            .iter()
+            .find(|s| s.hostname == host)
+            .unwrap_or_else(|| panic!("no service {host}"));
+        let ep = svc
+            .endpoints
+            .iter()
+            .find(|e| e.address == address)
+            .unwrap_or_else(|| panic!("no endpoint {address} of {host}"));
+        (ep.node.clone(), ep.hbone, ep.service_account.clone())
+    };
+    assert_eq!(
+        endpoint("reviews.default.svc.cluster.local", "10.244.2.14"),
+        (
+            "node-2".to_string(),
+            Some(true),
+            "bookinfo-reviews".to_string()
+        ),
+        "a meshed pod of another dpumesh node is reached over HBONE"
+    );
+    assert_eq!(
+        endpoint("details.default.svc.cluster.local", "10.244.2.12"),
+        ("node-2".to_string(), Some(false), "legacy".to_string()),
+        "a proxy-less pod stays plaintext"
+    );
+    assert_eq!(
+        endpoint("reviews.default.svc.cluster.local", "10.244.2.13"),
+        (String::new(), None, String::new()),
+        "an address the cluster does not know"
+    );
 }
