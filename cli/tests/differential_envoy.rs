@@ -2,10 +2,12 @@
 //! (`controller/tests/fixtures/differential/xds/`, Envoy v3 DiscoveryResponse
 //! files) is read unchanged by a real Envoy (filesystem xDS) and by the real
 //! adapter binary in local mode, which turns it into a NodeConfig and pushes it
-//! to the real dpu-proxy. The same matrix of requests (hosts × paths × headers,
-//! and upstream behaviours for retries and timeouts) goes once through Envoy
-//! and once through dpu-proxy; status, answering pod (so cluster and subset)
-//! and the upstream attempts must be equal.
+//! to the real dpu-proxy. The same matrix of requests (HTTP/1.1 and h2c ×
+//! hosts × paths × headers, and upstream behaviours for retries and timeouts)
+//! goes once through Envoy and once through dpu-proxy; status, answering pod
+//! (so cluster and subset), what it received (path after rewrites, a header
+//! added by the route), `location` of redirects and the upstream attempts
+//! must be equal.
 //!
 //! Topology (one simulated node, real dataplane eBPF, real dpu-proxy):
 //!
@@ -399,9 +401,16 @@ async fn answer(
             }
         }
     }
+    let seen_path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     Ok(Response::builder()
         .status(status)
         .header("x-served-by", pod)
+        .header("x-seen-path", seen_path)
+        .header("x-seen-added", header("x-added"))
         .body(Full::new(Bytes::from(format!("{pod} {version}"))))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
 }
@@ -412,6 +421,8 @@ struct Case {
     host: &'static str,
     path: &'static str,
     headers: Vec<(&'static str, &'static str)>,
+    /// HTTP/2 (h2c, prior knowledge) instead of HTTP/1.1.
+    h2: bool,
 }
 
 impl Case {
@@ -421,7 +432,8 @@ impl Case {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        format!("{} {} [{}]", self.host, self.path, h.join(","))
+        let proto = if self.h2 { "h2" } else { "h1" };
+        format!("{proto} {} {} [{}]", self.host, self.path, h.join(","))
     }
 
     /// The VIP a client would call for this host (the reviews VIP otherwise).
@@ -441,6 +453,10 @@ struct Outcome {
     status: u16,
     /// `x-served-by` of the answer: the upstream pod that answered.
     served_by: Option<String>,
+    /// What that pod received: path (after rewrites) and `x-added` (header ops).
+    seen: Option<(String, String)>,
+    /// `location` of the answer (redirects).
+    location: Option<String>,
     /// The pods that received an attempt, in order.
     attempts: Vec<String>,
 }
@@ -453,17 +469,28 @@ impl std::fmt::Display for Outcome {
             self.status,
             self.served_by.as_deref().unwrap_or("-"),
             self.attempts.join(",")
-        )
+        )?;
+        if let Some((path, added)) = &self.seen {
+            write!(f, " saw {path} x-added={added:?}")?;
+        }
+        if let Some(l) = &self.location {
+            write!(f, " location {l}")?;
+        }
+        Ok(())
     }
 }
 
-/// One HTTP/1.1 request on a new connection from inside `ns`.
-fn send(
-    ns: &Netns,
-    to: SocketAddr,
-    case: &Case,
-    tag: String,
-) -> Result<(u16, Option<String>), String> {
+/// The parts of an answer the comparison looks at.
+struct Reply {
+    status: u16,
+    served_by: Option<String>,
+    seen: Option<(String, String)>,
+    location: Option<String>,
+}
+
+/// One request (HTTP/1.1, or h2c with prior knowledge) on a new connection
+/// from inside `ns`.
+fn send(ns: &Netns, to: SocketAddr, case: &Case, tag: String) -> Result<Reply, String> {
     let case = case.clone();
     ns.run(move || {
         runtime().block_on(async move {
@@ -472,13 +499,13 @@ fn send(
                     .await
                     .map_err(|_| format!("connect to {to} timed out"))?
                     .map_err(|e| format!("connect to {to}: {e}"))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(conn);
-            let mut req = Request::get(case.path)
-                .header("host", case.host)
-                .header("x-case", tag);
+            let io = TokioIo::new(stream);
+            let mut req = if case.h2 {
+                Request::get(format!("http://{}{}", case.host, case.path))
+            } else {
+                Request::get(case.path).header("host", case.host)
+            }
+            .header("x-case", tag);
             for (k, v) in &case.headers {
                 req = req.header(*k, *v);
             }
@@ -486,15 +513,39 @@ fn send(
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| e.to_string())?;
             let exchange = async {
-                let resp = sender.send_request(req).await?;
-                let status = resp.status().as_u16();
-                let by = resp
-                    .headers()
-                    .get("x-served-by")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let resp = if case.h2 {
+                    let (mut sender, conn) =
+                        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                            .handshake(io)
+                            .await?;
+                    tokio::spawn(conn);
+                    sender.send_request(req).await?
+                } else {
+                    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                    tokio::spawn(conn);
+                    sender.send_request(req).await?
+                };
+                let header = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let served_by = header("x-served-by");
+                let seen = served_by.as_ref().map(|_| {
+                    (
+                        header("x-seen-path").unwrap_or_default(),
+                        header("x-seen-added").unwrap_or_default(),
+                    )
+                });
+                let reply = Reply {
+                    status: resp.status().as_u16(),
+                    served_by,
+                    seen,
+                    location: header("location"),
+                };
                 resp.into_body().collect().await?;
-                Ok::<_, hyper::Error>((status, by))
+                Ok::<_, hyper::Error>(reply)
             };
             tokio::time::timeout(Duration::from_secs(20), exchange)
                 .await
@@ -532,6 +583,9 @@ fn matrix() -> Vec<Case> {
         "/q?debug=0",
         "/ratings/1",
         "/other",
+        "/rewrite/a?x=1",
+        "/redirect",
+        "/fault",
     ];
     let header_sets: [&[(&str, &str)]; 4] = [
         &[],
@@ -540,14 +594,17 @@ fn matrix() -> Vec<Case> {
         &[("x-env", "prod")],
     ];
     let mut cases = Vec::new();
-    for host in hosts {
-        for path in paths {
-            for headers in header_sets {
-                cases.push(Case {
-                    host,
-                    path,
-                    headers: headers.to_vec(),
-                });
+    for h2 in [false, true] {
+        for host in hosts {
+            for path in paths {
+                for headers in header_sets {
+                    cases.push(Case {
+                        host,
+                        path,
+                        headers: headers.to_vec(),
+                        h2,
+                    });
+                }
             }
         }
     }
@@ -576,6 +633,7 @@ fn matrix() -> Vec<Case> {
                 host,
                 path,
                 headers: vec![("x-behave", behave)],
+                h2: false,
             });
         }
     }
@@ -707,14 +765,16 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
         host: "reviews",
         path: "/reviews/weighted",
         headers: vec![],
+        h2: false,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match send(&envoy_pod, envoy_addr, &probe, "probe".into()) {
-            Ok((200, _)) => break,
+            Ok(Reply { status: 200, .. }) => break,
             other => assert!(
                 Instant::now() < deadline,
-                "Envoy never answered 200 for the probe: {other:?}{}",
+                "Envoy never answered 200 for the probe: {:?}{}",
+                other.map(|r| r.status),
                 log_tail(&envoy_log)
             ),
         }
@@ -727,11 +787,17 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
             .unwrap_or_default()
     };
     let run = |ns: &Netns, to: SocketAddr, case: &Case, tag: String| -> Outcome {
-        let (status, served_by) = send(ns, to, case, tag.clone())
-            .unwrap_or_else(|e| (0, Some(format!("(client error: {e})"))));
+        let reply = send(ns, to, case, tag.clone()).unwrap_or_else(|e| Reply {
+            status: 0,
+            served_by: Some(format!("(client error: {e})")),
+            seen: None,
+            location: None,
+        });
         Outcome {
-            status,
-            served_by,
+            status: reply.status,
+            served_by: reply.served_by,
+            seen: reply.seen,
+            location: reply.location,
             attempts: attempts_of(&tag),
         }
     };
@@ -765,7 +831,7 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
         mismatches.join("\n")
     );
     // The matrix exercised what it is meant to: subsets, retries, timeouts, 404s.
-    for code in [200, 404, 418, 503, 504] {
+    for code in [200, 301, 404, 418, 502, 503, 504] {
         assert!(
             summary.iter().any(|(c, n)| *c == code && *n > 0),
             "no case gave {code}: {summary:?}"
