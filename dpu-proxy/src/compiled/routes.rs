@@ -787,7 +787,10 @@ impl RouteTableRt {
         t
     }
 
-    /// The virtual host for an authority: tried as given, then without its port.
+    /// The virtual host for an authority, as given (port included), as Envoy
+    /// does without `strip_port_mode` (istiod sets none on sidecars: its
+    /// domains list `host` and `host:port` for the listener's port, so
+    /// `reviews:80` on port 9080 finds no virtual host). Case-insensitive.
     pub fn select(&self, authority: &str) -> Option<&VirtualHostRt> {
         let lower;
         let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -796,15 +799,8 @@ impl RouteTableRt {
         } else {
             authority
         };
-        let i = self
-            .find(authority)
-            .or_else(|| strip_port(authority).and_then(|h| self.find_specific(h)));
-        let i = i.or(self.catch_all)?;
+        let i = self.find_specific(authority).or(self.catch_all)?;
         self.vhosts.get(i)
-    }
-
-    fn find(&self, host: &str) -> Option<usize> {
-        self.find_specific(host)
     }
 
     /// Exact, then suffix, then prefix wildcards; not the catch-all.
@@ -825,15 +821,6 @@ impl RouteTableRt {
             .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
             .map(|(_, i)| *i)
     }
-}
-
-/// "host:port" → "host"; "[v6]:port" → "[v6]"; None when there is no port.
-fn strip_port(authority: &str) -> Option<&str> {
-    let (host, port) = authority.rsplit_once(':')?;
-    if host.starts_with('[') && !host.ends_with(']') {
-        return None; // a bare IPv6 literal's colon
-    }
-    port.bytes().all(|b| b.is_ascii_digit()).then_some(host)
 }
 
 /// One TCP route (Istio VirtualService `tcp`).

@@ -156,12 +156,19 @@ fn virtual_host_selection_follows_envoy() {
     let vh = |a: &str| t.select(a).map(|v| v.name.clone());
     assert_eq!(vh("reviews").as_deref(), Some("reviews"));
     assert_eq!(vh("REVIEWS:9080").as_deref(), Some("reviews"));
+    // The port is part of the authority (Envoy without strip_port_mode, as
+    // the differential test against Envoy shows): no domain
+    // `reviews.default.svc.cluster.local:9080` or `reviews:80`, so the
+    // catch-all; a wildcard matches the port characters too.
     assert_eq!(
         vh("reviews.default.svc.cluster.local:9080").as_deref(),
-        Some("reviews")
+        Some("all")
     );
+    assert_eq!(vh("reviews:80").as_deref(), Some("all"));
     assert_eq!(vh("a.example.com").as_deref(), Some("wild-suffix"));
-    assert_eq!(vh("x.api.example.com:80").as_deref(), Some("wild-longer"));
+    assert_eq!(vh("x.api.example.com").as_deref(), Some("wild-longer"));
+    assert_eq!(vh("x.api.example.com:80").as_deref(), Some("all"));
+    assert_eq!(vh("foo.bar:8080").as_deref(), Some("wild-prefix"));
     assert_eq!(
         vh("example.com").as_deref(),
         Some("all"),
