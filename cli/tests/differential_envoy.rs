@@ -566,6 +566,9 @@ fn matrix() -> Vec<Case> {
         "10.96.0.20:9080",
         "ratings",
         "unknown.example",
+        "reviews:80",
+        "a.wild.example",
+        "pre.fix:9080",
     ];
     let paths = [
         "/",
@@ -586,6 +589,10 @@ fn matrix() -> Vec<Case> {
         "/rewrite/a?x=1",
         "/redirect",
         "/fault",
+        "/reviews/exact?x=1",
+        "/reviews/123?x=1",
+        "/reviews/./exact",
+        "/Reviews/exact",
     ];
     let header_sets: [&[(&str, &str)]; 4] = [
         &[],
