@@ -734,6 +734,33 @@ static __always_inline int dm_from_fabric6(struct __sk_buff *skb)
 }
 
 
+/* A pod's SYN its own outbound rule does not capture (an unmeshed sender,
+ * or an excluded port or CIDR). If it is for a meshed pod on this node on a
+ * port that pod captures inbound, it goes to the inbound listener, as from
+ * the fabric: the destination's inbound policy (mTLS, authorization) holds
+ * for callers on its own node too. Counted as steered inbound on the
+ * destination; a missing listener is a drop on the sender (fail closed).
+ * Anything else is forwarded. */
+static __always_inline int dm_rep_to_local_pod(struct __sk_buff *skb, struct dm_ip4 *p,
+					       const struct dm_node_config *cfg,
+					       struct dm_pod_counters *c)
+{
+	struct dm_pod_counters *dc;
+	struct dm_endpoint *dst;
+	__be32 daddr;
+
+	daddr = p->ip->daddr;
+	dst = bpf_map_lookup_elem(&dm_ep_ip, &daddr);
+	if (!dst || !dm_in_captured(dst, p->tcp->dest))
+		return dm_forward(skb, p, cfg, c);
+	if (dm_assign_listener(skb, p, cfg->inbound_port))
+		return dm_drop(c, DM_DROP_NO_PROXY);
+	dc = dm_counters_of(dst->slot);
+	if (dc)
+		dc->steered_inbound++;
+	return dm_deliver_local(skb, cfg->steer_mark);
+}
+
 SEC("classifier")
 int dm_rep_ingress(struct __sk_buff *skb)
 {
@@ -786,6 +813,8 @@ int dm_rep_ingress(struct __sk_buff *skb)
 			c->steered_outbound++;
 			return dm_deliver_local(skb, cfg->steer_mark);
 		}
+		if (dm_is_syn(p.tcp))
+			return dm_rep_to_local_pod(skb, &p, cfg, c);
 	}
 	return dm_forward(skb, &p, cfg, c);
 }

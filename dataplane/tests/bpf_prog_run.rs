@@ -234,6 +234,88 @@ fn capture_decision_follows_mesh_flag_cidrs_and_excluded_ports() {
     .expect("netns");
 }
 
+/// The inbound side of same-node traffic: a SYN from a pod's representor
+/// that its own outbound rule leaves alone, to a meshed pod on this node on
+/// a port that pod captures inbound, is for the inbound listener (here: no
+/// listener, so a NoProxy drop on the sender); other ports, other SYNs and
+/// unmeshed destinations are forwarded to the pod (redirect).
+#[test]
+fn same_node_syn_to_a_meshed_pod_follows_its_inbound_capture() {
+    let ns = NsGuard::new("inl");
+    exec(
+        &ns.0,
+        "ip",
+        &[
+            "link", "add", "rep-b", "type", "veth", "peer", "name", "vf-b",
+        ],
+    )
+    .expect("veth pair");
+    ns.0.run(|| {
+        let mut dp = BpfDataplane::load_detached().expect("load");
+        dp.apply_network(&network()).expect("network");
+        dp.apply_pod(&pod(false)).expect("pod a");
+        let b_mac = [0x02, 0, 0, 0x01, 0, 0x07];
+        let b_ip = Ipv4Addr::new(10, 244, 1, 7);
+        let mut b = PodSpec {
+            uid: "uid-b".into(),
+            representor: "rep-b".into(),
+            vf_index: 1,
+            ipv4: b_ip,
+            ipv6: None,
+            mac: b_mac,
+            meshed: true,
+            interception: InterceptionSpec::default(),
+        };
+        b.interception.exclude_inbound_ports = vec![9000];
+        dp.apply_pod(&b).expect("pod b");
+        let syn = |port: u16| tcp_syn(GATEWAY_MAC, POD_MAC, POD_IP, b_ip, 40000, port);
+        let no_proxy = |dp: &BpfDataplane| {
+            dp.pod_counters("uid-a")
+                .unwrap()
+                .unwrap()
+                .drop_count(DropReason::NoProxy)
+        };
+
+        // Unmeshed a -> meshed b: every port but the excluded one is b's.
+        assert_eq!(run(&dp, &syn(8080)).ret, TC_ACT_SHOT, "8080 captured");
+        assert_eq!(run(&dp, &syn(15008)).ret, TC_ACT_SHOT, "15008 captured");
+        assert_eq!(no_proxy(&dp), 2);
+        let r = run(&dp, &syn(9000));
+        assert_eq!(r.ret, TC_ACT_REDIRECT, "excluded port 9000 goes to b");
+        assert_eq!(&r.data[0..6], &b_mac);
+        // Not a SYN (a flow older than the mesh): forwarded.
+        let mut ack = syn(8080);
+        ack[47] = 0x10;
+        assert_eq!(run(&dp, &ack).ret, TC_ACT_REDIRECT, "ACK forwarded");
+        assert_eq!(no_proxy(&dp), 2);
+
+        // A capture list: only its ports and 15008.
+        b.interception.capture_inbound_ports = vec![8080];
+        dp.apply_pod(&b).expect("pod b update");
+        assert_eq!(run(&dp, &syn(8081)).ret, TC_ACT_REDIRECT, "8081 not listed");
+        assert_eq!(run(&dp, &syn(8080)).ret, TC_ACT_SHOT);
+        assert_eq!(run(&dp, &syn(15008)).ret, TC_ACT_SHOT);
+        assert_eq!(no_proxy(&dp), 4);
+
+        // A meshed sender whose outbound rule excludes the port: still b's.
+        let mut a = pod(true);
+        a.interception.exclude_outbound_ports = vec![8080];
+        dp.apply_pod(&a).expect("pod a meshed");
+        assert_eq!(run(&dp, &syn(8080)).ret, TC_ACT_SHOT);
+        assert_eq!(no_proxy(&dp), 5);
+
+        // An unmeshed destination: forwarded.
+        b.meshed = false;
+        dp.apply_pod(&b).expect("pod b unmeshed");
+        dp.apply_pod(&pod(false)).expect("pod a unmeshed");
+        assert_eq!(run(&dp, &syn(8080)).ret, TC_ACT_REDIRECT);
+        assert_eq!(no_proxy(&dp), 5);
+        let b = dp.pod_counters("uid-b").unwrap().unwrap();
+        assert_eq!(b.steered_inbound, 0, "nothing reached a listener: {b:?}");
+    })
+    .expect("netns");
+}
+
 /// Routing is a hop: pod -> pod (representor ingress) and fabric -> pod
 /// (uplink ingress) decrement the TTL with a correct header checksum, and a
 /// packet whose TTL would reach 0 is dropped and counted as `ttl_exceeded`.

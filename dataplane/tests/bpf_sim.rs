@@ -1425,3 +1425,124 @@ fn meshed_pods_ipv6_tcp_is_refused_not_bypassed_unmeshed_ipv6_still_forwarded() 
     }
     assert!(got, "a -> b IPv6 UDP datagram arrived");
 }
+
+/// Connects from `client` to `dst`; the connection must fail (the SYN is
+/// dropped) within a short timeout.
+fn tcp_refused(client: &Netns, dst: SocketAddr) {
+    let r = client
+        .run(move || TcpStream::connect_timeout(&dst, Duration::from_millis(700)))
+        .expect("netns");
+    assert!(r.is_err(), "{dst} reachable without the proxy: {r:?}");
+}
+
+/// A caller on the destination's own node must meet the destination's
+/// inbound policy too: an unmeshed pod's SYN (or a meshed pod's SYN its
+/// outbound rule does not capture) to a meshed local pod on a captured port
+/// goes to the inbound listener 15006, as from the fabric. Excluded inbound
+/// ports go direct; the proxy's own upstream connection (from the DPU
+/// stack) is not captured again.
+#[test]
+fn same_node_callers_of_a_meshed_pod_are_steered_to_the_inbound_listener() {
+    let sim = SimGuard::up(
+        SimConfig::new(dpumesh_sim::unique_cluster("bpfl"))
+            .with_nodes(1)
+            .with_vfs(3),
+    )
+    .expect("sim up");
+    let _pins = Pins(
+        sim.nodes()
+            .iter()
+            .map(|n| PinDir(n.bpf_pin_dir.clone()))
+            .collect(),
+    );
+    let gw = sim.node(1).unwrap().pod_gateway;
+    let (ip_u, ip_a, ip_b) = (
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 1, 6),
+        Ipv4Addr::new(10, 244, 1, 7),
+    );
+    // u: unmeshed. a: meshed, excludes 8080 outbound. b: meshed, every port
+    // captured inbound but 9000.
+    let pu = cni_attach(&sim, 1, 0, "u", ip_u, gw);
+    let pa = cni_attach(&sim, 1, 1, "a", ip_a, gw);
+    let pb = cni_attach(&sim, 1, 2, "b", ip_b, gw);
+    let mut spec_a = pod_spec(&sim, 1, 1, "uid-a", ip_a, true);
+    spec_a.interception.exclude_outbound_ports = vec![8080];
+    let mut spec_b = pod_spec(&sim, 1, 2, "uid-b", ip_b, true);
+    spec_b.interception.exclude_inbound_ports = vec![9000];
+    let pods = vec![pod_spec(&sim, 1, 0, "uid-u", ip_u, false), spec_a, spec_b];
+    let dp = start_dataplane(&sim, 1, &pods);
+    let dpu = sim.node(1).unwrap().dpu.clone();
+
+    // Settle the neighbours (ping is not captured).
+    ping(&pu, ip_b).expect("u -> b");
+    ping(&pa, ip_b).expect("a -> b");
+
+    eprintln!("step: no inbound listener: u -> b:8080 is dropped (fail closed)");
+    let srv = pb
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)).expect("bind 8080"))
+        .expect("netns");
+    tcp_refused(&pu, SocketAddr::from((ip_b, 8080)));
+    srv.set_nonblocking(true).unwrap();
+    assert!(srv.accept().is_err(), "b's server saw the bypassing SYN");
+    drop(srv);
+    let u = counters(&dp, "uid-u");
+    assert!(u.drop_count(DropReason::NoProxy) >= 1, "{u:?}");
+    assert_eq!(counters(&dp, "uid-b").steered_inbound, 0);
+
+    let listener = transparent_listener(&dpu, 15006);
+
+    eprintln!("step: unmeshed u -> meshed b:8080 reaches 15006");
+    captured_inbound(&listener, &pu, ip_u, SocketAddr::from((ip_b, 8080)));
+    let b = counters(&dp, "uid-b");
+    assert_eq!(b.steered_inbound, 1, "{b:?}");
+    let u = counters(&dp, "uid-u");
+    assert_eq!(u.steered_outbound, 0, "{u:?}");
+    assert!(
+        u.to_proxy_socket >= 2,
+        "the rest of u's flow went to the proxy's socket: {u:?}"
+    );
+
+    eprintln!("step: HBONE 15008 is captured from the same node too");
+    captured_inbound(&listener, &pu, ip_u, SocketAddr::from((ip_b, 15008)));
+    assert_eq!(counters(&dp, "uid-b").steered_inbound, 2);
+
+    eprintln!("step: b's excluded inbound port 9000 goes direct");
+    let srv = echo_server(&pb, 9000);
+    let mut s = connect(&pu, SocketAddr::from((ip_b, 9000)));
+    roundtrip(&mut s, b"excluded inbound port");
+    drop(s);
+    srv.join().unwrap();
+    assert_eq!(counters(&dp, "uid-b").steered_inbound, 2);
+
+    eprintln!("step: meshed a excluding 8080 outbound -> b:8080 reaches 15006");
+    captured_inbound(&listener, &pa, ip_a, SocketAddr::from((ip_b, 8080)));
+    assert_eq!(counters(&dp, "uid-b").steered_inbound, 3);
+    let a = counters(&dp, "uid-a");
+    assert_eq!(a.steered_outbound, 0, "{a:?}");
+
+    eprintln!("step: the proxy's own upstream connection (DPU stack, as u) is not captured");
+    let srv = echo_server(&pb, 8080);
+    let mut up = dpu
+        .run(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_ip_transparent_v4(true).expect("IP_TRANSPARENT");
+            s.bind(&SocketAddrV4::new(ip_u, 0).into())
+                .expect("bind u's address");
+            s.connect_timeout(
+                &SocketAddr::from((ip_b, 8080)).into(),
+                Duration::from_secs(3),
+            )
+            .expect("proxy upstream connect");
+            let s = TcpStream::from(s);
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s
+        })
+        .expect("dpu netns");
+    roundtrip(&mut up, b"proxy upstream");
+    drop(up);
+    srv.join().unwrap();
+    assert_eq!(counters(&dp, "uid-b").steered_inbound, 3);
+    drop(listener);
+}

@@ -1044,3 +1044,148 @@ fn pod_to_service_on_another_node_with_certificates_from_istiod() {
     let left = dpumesh_sim::leftovers(&name).expect("leftovers");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// NodeConfig of the same-node inbound test: the meshed server pod b (VF 1)
+/// with an inbound policy in `mode`; the unmeshed caller is no mesh pod.
+fn local_inbound_config(
+    node: &Node,
+    b: Ipv4Addr,
+    mgmt: &str,
+    version: u64,
+    mode: &str,
+) -> NodeConfig {
+    let v = node.vf(1).expect("vf 1");
+    let cfg = json!({
+        "version": version,
+        "node": {"name": "n1", "networkMode": "underlay", "podCidr": node.pod_cidr.to_string(),
+                 "serviceCidrs": ["10.96.0.0/16"], "dpuMgmtAddr": mgmt},
+        "pods": [{"uid": "uid-b", "name": "server-b", "namespace": "default",
+                  "serviceAccount": "server-b", "labels": {"app": "server"},
+                  "ips": [b.to_string()], "mac": v.mac.to_string(), "vfIndex": v.index,
+                  "representor": v.representor, "inboundPolicy": "server-b-in"}],
+        "inboundPolicies": [{"name": "server-b-in", "peerAuthentication": {"mode": mode}}],
+    });
+    serde_json::from_value(cfg).expect("test NodeConfig parses")
+}
+
+/// Sum of the dataplane's `steered_connections_total` series for `pod` and `listener`.
+fn steered(dataplane_metrics: &str, pod: &str, listener: &str) -> u64 {
+    dataplane_metrics
+        .lines()
+        .filter(|l| l.starts_with("dpumesh_dataplane_pod_steered_connections_total{"))
+        .filter(|l| {
+            l.contains(&format!("pod=\"{pod}\"")) && l.contains(&format!("listener=\"{listener}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A caller on the server's own node meets the server's inbound policy: an
+/// unmeshed pod's plaintext connection to a meshed pod on the same node is
+/// steered by the dataplane to dpu-proxy's inbound listener (15006). Under
+/// STRICT the proxy refuses it and the server sees nothing; under
+/// PERMISSIVE it is served, and reported by the destination as plaintext.
+#[test]
+fn an_unmeshed_caller_on_the_same_node_meets_the_meshed_pods_inbound_policy() {
+    let sim = SimGuard::up(
+        SimConfig::new(unique_cluster("pxloc"))
+            .with_nodes(1)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let node = sim.node(1).expect("node 1").clone();
+    let (ip_u, ip_b) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6));
+    let pod_u = attach_pod(&sim, &node, 0, "caller-u", ip_u);
+    let pod_b = attach_pod(&sim, &node, 1, "server-b", ip_b);
+    let mut u = steering("uid-u", "caller-u", &node, 0, ip_u);
+    u.meshed = false;
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let proxy_mgmt = start_node(
+        &sim,
+        1,
+        vec![u, steering("uid-b", "server-b", &node, 1, ip_b)],
+        &ca_dir.path().join("root.pem"),
+    );
+    push(
+        &node.host,
+        proxy_mgmt.clone(),
+        local_inbound_config(&node, ip_b, &proxy_mgmt, 1, "STRICT"),
+    );
+    let server = PodServer::start(&pod_b, "server-b", SERVER_PORT);
+    let direct = SocketAddr::new(ip_b.into(), SERVER_PORT);
+
+    // STRICT: the proxy accepts the steered connection and resets it before
+    // reading a byte; no answer, nothing reaches b.
+    let answer = pod_u
+        .run(move || -> std::io::Result<Vec<u8>> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect_timeout(&direct, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            // A write may already meet the reset.
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: server-b\r\n\r\n");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got)?;
+            Ok(got)
+        })
+        .expect("pod netns");
+    match &answer {
+        Err(_) => {}
+        Ok(got) => assert!(
+            got.is_empty(),
+            "plaintext answered under STRICT: {}",
+            String::from_utf8_lossy(got)
+        ),
+    }
+    assert!(
+        server.peer_ips().is_empty(),
+        "the server saw {:?}",
+        server.peer_ips()
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin(&node.dpu, "/stats")).expect("stats JSON");
+    assert_eq!(
+        stats["proxy"]["peer_authn_refused"], 1,
+        "dpu-proxy refused the plaintext connection: {stats}"
+    );
+    let (status, dp_metrics) = get(
+        &node.dpu,
+        "127.0.0.1:15091".parse().expect("static"),
+        "dataplane",
+        "/metrics",
+        false,
+    );
+    assert_eq!(status, StatusCode::OK, "{dp_metrics}");
+    assert_eq!(
+        steered(&dp_metrics, "server-b", "inbound"),
+        1,
+        "{dp_metrics}"
+    );
+
+    // PERMISSIVE: the same call is served through the proxy, from u's own
+    // address, and reported by the destination side as plaintext.
+    push(
+        &node.host,
+        proxy_mgmt.clone(),
+        local_inbound_config(&node, ip_b, &proxy_mgmt, 2, "PERMISSIVE"),
+    );
+    let (status, body) = get(&pod_u, direct, "server-b", "/ok", false);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, format!("served by server-b to {ip_u}"));
+    let metrics = admin(&node.dpu, "/metrics");
+    let received = [
+        ("reporter", "destination"),
+        ("destination_workload", "server"),
+        ("connection_security_policy", "none"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(requests_total(&metrics, &received), 1.0, "{metrics}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin(&node.dpu, "/stats")).expect("stats JSON");
+    assert_eq!(stats["proxy"]["peer_authn_refused"], 1, "{stats}");
+
+    drop(server);
+    let sim_name = sim.cluster().to_string();
+    drop(sim);
+    let left = dpumesh_sim::leftovers(&sim_name).expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
