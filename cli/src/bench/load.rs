@@ -37,6 +37,8 @@ pub struct LoadSpec {
 pub struct LoadResult {
     pub requests: u64,
     pub succeeded_2xx: u64,
+    /// Answers with a 3xx, 4xx or 5xx status.
+    pub non_2xx: u64,
     pub failed: u64,
     pub rps: f64,
     pub p50_ms: f64,
@@ -98,6 +100,28 @@ pub(crate) fn run_with(spec: &LoadSpec, scratch: &Path, extra: &[String]) -> Res
     Ok(result)
 }
 
+impl LoadResult {
+    /// A measurement counts only if (nearly) every request got a 2xx: a proxy
+    /// that answers errors fast must not look fast. Up to 0.1 % of
+    /// non-2xx/failed requests are tolerated (a connection reset at the end).
+    pub fn require_ok(&self) -> Result<()> {
+        if self.succeeded_2xx == 0 || self.rps <= 0.0 {
+            bail!("no successful request: {self:?}");
+        }
+        let bad = self.non_2xx + self.failed;
+        let all = self.succeeded_2xx + bad;
+        if bad as f64 > all as f64 * 0.001 {
+            bail!(
+                "{bad} of {all} requests failed or got a non-2xx answer \
+                 ({} non-2xx, {} failed): {self:?}",
+                self.non_2xx,
+                self.failed
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Parses h2load's summary: "finished in ..., N req/s, ..." and the request counts.
 pub fn parse_summary(stdout: &str) -> Result<LoadResult> {
     let mut r = LoadResult::default();
@@ -126,11 +150,17 @@ pub fn parse_summary(stdout: &str) -> Result<LoadResult> {
                 }
             }
         } else if let Some(rest) = line.strip_prefix("status codes: ") {
-            r.succeeded_2xx = rest
-                .split(", ")
-                .find_map(|f| f.strip_suffix(" 2xx"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
+            for part in rest.split(", ") {
+                let Some((n, class)) = part.trim().split_once(' ') else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match class {
+                    "2xx" => r.succeeded_2xx = n,
+                    "3xx" | "4xx" | "5xx" => r.non_2xx += n,
+                    _ => {}
+                }
+            }
         }
     }
     if !seen_rps {
@@ -176,6 +206,26 @@ status codes: 17 2xx, 0 3xx, 0 4xx, 1 5xx
         assert_eq!(r.requests, 20);
         assert_eq!(r.failed, 3);
         assert_eq!(r.succeeded_2xx, 17);
+        assert_eq!(r.non_2xx, 1);
+        assert!(r.require_ok().is_err());
+    }
+
+    #[test]
+    fn errors_fail_a_measurement() {
+        let ok = parse_summary(
+            "finished in 1s, 1000.00 req/s, 1KB/s\n\
+             requests: 1000 total, 1000 started, 1000 done, 1000 succeeded, 0 failed, 0 errored, 0 timeout\n\
+             status codes: 1000 2xx, 0 3xx, 0 4xx, 0 5xx\n",
+        )
+        .expect("parses");
+        assert!(ok.require_ok().is_ok());
+        let fast_503s = parse_summary(
+            "finished in 1s, 9000.00 req/s, 1KB/s\n\
+             requests: 9000 total, 9000 started, 9000 done, 9000 succeeded, 0 failed, 0 errored, 0 timeout\n\
+             status codes: 1000 2xx, 0 3xx, 0 4xx, 8000 5xx\n",
+        )
+        .expect("parses");
+        assert!(fast_503s.require_ok().is_err());
     }
 
     #[test]

@@ -804,9 +804,7 @@ impl<'a> Bench<'a> {
             .join()
             .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
         let after = [&host, &dpu, &app].map(procstat::sample_all);
-        if result.succeeded_2xx == 0 || result.rps <= 0.0 {
-            bail!("no successful request: {result:?}");
-        }
+        result.require_ok()?;
         let cpu = |i: usize| (after[i].cpu_s - before[i].cpu_s).max(0.0);
         let mesh_rss_kb = match way {
             Way::Direct => 0.0,

@@ -542,9 +542,7 @@ impl<'a> Bench<'a> {
             .join()
             .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
         let cpu_after = procstat::sample_all(&dpu).cpu_s;
-        if result.succeeded_2xx == 0 || result.rps <= 0.0 {
-            bail!("no successful request: {result:?}");
-        }
+        result.require_ok()?;
         if result.failed > 0 {
             bail!("{} request(s) failed: {result:?}", result.failed);
         }

@@ -617,9 +617,7 @@ impl<'a> Bench<'a> {
             .join()
             .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
         let after = procstat::sample_all(&pids);
-        if result.succeeded_2xx == 0 || result.rps <= 0.0 {
-            bail!("no successful request: {result:?}");
-        }
+        result.require_ok()?;
         let requests = if result.requests > 0 {
             result.requests as f64
         } else {
