@@ -411,6 +411,8 @@ async fn answer(
         .header("x-served-by", pod)
         .header("x-seen-path", seen_path)
         .header("x-seen-added", header("x-added"))
+        .header("x-seen-host", header("host"))
+        .header("x-seen-env", header("x-env"))
         .body(Full::new(Bytes::from(format!("{pod} {version}"))))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
 }
@@ -453,8 +455,11 @@ struct Outcome {
     status: u16,
     /// `x-served-by` of the answer: the upstream pod that answered.
     served_by: Option<String>,
-    /// What that pod received: path (after rewrites) and `x-added` (header ops).
-    seen: Option<(String, String)>,
+    /// What that pod received: path (after rewrites), `host`, and the headers
+    /// `x-added` and `x-env` (header operations).
+    seen: Option<Seen>,
+    /// `x-resp` of the answer (response header operations).
+    resp_header: Option<String>,
     /// `location` of the answer (redirects).
     location: Option<String>,
     /// The pods that received an attempt, in order.
@@ -470,8 +475,15 @@ impl std::fmt::Display for Outcome {
             self.served_by.as_deref().unwrap_or("-"),
             self.attempts.join(",")
         )?;
-        if let Some((path, added)) = &self.seen {
-            write!(f, " saw {path} x-added={added:?}")?;
+        if let Some(s) = &self.seen {
+            write!(
+                f,
+                " saw {} host={} x-added={:?} x-env={:?}",
+                s.path, s.host, s.added, s.env
+            )?;
+        }
+        if let Some(r) = &self.resp_header {
+            write!(f, " x-resp={r}")?;
         }
         if let Some(l) = &self.location {
             write!(f, " location {l}")?;
@@ -480,12 +492,22 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// What the upstream pod received, as it echoed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    path: String,
+    host: String,
+    added: String,
+    env: String,
+}
+
 /// The parts of an answer the comparison looks at.
 struct Reply {
     status: u16,
     served_by: Option<String>,
-    seen: Option<(String, String)>,
+    seen: Option<Seen>,
     location: Option<String>,
+    resp_header: Option<String>,
 }
 
 /// One request (HTTP/1.1, or h2c with prior knowledge) on a new connection
@@ -532,17 +554,18 @@ fn send(ns: &Netns, to: SocketAddr, case: &Case, tag: String) -> Result<Reply, S
                         .map(str::to_string)
                 };
                 let served_by = header("x-served-by");
-                let seen = served_by.as_ref().map(|_| {
-                    (
-                        header("x-seen-path").unwrap_or_default(),
-                        header("x-seen-added").unwrap_or_default(),
-                    )
+                let seen = served_by.as_ref().map(|_| Seen {
+                    path: header("x-seen-path").unwrap_or_default(),
+                    host: header("x-seen-host").unwrap_or_default(),
+                    added: header("x-seen-added").unwrap_or_default(),
+                    env: header("x-seen-env").unwrap_or_default(),
                 });
                 let reply = Reply {
                     status: resp.status().as_u16(),
                     served_by,
                     seen,
                     location: header("location"),
+                    resp_header: header("x-resp"),
                 };
                 resp.into_body().collect().await?;
                 Ok::<_, hyper::Error>(reply)
@@ -593,6 +616,7 @@ fn matrix() -> Vec<Case> {
         "/reviews/123?x=1",
         "/reviews/./exact",
         "/Reviews/exact",
+        "/host-rewrite",
     ];
     let header_sets: [&[(&str, &str)]; 4] = [
         &[],
@@ -799,12 +823,14 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
             served_by: Some(format!("(client error: {e})")),
             seen: None,
             location: None,
+            resp_header: None,
         });
         Outcome {
             status: reply.status,
             served_by: reply.served_by,
             seen: reply.seen,
             location: reply.location,
+            resp_header: reply.resp_header,
             attempts: attempts_of(&tag),
         }
     };
@@ -812,10 +838,12 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
     let cases = matrix();
     let mut mismatches = Vec::new();
     let mut statuses: HashMap<u16, usize> = HashMap::new();
+    let mut by_envoy_all: HashMap<String, Outcome> = HashMap::new();
     for (i, case) in cases.iter().enumerate() {
         let by_envoy = run(&envoy_pod, envoy_addr, case, format!("envoy-{i}"));
         let by_dpu = run(&client, case.vip(), case, format!("dpu-{i}"));
         *statuses.entry(by_envoy.status).or_default() += 1;
+        by_envoy_all.insert(case.describe(), by_envoy.clone());
         if by_envoy != by_dpu {
             mismatches.push(format!(
                 "{:<70} | {:<40} | {}",
@@ -837,6 +865,38 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
         "Envoy",
         mismatches.join("\n")
     );
+    // The comparison is not vacuous: what Envoy did in a few cases, as written
+    // in the resources (both sides did the same, checked above).
+    let envoy = |case: &str| {
+        by_envoy_all
+            .get(case)
+            .unwrap_or_else(|| panic!("no case {case}"))
+            .to_string()
+    };
+    for (case, want) in [
+        (
+            "h1 reviews.default.svc.cluster.local /host-rewrite [x-env=prod]",
+            "200 by reviews-v1 attempts [reviews-v1] saw /host-rewrite host=new.example \
+             x-added=\"\" x-env=\"\" x-resp=added",
+        ),
+        (
+            "h2 reviews:9080 /rewrite/a?x=1 []",
+            "200 by reviews-v1 attempts [reviews-v1] saw /new/a?x=1 host=reviews:9080 \
+             x-added=\"route\" x-env=\"\"",
+        ),
+        (
+            "h1 reviews /retry [x-behave=fail-once]",
+            "200 by reviews-v1 attempts [reviews-v1,reviews-v1] saw /retry host=reviews \
+             x-added=\"\" x-env=\"\"",
+        ),
+        (
+            "h1 reviews /per-try [x-behave=slow]",
+            "504 by - attempts [reviews-v2,reviews-v2,reviews-v2]",
+        ),
+        ("h1 unknown.example / []", "404 by - attempts []"),
+    ] {
+        assert_eq!(envoy(case), want, "{case}");
+    }
     // The matrix exercised what it is meant to: subsets, retries, timeouts, 404s.
     for code in [200, 301, 404, 418, 502, 503, 504] {
         assert!(
