@@ -4,8 +4,9 @@
 //! `0.0.0.0:15001` in the DPU netns (`bpf_sk_assign`, no NAT). Every proxy
 //! under test takes that same place in turn — dpu-proxy, Envoy, HAProxy —
 //! so they all see the same steered connections, the same client and the same
-//! backend; `direct` is the client talking to nginx on ports the client pod
-//! excludes from capture (the dataplane forwards them in TC, no proxy).
+//! backend; `direct` is the client talking to nginx on ports excluded from
+//! capture, outbound on the client pod and inbound on the server pod (the
+//! dataplane forwards them in TC, no proxy).
 //!
 //! Fairness: one data-path thread each (dpu-proxy `--workers 1`, Envoy
 //! `--concurrency 1`, HAProxy `nbthread 1`), upstream HTTP/1.1 to nginx port
@@ -430,14 +431,14 @@ impl<'a> Bench<'a> {
             exclude_outbound_ports: vec![NGINX_DIRECT_H1.into(), NGINX_DIRECT_H2.into()],
             ..Interception::default()
         });
-        register(
-            &node,
-            &dp_mgmt,
-            vec![
-                client_steering,
-                steering("uid-server", "bench-server", &node, 1, SERVER_IP)?,
-            ],
-        )?;
+        // ...on both ends: the server pod is meshed, so a same-node SYN to a
+        // port it captures inbound would go to the proxy's 15006.
+        let mut server_steering = steering("uid-server", "bench-server", &node, 1, SERVER_IP)?;
+        server_steering.interception = Some(Interception {
+            exclude_inbound_ports: vec![NGINX_DIRECT_H1.into(), NGINX_DIRECT_H2.into()],
+            ..Interception::default()
+        });
+        register(&node, &dp_mgmt, vec![client_steering, server_steering])?;
 
         // nginx in the server pod.
         let nginx_dir = work.join("nginx");
