@@ -217,10 +217,13 @@ impl Proxy {
         self.verdict(authorize(&policy.authorization, &req), cfg, "http", ctx)
     }
 
-    /// Same-node delivery (a local pod's connection or request to another
-    /// local pod never reaches 15006): the destination pod's inbound policy
-    /// is applied on the outbound side, with the source pod's identity (the
-    /// proxy itself vouches for it, as ztunnel's local path does).
+    /// Same-node delivery through the outbound listener (a meshed local
+    /// pod's connection or request to another local pod, steered to 15001,
+    /// does not pass 15006 as well): the destination pod's inbound policy is
+    /// applied on the outbound side, with the source pod's identity (the
+    /// proxy itself vouches for it, as ztunnel's local path does). Same-node
+    /// callers the dataplane does not steer to 15001 (unmeshed, or excluded
+    /// outbound) reach 15006 and the plain inbound path.
     pub(crate) fn gate_local(
         &self,
         cfg: &CompiledConfig,
