@@ -3,7 +3,9 @@
 mod bpf_common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+};
 use std::time::Duration;
 
 use bpf_common::*;
@@ -851,25 +853,20 @@ fn underlay_inbound_capture_from_another_node_reaches_the_inbound_listener() {
     assert_eq!(counters(&dp1, "uid-b").steered_inbound, 2);
 }
 
-/// The hops `busybox traceroute` prints: the address of each hop, `*` when
-/// none answered.
-fn traceroute(from: &Netns, to: Ipv4Addr) -> Vec<String> {
+/// The hops `busybox traceroute` (or `traceroute6`) prints: the address of
+/// each hop, `*` when none answered.
+fn traceroute(from: &Netns, to: IpAddr) -> Vec<String> {
+    let tool = if to.is_ipv6() {
+        "traceroute6"
+    } else {
+        "traceroute"
+    };
     let out = exec(
         from,
         "busybox",
-        &[
-            "traceroute",
-            "-n",
-            "-q",
-            "1",
-            "-w",
-            "2",
-            "-m",
-            "5",
-            &to.to_string(),
-        ],
+        &[tool, "-n", "-q", "1", "-w", "2", "-m", "5", &to.to_string()],
     )
-    .expect("traceroute");
+    .expect(tool);
     out.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
@@ -914,7 +911,7 @@ fn ttl_exceeded_is_answered_with_icmp_time_exceeded_so_traceroute_sees_the_dpus(
     ];
 
     // Same node: the DPU is the one hop between a and b.
-    let hops = traceroute(&pa, ip_b);
+    let hops = traceroute(&pa, ip_b.into());
     assert_eq!(hops, [gw1.to_string(), ip_b.to_string()], "a -> b");
 
     for mode in [MODE_UNDERLAY, MODE_OVERLAY] {
@@ -931,7 +928,7 @@ fn ttl_exceeded_is_answered_with_icmp_time_exceeded_so_traceroute_sees_the_dpus(
         let c_before = counters(&dps[1], "uid-c").drop_count(DropReason::TtlExceeded);
         // Across nodes: DPU 1 (TTL 1 from a), DPU 2 (TTL 1 on arrival from
         // the fabric, answered back across the fabric), then c itself.
-        let hops = traceroute(&pa, ip_c);
+        let hops = traceroute(&pa, ip_c.into());
         assert_eq!(
             hops,
             [gw1.to_string(), gw2.to_string(), ip_c.to_string()],
@@ -1039,32 +1036,6 @@ fn tcp6_roundtrip(client: &Netns, server: &Netns, ip: Ipv6Addr, port: u16, msg: 
     srv.join().unwrap();
 }
 
-fn traceroute6(from: &Netns, to: Ipv6Addr) -> Vec<String> {
-    let out = exec(
-        from,
-        "busybox",
-        &[
-            "traceroute6",
-            "-n",
-            "-q",
-            "1",
-            "-w",
-            "2",
-            "-m",
-            "5",
-            &to.to_string(),
-        ],
-    )
-    .expect("traceroute6");
-    out.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            w.next()?.parse::<u32>().ok()?;
-            w.next().map(str::to_string)
-        })
-        .collect()
-}
-
 #[test]
 fn dual_stack_pods_talk_ipv6_through_the_dataplane_on_a_node_and_across_nodes() {
     let sim = SimGuard::up(
@@ -1154,7 +1125,7 @@ fn dual_stack_pods_talk_ipv6_through_the_dataplane_on_a_node_and_across_nodes() 
     ping(&pa, ip_c).expect("a -> c IPv4 beside IPv6");
 
     eprintln!("step: traceroute6 (ICMPv6 time exceeded from both DPUs)");
-    let hops = traceroute6(&pa, ip6_c);
+    let hops = traceroute(&pa, ip6_c.into());
     assert_eq!(
         hops,
         [gw6_1.to_string(), gw6_2.to_string(), ip6_c.to_string()],
@@ -1268,7 +1239,7 @@ fn dual_stack_pods_talk_ipv6_through_the_dataplane_on_a_node_and_across_nodes() 
         tx_after >= tx_before + 6,
         "IPv6 went through the tunnel: {tx_before} -> {tx_after}"
     );
-    let hops = traceroute6(&pa, ip6_c);
+    let hops = traceroute(&pa, ip6_c.into());
     assert_eq!(
         hops,
         [gw6_1.to_string(), gw6_2.to_string(), ip6_c.to_string()],
