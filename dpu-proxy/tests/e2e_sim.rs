@@ -27,35 +27,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 
+#[path = "support/sim.rs"]
+mod sim;
+use sim::{dataplane_bin, exec, push, requests_total, runtime, wait_listening};
+
 const VIP: &str = "10.96.0.10";
 const SERVER_PORT: u16 = 8080;
 const HOST: &str = "web.default.svc.cluster.local";
-
-fn dataplane_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_dpu-proxy")).with_file_name("dpumesh-dataplane");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace binaries first (cargo build --workspace --bins)",
-        p.display()
-    );
-    p
-}
-
-/// Runs a command in `ns`; stdout, or a panic naming what failed.
-fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// What the CNI does: VF `vf` of `node` into a new pod netns as eth0, with
 /// `ip`/24 and a default route via the node's gateway (answered by the dataplane).
@@ -88,30 +66,6 @@ fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -
     ns
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Waits until something accepts TCP on `addr` from inside `ns`.
-fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let up = ns
-            .run(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })
-            .expect("netns");
-        if up {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Registers the node network and the pods with the dataplane, over its gRPC
 /// API from the host netns (as the CNI does).
 fn register(host: &Netns, mgmt: String, network: NodeNetwork, pods: Vec<PodSteering>) {
@@ -131,25 +85,6 @@ fn register(host: &Netns, mgmt: String, network: NodeNetwork, pods: Vec<PodSteer
                     .await
                     .unwrap_or_else(|e| panic!("AddPod {uid}: {e}"));
             }
-        })
-    })
-    .expect("host netns");
-}
-
-/// Pushes `config` to the proxy from the host netns; panics unless acknowledged.
-fn push(host: &Netns, mgmt: String, config: NodeConfig) {
-    host.run(move || {
-        runtime().block_on(async move {
-            let mut c = dpumesh_api::client::proxy_config(&mgmt)
-                .await
-                .expect("proxy control client");
-            let r = dpumesh_api::client::push_config(&mut c, &config)
-                .await
-                .expect("PushConfig");
-            assert!(
-                r.errors.is_empty() && r.serving_version == config.version,
-                "push refused: {r:?}"
-            );
         })
     })
     .expect("host netns");
@@ -280,19 +215,6 @@ fn admin(dpu: &Netns, path: &str) -> String {
     );
     assert_eq!(status, StatusCode::OK, "admin {path}: {body}");
     body
-}
-
-/// Value of the `istio_requests_total` series whose labels include all of `want`.
-fn requests_total(metrics: &str, want: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
-        .filter(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn steering(uid: &str, name: &str, node: &Node, vf: usize, ip: Ipv4Addr) -> PodSteering {

@@ -35,7 +35,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[path = "support/sim.rs"]
+mod sim;
 use serde_json::json;
+use sim::{dataplane_bin, exec, push, requests_total, runtime, wait_listening};
 
 const TD: &str = "cluster.local";
 const APP_PORT: u16 = 8080;
@@ -51,16 +55,6 @@ const SERVER_B_ID: &str = "spiffe://cluster.local/ns/default/sa/server-b";
 /// Envoy's listeners for the negative cases (plain TCP in, HBONE out).
 const WRONG_SAN_PORT: u16 = 15002;
 const OTHER_TD_PORT: u16 = 15003;
-
-fn dataplane_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_dpu-proxy")).with_file_name("dpumesh-dataplane");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace binaries first (cargo build --workspace --bins)",
-        p.display()
-    );
-    p
-}
 
 /// Envoy's real binary (not the `.venv/bin/envoy` Python wrapper, so that the
 /// PID we stop is Envoy's): `$DPUMESH_ENVOY`, else the repo's `.venv`.
@@ -83,22 +77,6 @@ fn envoy_bin() -> PathBuf {
     })
 }
 
-/// Runs a command in `ns`; stdout, or a panic naming what failed.
-fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// What the CNI does: VF `vf` of `node` into a new pod netns as eth0.
 fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Netns {
     let ns = sim.pod_add(pod).expect("pod netns");
@@ -115,30 +93,6 @@ fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -
     let gw = node.pod_gateway.to_string();
     exec(&ns, "ip", &["route", "add", "default", "via", &gw]);
     ns
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Waits until something accepts TCP on `addr` from inside `ns`.
-fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let up = ns
-            .run(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })
-            .expect("netns");
-        if up {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn steering(
@@ -270,25 +224,6 @@ fn start_node(
     .expect("spawn dpu-proxy");
     wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
     proxy_mgmt
-}
-
-/// Pushes `config` to the proxy from the host netns; panics unless acknowledged.
-fn push(host: &Netns, mgmt: String, config: NodeConfig) {
-    host.run(move || {
-        runtime().block_on(async move {
-            let mut c = dpumesh_api::client::proxy_config(&mgmt)
-                .await
-                .expect("proxy control client");
-            let r = dpumesh_api::client::push_config(&mut c, &config)
-                .await
-                .expect("PushConfig");
-            assert!(
-                r.errors.is_empty() && r.serving_version == config.version,
-                "push refused: {r:?}"
-            );
-        })
-    })
-    .expect("host netns");
 }
 
 /// A real HTTP server (hyper, HTTP/1.1 + h2c) in a pod: answers
@@ -439,19 +374,6 @@ fn envoy_counter(ns: &Netns, name: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// Sum of the `istio_requests_total` series whose labels include all of `want`.
-fn requests_total(metrics: &str, want: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
-        .filter(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The last lines of a simulator process's log, for failure messages.
