@@ -154,7 +154,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             return Err(e).context("dpumesh sim up");
         }
     };
-    tear_down_on_ctrl_c(sim.cluster().to_string());
+    crate::interrupt::tear_down_on_signal(sim.cluster().to_string());
     let result = run_steps(&sim, &bins, &args);
     if let Err(e) = &result {
         eprintln!("\nthe demo failed: {e:#}");
@@ -182,22 +182,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Ctrl-C while the demo runs: tear the cluster down, then exit.
-fn tear_down_on_ctrl_c(cluster: String) {
-    let _ = std::thread::Builder::new()
-        .name("ctrl-c".into())
-        .spawn(move || {
-            let Ok(rt) = http::runtime() else { return };
-            if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
-                eprintln!("\ninterrupted: tearing cluster {cluster} down");
-                if let Err(e) = dpumesh_sim::down(&cluster) {
-                    eprintln!("dpumesh sim down -c {cluster}: {e}");
-                }
-                std::process::exit(130);
-            }
-        });
 }
 
 fn print_explore(sim: &Sim) {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod config_dump;
 pub mod demo;
+pub mod interrupt;
 pub mod sim;
 pub mod top;
 

@@ -43,3 +43,43 @@ fn quick_proxy_bench_measures_every_case_and_ends_with_json() {
     let left = leftovers(&cluster).expect("list leftovers");
     assert!(left.is_empty(), "bench left behind: {left:?}");
 }
+
+/// A bench killed while its cluster is up (SIGTERM, as `kill` or a CI
+/// timeout sends) tears the cluster down and exits 143: no netns, process or
+/// pin is left behind.
+#[test]
+fn a_bench_killed_with_sigterm_leaves_nothing_behind() {
+    let cluster = unique_cluster("bpxk");
+    let _down = Down(cluster.clone());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dpumesh"))
+        .args(["bench", "proxy", "--quick", "--cluster", &cluster])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the bench");
+    // Wait until the cluster is up (its netns exist).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while leftovers(&cluster).expect("leftovers").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench never brought its cluster up"
+        );
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the bench exited early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("tearing cluster"), "{stderr}");
+    let left = leftovers(&cluster).expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

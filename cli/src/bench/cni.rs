@@ -186,6 +186,7 @@ pub fn run(args: CniArgs) -> Result<()> {
             .with_vfs(2),
     )
     .context("starting the simulator cluster")?;
+    crate::interrupt::tear_down_on_signal(sim.cluster().to_string());
     let node = sim.node(1)?.clone();
     let mgmt = format!("{}:{DATAPLANE_PORT}", node.mgmt_dpu.addr());
     eprintln!(

@@ -361,6 +361,7 @@ pub fn run(args: DataplaneArgs) -> Result<()> {
             .with_vfs(2),
     )
     .context("starting the simulator cluster")?;
+    crate::interrupt::tear_down_on_signal(sim.cluster().to_string());
     let node = sim.node(1)?.clone();
     let mgmt = format!("{}:{CONTROL_PORT}", node.mgmt_dpu.addr());
 

@@ -239,6 +239,7 @@ pub fn run(args: MeshArgs) -> Result<()> {
         .with_vfs(3),
     )
     .context("starting the simulator cluster")?;
+    crate::interrupt::tear_down_on_signal(sim.cluster().to_string());
     let mtls = !args.plaintext;
     let bench = Bench::setup(&sim, programs, mtls)?;
     eprintln!(

@@ -191,6 +191,7 @@ pub fn run(args: MtlsArgs) -> Result<()> {
         .with_vfs(1),
     )
     .context("starting the simulator cluster")?;
+    crate::interrupt::tear_down_on_signal(sim.cluster().to_string());
     let bench = Bench::setup(&sim, &dpu_proxy, &dataplane)?;
     eprintln!(
         "cluster {}: {CLIENT_POD} on node 1 → {SERVICE} → {SERVER_POD} on node 2; {} req/s over {} connections",

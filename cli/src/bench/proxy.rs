@@ -213,6 +213,7 @@ pub fn run(args: ProxyArgs) -> Result<()> {
         .with_vfs(2),
     )
     .context("starting the simulator cluster")?;
+    crate::interrupt::tear_down_on_signal(sim.cluster().to_string());
     let bench = Bench::setup(&sim, programs)?;
     eprintln!(
         "cluster {}: client pod {CLIENT_IP} → {VIP}:80 steered to :{OUTBOUND} in {} → nginx in pod {SERVER_IP}",
