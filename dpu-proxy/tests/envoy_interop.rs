@@ -17,10 +17,8 @@
 //! Needs the workspace binaries (`cargo build --workspace --bins`) and Envoy
 //! (`scripts/setup.sh`, or `DPUMESH_ENVOY=/path/to/envoy`).
 
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,15 +29,14 @@ use dpumesh_api::proto::v1::{
 };
 use dpumesh_api::NodeConfig;
 use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[path = "support/sim.rs"]
 mod sim;
 use serde_json::json;
-use sim::{dataplane_bin, exec, push, requests_total, runtime, wait_listening};
+use sim::{dataplane_bin, exec, push, requests_total, runtime, wait_listening, PodServer};
 
 const TD: &str = "cluster.local";
 const APP_PORT: u16 = 8080;
@@ -224,80 +221,6 @@ fn start_node(
     .expect("spawn dpu-proxy");
     wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
     proxy_mgmt
-}
-
-/// A real HTTP server (hyper, HTTP/1.1 + h2c) in a pod: answers
-/// `served by <name> to <peer ip>` and records every peer.
-struct PodServer {
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PodServer {
-    fn start(ns: &Netns, name: &'static str, port: u16) -> PodServer {
-        let listener = ns
-            .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
-            .expect("netns")
-            .expect("bind the pod server");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let peers = Arc::new(Mutex::new(Vec::new()));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let seen = peers.clone();
-        let thread = std::thread::spawn(move || {
-            runtime().block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                loop {
-                    let (stream, peer) = tokio::select! {
-                        _ = &mut stopped => return,
-                        r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    };
-                    if let Ok(mut p) = seen.lock() {
-                        p.push(peer);
-                    }
-                    tokio::spawn(async move {
-                        let svc =
-                            hyper::service::service_fn(move |_req: Request<Incoming>| async move {
-                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                                    "served by {name} to {}",
-                                    peer.ip()
-                                )))))
-                            });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            })
-        });
-        PodServer {
-            peers,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn hits(&self) -> usize {
-        self.peers.lock().map(|p| p.len()).unwrap_or(0)
-    }
-
-    fn peer_ips(&self) -> Vec<std::net::IpAddr> {
-        self.peers
-            .lock()
-            .map(|p| p.iter().map(|a| a.ip()).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for PodServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// One GET from inside `ns` to `to` (HTTP/1.1, or h2c with prior knowledge);

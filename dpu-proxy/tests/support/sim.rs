@@ -3,9 +3,17 @@
 //! `envoy_interop.rs`).
 #![allow(dead_code)]
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use dpumesh_api::NodeConfig;
 use dpumesh_sim::Netns;
@@ -89,5 +97,79 @@ pub fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
         }
         assert!(Instant::now() < deadline, "{what} never listened on {addr}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real HTTP/1.1 + h2c server (hyper) in a pod: answers 200 with
+/// `served by <name> to <peer ip>` and records every peer address.
+pub struct PodServer {
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodServer {
+    pub fn start(ns: &Netns, name: &'static str, port: u16) -> PodServer {
+        let listener = ns
+            .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+            .expect("netns")
+            .expect("bind the pod server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let seen = peers.clone();
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                loop {
+                    let (stream, peer) = tokio::select! {
+                        _ = &mut stopped => return,
+                        r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    };
+                    if let Ok(mut p) = seen.lock() {
+                        p.push(peer);
+                    }
+                    tokio::spawn(async move {
+                        let svc =
+                            hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                                    "served by {name} to {}",
+                                    peer.ip()
+                                )))))
+                            });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        });
+        PodServer {
+            peers,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.peers.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    pub fn peer_ips(&self) -> Vec<std::net::IpAddr> {
+        self.peers
+            .lock()
+            .map(|p| p.iter().map(|a| a.ip()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PodServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
