@@ -15,10 +15,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dpu_proxy::hbone::{HboneClient, HboneServer, InboundGate, InboundTunnel};
+use dpu_proxy::hbone::{HboneClient, HboneServer};
 use dpu_proxy::identity::{CertStore, IstiodCa, IstiodCaConfig, SpiffeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -28,45 +28,16 @@ mod fake_istiod;
 
 use fake_istiod::{make_ca, FakeIstiod, Mode, Seen, ISTIOD_NAME, OWN, TD, TOKEN};
 
+#[path = "support/hbone_peers.rs"]
+mod hbone_peers;
+use hbone_peers::{echo_server, Recorder};
+
 fn id(ns: &str, sa: &str) -> SpiffeId {
     SpiffeId::new(TD, ns, sa).expect("valid id")
 }
 
 // ---------------------------------------------------------------------------
 // HBONE around it (as in tests/mtls.rs).
-
-async fn echo_server(ip: &str) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).await.expect("bind echo");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut out = b"echo:".to_vec();
-                    out.extend_from_slice(&buf[..n]);
-                    if s.write_all(&out).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<InboundTunnel>>);
-
-impl InboundGate for Recorder {
-    fn check(&self, t: &InboundTunnel) -> Result<(), String> {
-        self.0.lock().expect("lock").push(t.clone());
-        Ok(())
-    }
-}
 
 struct Node {
     server: Arc<HboneServer>,

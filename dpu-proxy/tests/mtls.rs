@@ -3,7 +3,7 @@
 //! front of a real echo server, and the pooled HBONE client.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dpu_proxy::authz::{PolicyGate, PolicyIndex};
@@ -13,6 +13,10 @@ use dpumesh_api::config::NodeConfig;
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "support/hbone_peers.rs"]
+mod hbone_peers;
+use hbone_peers::{echo_server, Recorder};
 use tokio::net::TcpListener;
 
 const TD: &str = "cluster.local";
@@ -33,41 +37,6 @@ async fn store(issuer: Arc<dyn CertIssuer>, pods: &[(SpiffeId, &str)]) -> Arc<Ce
         .collect();
     s.sync(&pods).await.expect("sync");
     Arc::new(s)
-}
-
-/// A real TCP echo server answering "echo:<bytes>" per read.
-async fn echo_server(ip: &str) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).await.expect("bind echo");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut out = b"echo:".to_vec();
-                    out.extend_from_slice(&buf[..n]);
-                    if s.write_all(&out).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// Records every tunnel it admits.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<InboundTunnel>>);
-
-impl InboundGate for Recorder {
-    fn check(&self, t: &InboundTunnel) -> Result<(), String> {
-        self.0.lock().expect("lock").push(t.clone());
-        Ok(())
-    }
 }
 
 struct Node {
