@@ -200,32 +200,8 @@ async fn streamed_inventory_adds_and_removes_pods_and_survives_a_controller_rest
     // The adapter's directory: only xDS resources (the per-pod directory names a
     // pod the cluster does not have: skipped); no node/pods/services files.
     let dir = tmp.path().join("adapter");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo/xds"),
-        &dir.join("xds"),
-    );
     let proxy = DpuProxy::start().await;
-    let mut adapter = Reaped(
-        Command::new(workspace_binary("dpumesh-controller"))
-            .args(["adapter", "--local-dir"])
-            .arg(&dir)
-            .args([
-                "--node",
-                "node-1",
-                "--proxy-addr",
-                &proxy.mgmt_addr,
-                "--inventory-addr",
-                &format!("http://{grpc}"),
-                "--poll-ms",
-                "100",
-            ])
-            .env("DPUMESH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn adapter"),
-    );
+    let mut adapter = local_adapter_on_the_stream(&dir, &grpc, &proxy);
 
     // The first inventory: one pod, translated with the directory's xDS.
     let (v1, c) = wait_pods(&proxy, &mut adapter, &["productpage-v1"]).await;
@@ -321,32 +297,8 @@ async fn streamed_endpoints_give_remote_endpoints_their_node_and_hbone_mark() {
     let controller_args = ["--leader-elect=false", "--grpc-addr", grpc.as_str()];
     let _controller = Controller::start(&kubeconfig, &tmp.path().join("out"), &controller_args);
     let dir = tmp.path().join("adapter");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo/xds"),
-        &dir.join("xds"),
-    );
     let proxy = DpuProxy::start().await;
-    let mut adapter = Reaped(
-        Command::new(workspace_binary("dpumesh-controller"))
-            .args(["adapter", "--local-dir"])
-            .arg(&dir)
-            .args([
-                "--node",
-                "node-1",
-                "--proxy-addr",
-                &proxy.mgmt_addr,
-                "--inventory-addr",
-                &format!("http://{grpc}"),
-                "--poll-ms",
-                "100",
-            ])
-            .env("DPUMESH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn adapter"),
-    );
+    let mut adapter = local_adapter_on_the_stream(&dir, &grpc, &proxy);
     let (_, c) = wait_pods(&proxy, &mut adapter, &["productpage-v1"]).await;
     let endpoint = |host: &str, address: &str| {
         let svc = c
@@ -380,4 +332,35 @@ async fn streamed_endpoints_give_remote_endpoints_their_node_and_hbone_mark() {
         (String::new(), None, String::new()),
         "an address the cluster does not know"
     );
+}
+
+/// The adapter binary for node-1: Bookinfo's xDS from `dir/xds` (copied from
+/// the fixtures), its inventory from the controller's stream at `grpc`,
+/// pushing to `proxy`.
+fn local_adapter_on_the_stream(dir: &Path, grpc: &str, proxy: &DpuProxy) -> Reaped {
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo/xds"),
+        &dir.join("xds"),
+    );
+    Reaped(
+        Command::new(workspace_binary("dpumesh-controller"))
+            .args(["adapter", "--local-dir"])
+            .arg(dir)
+            .args([
+                "--node",
+                "node-1",
+                "--proxy-addr",
+                &proxy.mgmt_addr,
+                "--inventory-addr",
+                &format!("http://{grpc}"),
+                "--poll-ms",
+                "100",
+            ])
+            .env("DPUMESH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn adapter"),
+    )
 }
