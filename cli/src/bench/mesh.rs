@@ -925,15 +925,7 @@ impl<'a> Bench<'a> {
         } else {
             ("none", "mutual_tls")
         };
-        let count = |policy: &str| {
-            let label = format!("connection_security_policy=\"{policy}\"");
-            metrics
-                .lines()
-                .filter(|l| l.starts_with("istio_requests_total{"))
-                .filter(|l| l.contains("reporter=\"destination\"") && l.contains(&label))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>()
-        };
+        let count = |policy: &str| super::mtls::inbound_requests(&metrics, policy);
         if count(want) <= 0.0 || count(other) > 0.0 {
             bail!(
                 "dpumesh: node 2 counted {} inbound request(s) as {want} and {} as {other}",

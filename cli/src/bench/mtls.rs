@@ -612,7 +612,7 @@ fn check_path(t: Transport, tunnels: u64, total: u64, mine: f64, others: f64) ->
 
 /// Sum of node 2's `istio_requests_total` with `reporter="destination"` and
 /// the given `connection_security_policy`, from Prometheus text.
-fn inbound_requests(metrics: &str, policy: &str) -> f64 {
+pub(crate) fn inbound_requests(metrics: &str, policy: &str) -> f64 {
     let want = format!("connection_security_policy=\"{policy}\"");
     metrics
         .lines()
