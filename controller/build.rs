@@ -4,5 +4,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&["proto/dpumesh/controller/v1/inventory.proto"], &["proto"])?;
+    // Istio's workload API (proto/istio/README.md): messages only.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_protos(
+            &[
+                "proto/istio/workload/workload.proto",
+                "proto/istio/security/authorization.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -12,4 +12,5 @@ pub mod leader;
 pub mod local;
 pub mod push;
 pub mod translate;
+pub mod workload;
 pub mod xds;

@@ -11,6 +11,7 @@ use dpumesh_controller::inventory::Inventory;
 use dpumesh_controller::inventory_client::{self, Received};
 use dpumesh_controller::local;
 use dpumesh_controller::push::{Pushed, Pusher};
+use dpumesh_controller::workload::{self, WorkloadSettings, XdsApi};
 use dpumesh_controller::xds::ads::{self, AdsSettings, XdsVariant};
 
 type InventoryRx = tokio::sync::watch::Receiver<Option<Arc<Received>>>;
@@ -112,6 +113,34 @@ struct AdapterArgs {
     /// ADS mode: the xDS protocol variant (delta: incremental, Istio's default for proxies since 1.22; sotw: state of the world).
     #[arg(long, value_enum, default_value_t = XdsVariant::Delta)]
     xds_variant: XdsVariant,
+    /// ADS mode: envoy (LDS/RDS/CDS/EDS, one stream per pod, as its sidecar) or workload (Istio's workload API, one stream per node, as ztunnel).
+    #[arg(long, value_enum, default_value_t = XdsApi::Envoy)]
+    xds_api: XdsApi,
+    /// --xds-api workload: this adapter's pod name (in the ztunnel node id).
+    #[arg(long, env = "POD_NAME", default_value = "dpumesh-adapter")]
+    pod_name: String,
+    /// --xds-api workload: this adapter's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pod_namespace: String,
+    /// --xds-api workload: this adapter's IP (ztunnel's default when unknown: 1.1.1.1).
+    #[arg(long, env = "INSTANCE_IP", default_value = "1.1.1.1")]
+    instance_ip: String,
+}
+
+/// The xDS client of ADS mode, by `--xds-api`.
+#[derive(Debug, Clone)]
+enum XdsClient {
+    Envoy(AdsSettings),
+    Workload(WorkloadSettings),
+}
+
+impl XdsClient {
+    async fn run(self, inventory: Inventory) {
+        match self {
+            XdsClient::Envoy(s) => ads::run(s, inventory).await,
+            XdsClient::Workload(s) => workload::run(s, inventory).await,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -247,11 +276,21 @@ async fn adapter(a: AdapterArgs) -> ExitCode {
         eprintln!("adapter: give --local-dir DIR, or --xds-addr URL with --inventory-dir DIR or --inventory-addr URL");
         return ExitCode::from(2);
     };
-    let settings = AdsSettings {
-        xds_addr,
-        proxy_addr: a.proxy_addr.clone(),
-        istio_version: a.istio_version.clone(),
-        variant: a.xds_variant,
+    let settings = match a.xds_api {
+        XdsApi::Envoy => XdsClient::Envoy(AdsSettings {
+            xds_addr,
+            proxy_addr: a.proxy_addr.clone(),
+            istio_version: a.istio_version.clone(),
+            variant: a.xds_variant,
+        }),
+        XdsApi::Workload => XdsClient::Workload(WorkloadSettings {
+            xds_addr,
+            proxy_addr: a.proxy_addr.clone(),
+            istio_version: a.istio_version.clone(),
+            pod_name: a.pod_name.clone(),
+            pod_namespace: a.pod_namespace.clone(),
+            instance_ip: a.instance_ip.clone(),
+        }),
     };
     if let Some(rx) = stream {
         return ads_streamed(settings, rx).await;
@@ -268,7 +307,7 @@ async fn adapter(a: AdapterArgs) -> ExitCode {
         }
     };
     tokio::select! {
-        () = ads::run(settings, inventory) => ExitCode::SUCCESS,
+        () = settings.run(inventory) => ExitCode::SUCCESS,
         _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
     }
 }
@@ -282,7 +321,7 @@ struct AdsSession {
 }
 
 impl AdsSession {
-    fn start(settings: AdsSettings, inventory: Inventory) -> std::io::Result<AdsSession> {
+    fn start(settings: XdsClient, inventory: Inventory) -> std::io::Result<AdsSession> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("ads-session".into())
@@ -299,7 +338,7 @@ impl AdsSession {
                 };
                 runtime.block_on(async move {
                     tokio::select! {
-                        () = ads::run(settings, inventory) => {}
+                        () = settings.run(inventory) => {}
                         _ = stopped => {}
                     }
                 });
@@ -325,7 +364,7 @@ impl Drop for AdsSession {
 
 /// ADS mode with the streamed inventory: a new ADS session (streams for exactly
 /// the inventory's meshed pods) whenever the inventory changes.
-async fn ads_streamed(settings: AdsSettings, mut rx: InventoryRx) -> ExitCode {
+async fn ads_streamed(settings: XdsClient, mut rx: InventoryRx) -> ExitCode {
     let mut session = None;
     loop {
         let received = tokio::select! {
