@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::dataplane::{Dataplane, DpError};
 use crate::ipam::Ipam;
+use crate::k8s::{PodAnnotator, VfAnnotations};
 use crate::netlink::{format_mac, in_netns, open_netns, parse_mac, Netlink};
 use crate::spec::config::peek_version;
 use crate::spec::{
@@ -158,8 +159,10 @@ impl Node {
             self.teardown(&old, self.netns()?.as_ref(), &self.env)?;
         }
 
-        // Find the IPAM plugin before taking a VF: a config error costs nothing.
+        // Find the IPAM plugin and read the kubeconfig before taking a VF: a
+        // config error costs nothing.
         let ipam = Ipam::new(&self.conf, &self.env)?;
+        let annotator = self.annotator()?;
         let (mut vf, _vf_lock) = self.allocate()?;
         self.pool.prepare(&mut vf)?;
         let mut claim = Claim {
@@ -177,7 +180,7 @@ impl Node {
         };
         self.state.write_claim(&self.pool_id, &claim)?;
 
-        match self.setup(&vf, &mut claim, &pod_ns, &ipam) {
+        match self.setup(&vf, &mut claim, &pod_ns, &ipam, annotator.as_ref()) {
             Ok(r) => Ok(r),
             Err(e) => {
                 tracing::warn!(error = %e, "ADD failed, rolling back");
@@ -186,6 +189,35 @@ impl Node {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// The Kubernetes client and the pod's namespace and name, when the
+    /// config has `kubernetes` and the runtime named the pod (`CNI_ARGS`).
+    fn annotator(&self) -> CniResult<Option<(PodAnnotator, String, String)>> {
+        let Some(k) = &self.conf.kubernetes else {
+            return Ok(None);
+        };
+        let (Some(namespace), Some(name)) = (&self.env.pod.namespace, &self.env.pod.name) else {
+            tracing::info!(
+                "no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS: not a Kubernetes pod, no annotations"
+            );
+            return Ok(None);
+        };
+        let client = PodAnnotator::new(&k.kubeconfig, k.timeout)?;
+        Ok(Some((client, namespace.clone(), name.clone())))
+    }
+
+    /// DEL: the pod's VF annotations come off (best effort: DEL succeeds
+    /// anyway; the controller ignores annotations of a pod without an IP and
+    /// of finished pods, and a new sandbox's ADD overwrites them).
+    fn clear_annotations(&self, container_id: &str) {
+        let r = self.annotator().and_then(|a| match a {
+            Some((k, namespace, name)) => k.clear(&namespace, &name, container_id),
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "DEL: the pod's VF annotations stay");
         }
     }
 
@@ -287,6 +319,7 @@ impl Node {
         claim: &mut Claim,
         pod_ns: &File,
         ipam: &Ipam,
+        annotator: Option<&(PodAnnotator, String, String)>,
     ) -> CniResult<AddResult> {
         // IPAM runs while the VF moves: host-local only writes its files, and
         // the move mostly waits on the kernel (an RCU grace period). The claim
@@ -355,6 +388,20 @@ impl Node {
         self.dp
             .add_pod(self.steering(claim))
             .map_err(|e| e.into_cni("AddPod", self.dp.addr()))?;
+        // Last: the annotations tell the controller the pod is on this VF, so
+        // they must not be written for an attachment that is rolled back.
+        if let Some((k, namespace, name)) = annotator {
+            k.annotate(
+                namespace,
+                name,
+                &VfAnnotations {
+                    vf_index: claim.vf.index,
+                    mac: claim.vf.mac.clone(),
+                    representor: claim.vf.representor.clone(),
+                    sandbox: claim.container_id.clone(),
+                },
+            )?;
+        }
         claim.phase = Phase::Ready;
         self.state.write_claim(&self.pool_id, claim)?;
 
@@ -444,7 +491,11 @@ impl Node {
                 let _vf_lock = self.state.lock_vf(&self.pool_id, claim.vf.index)?;
                 // Re-read under the VF lock: a concurrent GC may have finished it.
                 match self.state.read_claim(&self.pool_id, claim.vf.index)? {
-                    Some(c) if c == claim => self.teardown(&claim, pod_ns.as_ref(), &self.env),
+                    Some(c) if c == claim => {
+                        self.teardown(&claim, pod_ns.as_ref(), &self.env)?;
+                        self.clear_annotations(&claim.container_id);
+                        Ok(())
+                    }
                     _ => self.release_unclaimed(&self.env),
                 }
             }

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod dataplane;
 pub mod install;
 pub mod ipam;
+pub mod k8s;
 pub mod netlink;
 pub mod spec;
 pub mod state;

@@ -22,6 +22,7 @@ pub const DEFAULT_DATAPLANE: &str = "192.168.100.2:15081";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/dpumesh";
 pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
 pub const DEFAULT_DATAPLANE_TIMEOUT_MS: u64 = 2000;
+pub const DEFAULT_KUBERNETES_TIMEOUT_MS: u64 = 3000;
 
 /// Which VF pool to draw from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,21 @@ pub struct InterceptionConf {
     pub exclude_outbound_cidrs: Vec<IpNet>,
     #[serde(default)]
     pub exclude_outbound_ports: Vec<u16>,
+}
+
+/// `kubernetes`: where the plugin writes the pod's VF annotations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KubernetesWire {
+    kubeconfig: Option<PathBuf>,
+    timeout_ms: Option<u64>,
+}
+
+/// The parsed `kubernetes` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConf {
+    pub kubeconfig: PathBuf,
+    pub timeout: Duration,
 }
 
 /// One entry of `cni.dev/valid-attachments` (GC).
@@ -89,6 +105,8 @@ pub struct NetConf {
     pub meshed: bool,
     pub interception: InterceptionConf,
     pub state_dir: PathBuf,
+    /// Where to write the pod's VF annotations; `None`: nowhere.
+    pub kubernetes: Option<KubernetesConf>,
     pub valid_attachments: Option<Vec<Attachment>>,
     /// The whole input, handed to the IPAM plugin.
     pub raw: Value,
@@ -122,6 +140,7 @@ struct Wire {
     meshed: Option<bool>,
     interception: Option<InterceptionConf>,
     state_dir: Option<PathBuf>,
+    kubernetes: Option<KubernetesWire>,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<Attachment>>,
 }
@@ -342,6 +361,37 @@ impl NetConf {
             ));
         }
 
+        let kubernetes = match w.kubernetes {
+            None => None,
+            Some(k) => {
+                let kubeconfig = k.kubeconfig.ok_or_else(|| {
+                    CniError::config(
+                        "invalid network config: \"kubernetes.kubeconfig\" is missing",
+                        "set it to the kubeconfig the plugin uses to annotate pods, or drop \"kubernetes\"",
+                    )
+                })?;
+                if !kubeconfig.is_absolute() {
+                    return Err(invalid(
+                        "kubernetes.kubeconfig",
+                        &kubeconfig,
+                        "\"kubernetes.kubeconfig\" must be an absolute path",
+                    ));
+                }
+                let ms = k.timeout_ms.unwrap_or(DEFAULT_KUBERNETES_TIMEOUT_MS);
+                if !(1..=60_000).contains(&ms) {
+                    return Err(invalid(
+                        "kubernetes.timeoutMs",
+                        ms,
+                        "\"kubernetes.timeoutMs\" must be 1..=60000",
+                    ));
+                }
+                Some(KubernetesConf {
+                    kubeconfig,
+                    timeout: Duration::from_millis(ms),
+                })
+            }
+        };
+
         let device_id = w
             .runtime_config
             .device_id
@@ -372,6 +422,7 @@ impl NetConf {
             meshed: w.meshed.unwrap_or(true),
             interception,
             state_dir,
+            kubernetes,
             valid_attachments: w.valid_attachments,
             raw,
         })

@@ -35,6 +35,8 @@ pub mod code {
     pub const CHECK_MISMATCH: u32 = 103;
     /// The VF backend (sysfs / simulator links) is not usable.
     pub const VF_BACKEND: u32 = 104;
+    /// The Kubernetes API server refused the pod annotation (RBAC, no such pod).
+    pub const KUBERNETES: u32 = 105;
 }
 
 /// A spec error. `msg` is a short summary, `details` says what is wrong and
