@@ -93,10 +93,16 @@ pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
     let mut skipped = Vec::new();
     let services = services(state, settings, &mut skipped);
     let mut endpoints = endpoints(state, settings);
-    let mut pods_by_node: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
+    let mut candidates: BTreeMap<String, Vec<(PodSpec, bool)>> = BTreeMap::new();
     for pod in state.pods.iter() {
         match pod_spec(pod, state, settings) {
-            Ok(Some((node, spec))) => pods_by_node.entry(node).or_default().push(spec),
+            Ok(Some((node, spec))) => {
+                let terminating = pod.metadata.deletion_timestamp.is_some();
+                candidates
+                    .entry(node)
+                    .or_default()
+                    .push((spec, terminating));
+            }
             Ok(None) => {}
             Err(why) => skipped.push(format!(
                 "pod {}/{}: {why}",
@@ -105,6 +111,11 @@ pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
             )),
         }
     }
+    let pods_by_node: BTreeMap<String, Vec<PodSpec>> = candidates
+        .into_iter()
+        .map(|(node, pods)| (node, without_conflicts(pods, &mut skipped)))
+        .collect();
+    let mut pods_by_node = pods_by_node;
     // Endpoints carry their pod's identity, and whether it is a meshed pod of a
     // dpumesh node: istiod's EDS has neither (the adapter's HBONE decision,
     // docs/adapter.md).
@@ -207,6 +218,75 @@ fn node_info(node: &Node, settings: &ClusterSettings) -> Result<NodeInfo, String
             subzone: label("topology.istio.io/subzone"),
         },
     })
+}
+
+/// The pods of one node whose VF, MAC, representor and IPs are their own.
+/// Stale annotations or addresses (a sandbox that died, a pod still
+/// terminating while its VF or IP went to a new pod) would otherwise make the
+/// node's NodeConfig invalid (each must be unique), and no config would reach
+/// the node. Live pods that conflict with each other are all left out (which
+/// one really holds the VF is unknown until the CNI rewrites the annotations);
+/// a terminating pod is left out when a live one holds any of its keys.
+fn without_conflicts(pods: Vec<(PodSpec, bool)>, skipped: &mut Vec<String>) -> Vec<PodSpec> {
+    fn keys(p: &PodSpec) -> Vec<String> {
+        let mut k = vec![
+            format!("VF {}", p.vf_index),
+            format!("MAC {}", p.mac),
+            format!("representor {}", p.representor),
+        ];
+        k.extend(p.ips.iter().map(|ip| format!("IP {ip}")));
+        k
+    }
+    let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (p, terminating) in &pods {
+        if !terminating {
+            for k in keys(p) {
+                holders.entry(k).or_default().push(p.key());
+            }
+        }
+    }
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    let mut kept = Vec::new();
+    let (live, dying): (Vec<_>, Vec<_>) = pods.into_iter().partition(|(_, t)| !t);
+    for (p, _) in live {
+        let clash: Vec<String> = keys(&p)
+            .into_iter()
+            .filter_map(|k| {
+                let others: Vec<&String> = holders[&k].iter().filter(|o| **o != p.key()).collect();
+                (!others.is_empty()).then(|| {
+                    let names: Vec<&str> = others.iter().map(|o| o.as_str()).collect();
+                    format!("{k} also claimed by {}", names.join(", "))
+                })
+            })
+            .collect();
+        if clash.is_empty() {
+            for k in keys(&p) {
+                taken.insert(k, p.key());
+            }
+            kept.push(p);
+        } else {
+            skipped.push(format!("pod {}: {}", p.key(), clash.join("; ")));
+        }
+    }
+    for (p, _) in dying {
+        let clash: Vec<String> = keys(&p)
+            .into_iter()
+            .filter_map(|k| taken.get(&k).map(|o| format!("{k} now held by {o}")))
+            .collect();
+        if clash.is_empty() {
+            for k in keys(&p) {
+                taken.insert(k, p.key());
+            }
+            kept.push(p);
+        } else {
+            skipped.push(format!(
+                "pod {} (terminating): {}",
+                p.key(),
+                clash.join("; ")
+            ));
+        }
+    }
+    kept
 }
 
 fn valid_mac(mac: &str) -> bool {
@@ -581,6 +661,50 @@ mod tests {
             [
                 "service a/ext: ExternalName services are not in the mesh inventory",
                 "service a/headless: port 53 (UDP) is not TCP",
+            ]
+        );
+    }
+
+    #[test]
+    fn pods_claiming_the_same_vf_or_address_do_not_break_the_node() {
+        let pod = |name: &str, vf: &str, mac: &str, ip: &str, deleting: bool| {
+            let mut meta = json!({"name": name, "namespace": "default",
+                "annotations": {"dpumesh.io/vf-index": vf, "dpumesh.io/mac": mac}});
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-11-29T10:00:00Z");
+            }
+            json!({"metadata": meta, "spec": {"nodeName": "n1", "containers": []},
+                   "status": {"podIP": ip}})
+        };
+        let s = state(json!({
+            "nodes": [{"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}],
+            "pods": [
+                // Two live pods on one VF: which one holds it is unknown.
+                pod("a", "2", "02:00:00:00:00:02", "10.244.1.5", false),
+                pod("b", "2", "02:00:00:00:00:12", "10.244.1.6", false),
+                // A terminating pod whose IP went to a new pod.
+                pod("old", "3", "02:00:00:00:00:03", "10.244.1.7", true),
+                pod("new", "4", "02:00:00:00:00:04", "10.244.1.7", false),
+                // A terminating pod that conflicts with nobody stays.
+                pod("going", "5", "02:00:00:00:00:05", "10.244.1.9", true),
+            ],
+        }));
+        let built = build(&s, &ClusterSettings::default());
+        let names: Vec<&str> = built.nodes["n1"]
+            .inventory
+            .pods
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["going", "new"]);
+        assert_eq!(
+            built.skipped,
+            [
+                "pod default/a: VF 2 also claimed by default/b; \
+                 representor pf0vf2 also claimed by default/b",
+                "pod default/b: VF 2 also claimed by default/a; \
+                 representor pf0vf2 also claimed by default/a",
+                "pod default/old (terminating): IP 10.244.1.7 now held by default/new",
             ]
         );
     }
