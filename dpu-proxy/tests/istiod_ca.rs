@@ -82,7 +82,7 @@ async fn store_for(
     (s, r)
 }
 
-async fn roundtrip(s: &mut tokio::io::DuplexStream, msg: &str) -> String {
+async fn roundtrip(s: &mut dpu_proxy::hbone::TunnelStream, msg: &str) -> String {
     s.write_all(msg.as_bytes()).await.expect("write");
     let want = format!("echo:{msg}");
     let mut got = vec![0u8; want.len()];

@@ -87,7 +87,7 @@ async fn nth_failure(server: &HboneServer, n: u64) -> String {
     server.stats.last_failure().expect("failure recorded")
 }
 
-async fn roundtrip(s: &mut tokio::io::DuplexStream, msg: &str) -> String {
+async fn roundtrip(s: &mut dpu_proxy::hbone::TunnelStream, msg: &str) -> String {
     s.write_all(msg.as_bytes()).await.expect("write");
     let want = format!("echo:{msg}");
     let mut got = vec![0u8; want.len()];
@@ -559,7 +559,7 @@ async fn http_pod(ip: &str) -> SocketAddr {
 }
 
 /// One HTTP/1.1 GET over a tunnel stream.
-async fn get_over(io: tokio::io::DuplexStream, path: &str) -> (u16, String) {
+async fn get_over(io: dpu_proxy::hbone::TunnelStream, path: &str) -> (u16, String) {
     use http_body_util::{BodyExt, Full};
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
         .await

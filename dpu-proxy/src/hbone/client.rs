@@ -10,11 +10,10 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode, Version};
 use rustls::pki_types::ServerName;
-use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{pipe, HboneError, CHUNK, CONN_WINDOW, STREAM_WINDOW};
+use super::{HboneError, TunnelStream, CONN_WINDOW, STREAM_WINDOW};
 use crate::identity::{tls, CertStore, SpiffeId};
 
 /// Connections are pooled per this key. The destination identity is part of
@@ -59,7 +58,7 @@ impl HboneClient {
         dst: &SpiffeId,
         dial: SocketAddr,
         target: SocketAddr,
-    ) -> Result<DuplexStream, HboneError> {
+    ) -> Result<TunnelStream, HboneError> {
         self.connect_for(src, dst, dial, target, None).await
     }
 
@@ -72,7 +71,7 @@ impl HboneClient {
         dial: SocketAddr,
         target: SocketAddr,
         client: Option<IpAddr>,
-    ) -> Result<DuplexStream, HboneError> {
+    ) -> Result<TunnelStream, HboneError> {
         let key = PoolKey {
             src: src.clone(),
             dst: dst.clone(),
@@ -104,14 +103,7 @@ impl HboneClient {
                 status: resp.status(),
             });
         }
-        let recv = resp.into_body();
-        let (ours, theirs) = tokio::io::duplex(CHUNK);
-        tokio::spawn(async move {
-            if let Err(e) = pipe(send, recv, ours).await {
-                tracing::debug!(%target, error = %e, "HBONE client stream ended with error");
-            }
-        });
-        Ok(theirs)
+        Ok(TunnelStream::new(send, resp.into_body()))
     }
 
     async fn sender(&self, key: &PoolKey, fresh: bool) -> Result<SendRequest<Bytes>, HboneError> {

@@ -9,11 +9,13 @@
 
 mod client;
 mod server;
+mod stream;
 
 pub use client::{HboneClient, PoolKey};
 pub use server::{
     HboneServer, HboneStats, InboundGate, InboundTunnel, TargetPolicy, TunnelHandler,
 };
+pub use stream::TunnelStream;
 
 use std::io;
 

@@ -12,7 +12,7 @@ use http::{Method, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::{pipe, CONN_WINDOW, STREAM_WINDOW};
+use super::{pipe, TunnelStream, CONN_WINDOW, STREAM_WINDOW};
 use crate::identity::{tls, CertStore, SpiffeId};
 
 /// One tunnelled connection as the inbound path sees it.
@@ -44,7 +44,7 @@ pub trait TunnelHandler: Send + Sync {
     /// Before `200`: `Err(policy)` refuses the CONNECT with `403`.
     fn admit(&self, tunnel: &InboundTunnel) -> Result<(), String>;
     /// After `200`: serve the tunnel's bytes.
-    fn deliver(&self, tunnel: InboundTunnel, io: tokio::io::DuplexStream);
+    fn deliver(&self, tunnel: InboundTunnel, io: TunnelStream);
 }
 
 /// Which targets the server may connect to (the pods of this node).
@@ -219,11 +219,7 @@ impl HboneServer {
                 Err(e) => return tracing::debug!(error = %e, "HBONE stream gone before 200"),
             };
             self.stats.streams_ok.fetch_add(1, Ordering::Relaxed);
-            let (ours, theirs) = tokio::io::duplex(super::CHUNK);
-            handler.deliver(tunnel, theirs);
-            if let Err(e) = pipe(send, req.into_body(), ours).await {
-                tracing::debug!(%target, error = %e, "HBONE stream ended with error");
-            }
+            handler.deliver(tunnel, TunnelStream::new(send, req.into_body()));
             return;
         }
         if let Some(gate) = &self.gate {

@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use dpumesh_api::config::InboundPolicy;
@@ -31,13 +31,13 @@ use crate::authz::{
     admit_transport, authorize, effective_principal, AuthzRequest, HttpAttrs, Verdict,
 };
 use crate::compiled::{intern, CompiledConfig};
-use crate::hbone::{InboundTunnel, TunnelHandler};
+use crate::hbone::{InboundTunnel, TunnelHandler, TunnelStream};
 
 /// A downstream or upstream byte stream: a TCP socket, or one HBONE
 /// CONNECT stream (bytes already read for sniffing first).
 pub(crate) enum Io {
     Tcp(TcpStream),
-    Tunnel { io: DuplexStream, prefix: Bytes },
+    Tunnel { io: TunnelStream, prefix: Bytes },
 }
 
 impl Io {
@@ -100,7 +100,7 @@ impl AsyncWrite for Io {
 
 /// Reads a tunnel's first bytes (up to 24, or until `timeout`) to tell HTTP
 /// from TCP; the bytes are kept as the stream's prefix.
-pub(crate) async fn sniff_tunnel(io: &mut DuplexStream, timeout: Duration) -> (bool, Bytes) {
+pub(crate) async fn sniff_tunnel(io: &mut TunnelStream, timeout: Duration) -> (bool, Bytes) {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = Vec::with_capacity(24);
     let mut chunk = [0u8; 24];
@@ -327,7 +327,7 @@ impl TunnelHandler for TunnelsToProxy {
         }
     }
 
-    fn deliver(&self, t: InboundTunnel, io: DuplexStream) {
+    fn deliver(&self, t: InboundTunnel, io: TunnelStream) {
         let ctx = Self::ctx(&t);
         let proxy = self.0.clone();
         tokio::spawn(async move {

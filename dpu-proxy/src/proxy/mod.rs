@@ -399,7 +399,7 @@ impl Proxy {
     /// verified and in `ctx`); declared TCP ports were authorized already.
     pub(crate) async fn serve_tunnel(
         self: Arc<Self>,
-        mut io: tokio::io::DuplexStream,
+        mut io: crate::hbone::TunnelStream,
         ctx: ConnCtx,
     ) {
         let Some(cfg) = self.snapshot() else {
