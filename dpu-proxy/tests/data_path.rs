@@ -514,6 +514,88 @@ async fn h2c_downstream_to_http1_upstream() {
     assert_eq!(r.seen_header("host").as_deref(), Some("reviews:9080"));
 }
 
+/// An upstream on a raw socket: on every connection it reads the request
+/// head, writes `head`, waits `pause`, writes `body` and closes.
+async fn raw_upstream(head: &'static str, pause: Duration, body: &'static str) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(head.as_bytes()).await;
+                tokio::time::sleep(pause).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A body that comes after its head still arrives whole, and one the
+/// upstream cuts short (fewer bytes than its `content-length`) is never
+/// passed off as complete: the client sees the exchange fail, over
+/// HTTP/1.1 and h2c.
+#[tokio::test]
+async fn bodies_arrive_whole_or_not_at_all() {
+    let late = raw_upstream(
+        "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n",
+        Duration::from_millis(200),
+        "hello world",
+    )
+    .await;
+    let cut = raw_upstream(
+        "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+        Duration::from_millis(50),
+        "",
+    )
+    .await;
+    let svc = |name: &str, vip: &str, port: u16| {
+        json!({"hostname": format!("{name}.default.svc.cluster.local"), "namespace": "default",
+               "vips": [vip], "ports": [{"port": 9080, "name": "http", "targetPort": port}],
+               "endpoints": [{"address": "127.0.0.1"}]})
+    };
+    let cfg = node_config(
+        json!([
+            svc("late", "10.96.0.21", late),
+            svc("cut", "10.96.0.22", cut)
+        ]),
+        json!([]),
+        json!([]),
+    );
+    let p = TestProxy::start(cfg, &["10.96.0.21:9080", "10.96.0.22:9080"]).await;
+    for h2 in [false, true] {
+        let mut c = Client::connect(p.addr("10.96.0.21:9080"), h2)
+            .await
+            .expect("connect");
+        let r = c.get("late", "/", &[]).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "hello world"));
+
+        let mut c = Client::connect(p.addr("10.96.0.22:9080"), h2)
+            .await
+            .expect("connect");
+        let req = if h2 {
+            Request::builder().uri("http://cut/")
+        } else {
+            Request::builder().uri("/").header("host", "cut")
+        };
+        let req = req.body(Full::new(Bytes::new())).expect("request");
+        let r = tokio::time::timeout(Duration::from_secs(5), c.send(req))
+            .await
+            .expect("answer in time");
+        assert!(r.is_err(), "h2={h2}: a cut body looked complete: {r:?}");
+    }
+}
+
 #[tokio::test]
 async fn unknown_source_is_refused() {
     let up = Upstream::start("up", Behaviour::Echo).await;
