@@ -261,6 +261,23 @@ impl FakeAds {
         self.state.lock().expect("state").log.clone()
     }
 
+    /// Serves on a listener bound elsewhere (e.g. inside a simulator netns,
+    /// where the socket stays); returns the `http://` address.
+    pub fn serve_listener(&self, listener: std::net::TcpListener) -> String {
+        let addr = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let service = AggregatedDiscoveryServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        format!("http://{addr}")
+    }
+
     /// Serves on 127.0.0.1:<free port>; returns the `http://` address.
     pub async fn serve(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
