@@ -14,6 +14,7 @@
 
 mod cluster;
 mod endpoint;
+mod inbound;
 mod route;
 mod util;
 
@@ -479,11 +480,20 @@ pub fn translate<P: Borrow<ProxyResources>>(
         out_clusters.push(c);
     }
 
-    let pods = inventory
+    // Inbound policies from each pod's virtualInbound listener (inbound.rs).
+    let mut inbound = inbound::inbound_policies(&proxies)?;
+    let pods: Vec<Pod> = inventory
         .pods
         .iter()
-        .map(|p| pod_from_spec(p, overrides.remove(p.key().as_str()).unwrap_or_default()))
+        .map(|p| Pod {
+            inbound_policy: inbound.by_pod.remove(&p.key()),
+            ..pod_from_spec(p, overrides.remove(p.key().as_str()).unwrap_or_default())
+        })
         .collect();
+    inbound.policies.retain(|ip| {
+        pods.iter()
+            .any(|p| p.inbound_policy.as_ref() == Some(&ip.name))
+    });
     let services = services
         .into_values()
         .map(|mut s| {
@@ -513,7 +523,7 @@ pub fn translate<P: Borrow<ProxyResources>>(
         clusters: out_clusters,
         route_tables: route_tables.into_values().collect(),
         tcp_route_tables: tcp_tables.into_values().collect(),
-        inbound_policies: Vec::new(),
+        inbound_policies: inbound.policies,
     })
 }
 
