@@ -141,7 +141,11 @@ pub struct PoolKey {
 
 /// How to reach an endpoint on another node over HBONE: as the source pod's
 /// identity, to `<endpoint ip>:15008`, which must prove the endpoint's identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// The two SPIFFE IDs are interned (`compiled::intern`: one `&'static str`
+/// per distinct ID), so a target compares and hashes them by address: the
+/// pool hashes its key on every checkout and return.
+#[derive(Debug, Clone, Copy, Eq)]
 pub struct HboneTarget {
     /// SPIFFE ID of the source pod (interned).
     pub src: &'static str,
@@ -150,6 +154,24 @@ pub struct HboneTarget {
     pub dial: SocketAddr,
     /// The original client's IP, sent in `Forwarded: for=`.
     pub client: IpAddr,
+}
+
+impl PartialEq for HboneTarget {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.src, other.src)
+            && std::ptr::eq(self.dst, other.dst)
+            && self.dial == other.dial
+            && self.client == other.client
+    }
+}
+
+impl Hash for HboneTarget {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.src.as_ptr() as usize).hash(state);
+        (self.dst.as_ptr() as usize).hash(state);
+        self.dial.hash(state);
+        self.client.hash(state);
+    }
 }
 
 impl HboneTarget {
@@ -292,9 +314,20 @@ impl Pool {
     }
 
     fn shard(&self, key: &PoolKey) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Idle>> {
-        let mut h = std::hash::DefaultHasher::new();
-        key.hash(&mut h);
-        let i = (h.finish() as usize) % SHARDS;
+        // The shard only spreads keys over the locks (the maps hash the
+        // whole key with their own keyed hasher): the addresses, mixed by a
+        // multiplication, instead of a second SipHash of the key per lookup.
+        let ip = |a: IpAddr| match a {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => {
+                let b = u128::from(v6);
+                (b as u64) ^ ((b >> 64) as u64)
+            }
+        };
+        let x = ip(key.dst.ip())
+            ^ (u64::from(key.dst.port()) << 32)
+            ^ key.src.map_or(0, ip).rotate_left(17);
+        let i = (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % SHARDS;
         // The maps hold no invariants a panic could break.
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -690,6 +723,39 @@ mod tests {
         assert_eq!(hbone("10.244.2.5"), None);
         // No service account: no identity to check → plaintext.
         assert_eq!(hbone("10.244.2.6"), None);
+    }
+
+    /// Targets compare and hash their SPIFFE IDs by address (interned), so
+    /// the same endpoint must give the same pool key every time, also from a
+    /// config compiled anew (a push), or pooled tunnels would not be reused.
+    #[test]
+    fn an_endpoint_is_the_same_pool_key_across_compiles() {
+        let target = |cfg: &CompiledConfig| {
+            let cluster = cfg
+                .cluster("outbound|9080||reviews.default.svc.cluster.local")
+                .expect("cluster");
+            let ep = cluster
+                .priorities
+                .iter()
+                .flat_map(|p| &p.endpoints)
+                .find(|e| e.addr.ip().to_string() == "10.244.2.1")
+                .expect("endpoint");
+            let client: IpAddr = "10.244.1.5".parse().expect("ip");
+            HboneTarget::for_endpoint(cfg, cluster, ep, client).expect("hbone")
+        };
+        let (a, b) = (
+            target(&compiled("ISTIO_MUTUAL")),
+            target(&compiled("ISTIO_MUTUAL")),
+        );
+        assert_eq!(a, b);
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(a), hasher.hash_one(b));
+        let c = HboneTarget {
+            client: "10.244.1.9".parse().expect("ip"),
+            ..a
+        };
+        assert_ne!(a, c);
     }
 
     #[test]
