@@ -111,6 +111,24 @@ def common(objects, mode):
             check({env.get("CNI_BIN_DIR"), env.get("CNI_CONF_DIR")} <= mounts, f"{mode}: CNI dirs mounted")
             host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
             check({"/opt/cni/bin", "/etc/cni/net.d"} <= host_paths, f"{mode}: CNI host paths")
+            # Pod annotations: the installer writes the plugin's kubeconfig from the
+            # node ServiceAccount's token Secret, which may get and patch pods.
+            token_dir = env.get("DPUMESH_CNI_KUBECONFIG_TOKEN_DIR")
+            check(token_dir in mounts and env.get("CNI_HOST_CONF_DIR") == "/etc/cni/net.d",
+                  f"{mode}: installer writes the plugin's kubeconfig from a mounted token")
+            secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+            tok = find(objects, "Secret", "mesh-dpumesh-cni-token")
+            check(tok is not None and tok["type"] == "kubernetes.io/service-account-token"
+                  and tok["metadata"]["annotations"]["kubernetes.io/service-account.name"] == spec["serviceAccountName"]
+                  and "mesh-dpumesh-cni-token" in secrets.values(),
+                  f"{mode}: token Secret of the node ServiceAccount, mounted")
+            role = find(objects, "ClusterRole", "mesh-dpumesh-node")
+            binding = find(objects, "ClusterRoleBinding", "mesh-dpumesh-node")
+            check(role is not None and any("pods" in r["resources"] and {"get", "patch"} <= set(r["verbs"])
+                                           for r in role["rules"])
+                  and binding is not None
+                  and binding["subjects"][0]["name"] == spec["serviceAccountName"],
+                  f"{mode}: node ServiceAccount may get and patch pods")
         check("adapter" in containers(ds), f"{mode}: adapter container")
     cm = find(objects, "ConfigMap", "mesh-dpumesh-dashboard")
     if check(cm is not None, f"{mode}: dashboard ConfigMap"):

@@ -23,6 +23,60 @@ pub const MARKER_VALUE: &str = "dpumesh-cni-install";
 pub const BACKUP_SUFFIX: &str = ".dpumesh-orig";
 /// Name of the plugin binary in the CNI bin dir.
 pub const PLUGIN_NAME: &str = "dpumesh-cni";
+/// The kubeconfig the installer writes into the CNI conf dir (no CNI
+/// extension, so runtimes never load it as a network config).
+pub const KUBECONFIG_NAME: &str = "dpumesh-kubeconfig";
+/// First line of a kubeconfig we wrote: uninstall removes only such a file.
+const KUBECONFIG_MARKER: &str = "# written by dpumesh-cni-install";
+
+/// A kubeconfig for the plugin (docs/host-cni.md "Pod annotations") from a
+/// service account token directory (`token`, `ca.crt`, as a
+/// `kubernetes.io/service-account-token` Secret volume has them) and the API
+/// server URL. The token is inline: the file is mode 0600.
+pub fn service_account_kubeconfig(token_dir: &Path, server: &str) -> Result<Vec<u8>, InstallError> {
+    use base64::Engine as _;
+    if !(server.starts_with("https://") || server.starts_with("http://"))
+        || server.contains(char::is_whitespace)
+    {
+        return Err(InstallError::Invalid {
+            field: "kube-server",
+            value: server.to_string(),
+            reason: "expected an https:// URL of the Kubernetes API server".into(),
+        });
+    }
+    let token_path = token_dir.join("token");
+    let token = fs::read_to_string(&token_path)
+        .map_err(io("reading the service account token", &token_path))?;
+    let token = token.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(InstallError::BadConfig {
+            path: token_path,
+            reason: "the service account token is empty or not one word".into(),
+        });
+    }
+    let ca_path = token_dir.join("ca.crt");
+    let ca = fs::read(&ca_path).map_err(io("reading the cluster CA", &ca_path))?;
+    if !ca.starts_with(b"-----BEGIN CERTIFICATE-----") {
+        return Err(InstallError::BadConfig {
+            path: ca_path,
+            reason: "not a PEM certificate".into(),
+        });
+    }
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+    Ok(format!(
+        "{KUBECONFIG_MARKER}; the dpumesh CNI plugin annotates pods with it\n\
+         apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: local\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n\
+         - name: dpumesh-cni\n  user:\n    token: {token}\n\
+         contexts:\n\
+         - name: dpumesh-cni\n  context:\n    cluster: local\n    user: dpumesh-cni\n\
+         current-context: dpumesh-cni\n"
+    )
+    .into_bytes())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -111,6 +165,10 @@ pub struct InstallConfig {
     pub cni_version: String,
     /// Our plugin entry (without `cniVersion`/`name`, which the list carries).
     pub plugin: Value,
+    /// Written to `<conf_dir>/dpumesh-kubeconfig` (mode 0600) when set
+    /// ([`service_account_kubeconfig`]); when not, a kubeconfig we wrote
+    /// before is removed.
+    pub kubeconfig: Option<Vec<u8>>,
 }
 
 /// The plugin entry from the usual knobs.
@@ -125,6 +183,8 @@ pub struct PluginSettings {
     pub meshed: bool,
     pub state_dir: Option<PathBuf>,
     pub ipam_data_dir: Option<PathBuf>,
+    /// The plugin's `kubernetes.kubeconfig` (a path on the node).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl PluginSettings {
@@ -195,6 +255,16 @@ impl PluginSettings {
         if let Some(s) = &self.state_dir {
             e["stateDir"] = json!(s);
         }
+        if let Some(k) = &self.kubeconfig {
+            if !k.is_absolute() {
+                return Err(InstallError::Invalid {
+                    field: "kubeconfig",
+                    value: k.display().to_string(),
+                    reason: "must be an absolute path on the node".into(),
+                });
+            }
+            e["kubernetes"] = json!({"kubeconfig": k});
+        }
         Ok(e)
     }
 }
@@ -248,6 +318,20 @@ pub fn install(cfg: &InstallConfig) -> Result<Report, InstallError> {
             mode: 0o755,
             restore: false,
         });
+    }
+
+    // The kubeconfig before the conflist that names it.
+    let kubeconfig = cfg.conf_dir.join(KUBECONFIG_NAME);
+    match &cfg.kubeconfig {
+        Some(bytes) if !same_file_content(&kubeconfig, bytes, 0o600) => plan.push(Write1 {
+            path: kubeconfig,
+            bytes: bytes.clone(),
+            mode: 0o600,
+            restore: false,
+        }),
+        Some(_) => {}
+        None if is_our_kubeconfig(&kubeconfig) => remove.push(kubeconfig),
+        None => {}
     }
 
     let own = cfg.conf_dir.join(&cfg.conflist_name);
@@ -341,7 +425,15 @@ pub fn uninstall(
     if bin.exists() {
         remove.push(bin);
     }
+    let kubeconfig = conf_dir.join(KUBECONFIG_NAME);
+    if is_our_kubeconfig(&kubeconfig) {
+        remove.push(kubeconfig);
+    }
     apply(plan, remove)
+}
+
+fn is_our_kubeconfig(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|b| b.starts_with(KUBECONFIG_MARKER.as_bytes()))
 }
 
 fn validate_file_name(field: &'static str, name: &str) -> Result<(), InstallError> {

@@ -364,3 +364,141 @@ fn wait_mode_uninstalls_on_sigterm() {
     assert!(status.success());
     assert!(d.names(&d.conf).is_empty() && d.names(&d.bin).is_empty());
 }
+
+/// A service account token dir as a `kubernetes.io/service-account-token`
+/// Secret volume has it.
+fn token_dir(dir: &Path, token: &str, ca: &str) -> PathBuf {
+    let d = dir.join("sa");
+    std::fs::create_dir_all(&d).expect("sa dir");
+    std::fs::write(d.join("token"), token).expect("token");
+    std::fs::write(d.join("ca.crt"), ca).expect("ca");
+    d
+}
+
+const CA: &str =
+    "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUTest\n-----END CERTIFICATE-----\n";
+
+#[test]
+fn kubeconfig_from_a_service_account_is_written_named_and_removed() {
+    let d = Dirs::new();
+    let sa = token_dir(d._tmp.path(), "tok-123\n", CA);
+    let args = [
+        "--kubeconfig-from-token-dir",
+        sa.to_str().expect("utf-8"),
+        "--kube-server",
+        "https://10.96.0.1:443",
+        "--host-conf-dir",
+        "/etc/cni/net.d",
+    ];
+    d.ok(&args);
+    let kc = d.conf.join("dpumesh-kubeconfig");
+    let text = std::fs::read_to_string(&kc).expect("kubeconfig written");
+    let mode = std::fs::metadata(&kc).expect("md").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "the token is inline: owner only");
+    assert!(text.contains("server: https://10.96.0.1:443"), "{text}");
+    assert!(text.contains("token: tok-123\n"), "{text}");
+    use base64::Engine as _;
+    let ca_b64 = base64::engine::general_purpose::STANDARD.encode(CA);
+    assert!(
+        text.contains(&format!("certificate-authority-data: {ca_b64}")),
+        "{text}"
+    );
+    // The plugin reads it at its path on the node.
+    let list = json_file(&d.conf.join("10-dpumesh.conflist"));
+    assert_eq!(
+        list["plugins"][0]["kubernetes"]["kubeconfig"],
+        "/etc/cni/net.d/dpumesh-kubeconfig"
+    );
+
+    // Idempotent; a rotated token rewrites only the kubeconfig.
+    let before = d.snapshot();
+    d.ok(&args);
+    assert_eq!(before, d.snapshot(), "a re-install changes nothing");
+    std::fs::write(sa.join("token"), "tok-456").expect("rotate");
+    d.ok(&args);
+    let after = d.snapshot();
+    let changed: Vec<&PathBuf> = after
+        .keys()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert_eq!(changed, [&kc]);
+
+    // Dropping the option takes the file and the plugin setting out again.
+    d.ok(&[]);
+    assert!(!kc.exists());
+    let list = json_file(&d.conf.join("10-dpumesh.conflist"));
+    assert!(list["plugins"][0].get("kubernetes").is_none());
+    d.ok(&args);
+    assert!(kc.exists());
+    d.ok(&["--uninstall"]);
+    assert!(
+        d.names(&d.conf).is_empty(),
+        "uninstall removes our kubeconfig"
+    );
+
+    // Someone else's file of that name is not ours to remove.
+    std::fs::write(&kc, "apiVersion: v1\nkind: Config\n").expect("theirs");
+    d.ok(&["--uninstall"]);
+    assert!(kc.exists());
+}
+
+#[test]
+fn kubeconfig_options_are_checked_before_anything_is_written() {
+    let d = Dirs::new();
+    let empty = token_dir(d._tmp.path(), "  ", CA);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--kubeconfig-from-token-dir".into(),
+                "/nonexistent".into(),
+                "--kube-server".into(),
+                "https://k:443".into(),
+            ],
+            "reading the service account token",
+        ),
+        (
+            vec![
+                "--kubeconfig-from-token-dir".into(),
+                empty.display().to_string(),
+                "--kube-server".into(),
+                "https://k:443".into(),
+            ],
+            "empty",
+        ),
+        (
+            vec![
+                "--kubeconfig-from-token-dir".into(),
+                empty.display().to_string(),
+            ],
+            "KUBERNETES_SERVICE_HOST",
+        ),
+        (
+            vec![
+                "--kubeconfig-from-token-dir".into(),
+                empty.display().to_string(),
+                "--kube-server".into(),
+                "k:443".into(),
+            ],
+            "kube-server",
+        ),
+        (vec!["--kubeconfig".into(), "relative".into()], "kubeconfig"),
+        (
+            vec![
+                "--kubeconfig".into(),
+                "/k".into(),
+                "--kubeconfig-from-token-dir".into(),
+                "/d".into(),
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, want) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = d.run(&refs);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(d.names(&d.conf).is_empty(), "{args:?} wrote something");
+        assert!(d.names(&d.bin).is_empty(), "{args:?} wrote something");
+    }
+}

@@ -487,3 +487,62 @@ fn without_the_pod_in_cni_args_nothing_is_written() {
     assert!(api.seen().is_empty());
     assert_nothing_held(&c);
 }
+
+#[test]
+fn the_installers_kubeconfig_is_what_the_plugin_uses() {
+    let c = Cluster::new("cnikt", 2, true);
+    let api = ApiServer::start(&c.host());
+    api.add_pod("default", "pod-ctr1", json!({}));
+    // A service account token dir as the chart's Secret volume has it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sa = dir.path().join("sa");
+    std::fs::create_dir_all(&sa).expect("sa");
+    std::fs::write(sa.join("token"), "sa-token-7\n").expect("token");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let ca = rcgen::CertificateParams::new(vec!["kubernetes".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    std::fs::write(sa.join("ca.crt"), ca.pem()).expect("ca");
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dpumesh-cni-install"))
+        .env_clear()
+        .arg("--bin-dir")
+        .arg(&bin)
+        .arg("--conf-dir")
+        .arg(&conf)
+        .arg("--plugin-binary")
+        .arg(CNI)
+        .args(["--pod-cidr", "10.244.1.0/24", "--vf-backend", "sim"])
+        .arg("--kubeconfig-from-token-dir")
+        .arg(&sa)
+        .args(["--kube-server", &format!("http://127.0.0.1:{}", api.port)])
+        .output()
+        .expect("installer ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The installed plugin entry's `kubernetes` section, in our test config.
+    let list: Value =
+        serde_json::from_slice(&std::fs::read(conf.join("10-dpumesh.conflist")).expect("conflist"))
+            .expect("json");
+    let conf = c.conf(json!({"kubernetes": list["plugins"][0]["kubernetes"].clone()}));
+    let pod = c.sim.pod_add("web").expect("pod netns");
+    let out = c.cni("ADD", "ctr1", Some(&pod.path()), "eth0", &conf);
+    assert!(out.ok, "ADD failed: {} {}", out.stdout, out.stderr);
+    let patch = api
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "PATCH")
+        .expect("a patch");
+    assert_eq!(patch.authorization, "Bearer sa-token-7");
+    assert_eq!(
+        api.annotations("default", "pod-ctr1")["dpumesh.io/sandbox"],
+        json!("ctr1")
+    );
+    let out = c.cni("DEL", "ctr1", Some(&pod.path()), "eth0", &conf);
+    assert!(out.ok, "DEL failed: {} {}", out.stdout, out.stderr);
+    assert_nothing_held(&c);
+}

@@ -76,6 +76,25 @@ struct Args {
     /// host-local data dir (default: host-local's, /var/lib/cni/networks).
     #[arg(long, env = "DPUMESH_IPAM_DATA_DIR")]
     ipam_data_dir: Option<PathBuf>,
+    /// The kubeconfig (a path on the node) the plugin uses to write the pods' VF
+    /// annotations, used as it is.
+    #[arg(
+        long,
+        env = "DPUMESH_CNI_KUBECONFIG",
+        conflicts_with = "kubeconfig_from_token_dir"
+    )]
+    kubeconfig: Option<PathBuf>,
+    /// Write the plugin's kubeconfig into the conf dir (dpumesh-kubeconfig, 0600)
+    /// from this service account token dir (`token`, `ca.crt`).
+    #[arg(long, env = "DPUMESH_CNI_KUBECONFIG_TOKEN_DIR")]
+    kubeconfig_from_token_dir: Option<PathBuf>,
+    /// The API server for that kubeconfig (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT).
+    #[arg(long, env = "DPUMESH_KUBE_SERVER")]
+    kube_server: Option<String>,
+    /// The conf dir's path on the node, when this container mounts it elsewhere
+    /// (default: --conf-dir); the plugin reads the kubeconfig from there.
+    #[arg(long, env = "CNI_HOST_CONF_DIR")]
+    host_conf_dir: Option<PathBuf>,
     /// Remove the binary and our config (restoring a chained conflist).
     #[arg(long)]
     uninstall: bool,
@@ -137,6 +156,31 @@ fn config(args: &Args) -> anyhow::Result<InstallConfig> {
     let pod_cidr = args.pod_cidr.context(
         "--pod-cidr (or DPUMESH_POD_CIDR) is required: the node's pod CIDR for host-local",
     )?;
+    let (kubeconfig_path, kubeconfig) = match (&args.kubeconfig, &args.kubeconfig_from_token_dir) {
+        (Some(p), _) => (Some(p.clone()), None),
+        (None, Some(dir)) => {
+            let server = match &args.kube_server {
+                Some(s) => s.clone(),
+                None => {
+                    let host = std::env::var("KUBERNETES_SERVICE_HOST").context(
+                        "--kube-server (or DPUMESH_KUBE_SERVER) is required outside a pod: \
+                         KUBERNETES_SERVICE_HOST is not set",
+                    )?;
+                    let port =
+                        std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                    if host.contains(':') {
+                        format!("https://[{host}]:{port}")
+                    } else {
+                        format!("https://{host}:{port}")
+                    }
+                }
+            };
+            let bytes = install::service_account_kubeconfig(dir, &server)?;
+            let host_dir = args.host_conf_dir.as_ref().unwrap_or(&args.conf_dir);
+            (Some(host_dir.join(install::KUBECONFIG_NAME)), Some(bytes))
+        }
+        (None, None) => (None, None),
+    };
     let plugin = PluginSettings {
         vf_backend: args.vf_backend.clone(),
         pf: args.pf.clone(),
@@ -147,6 +191,7 @@ fn config(args: &Args) -> anyhow::Result<InstallConfig> {
         meshed: !args.unmeshed,
         state_dir: args.state_dir.clone(),
         ipam_data_dir: args.ipam_data_dir.clone(),
+        kubeconfig: kubeconfig_path,
     }
     .entry()?;
     let plugin_binary = match &args.plugin_binary {
@@ -166,6 +211,7 @@ fn config(args: &Args) -> anyhow::Result<InstallConfig> {
         network_name: args.network_name.clone(),
         cni_version: args.cni_version.clone(),
         plugin,
+        kubeconfig,
     })
 }
 
