@@ -57,10 +57,15 @@ pub enum Picker {
         schedule: Vec<u32>,
         next: AtomicUsize,
     },
-    /// Envoy's default: the less loaded (active requests / weight) of two random picks.
-    LeastRequest,
-    /// Weighted random over cumulative weights.
-    Random { cumulative: Vec<u64> },
+    /// Envoy's default: the less loaded of two random picks. With equal
+    /// weights the picks are uniform and the less loaded has fewer active
+    /// requests; with unequal weights (`cumulative` set) the picks follow the
+    /// weights and the less loaded has the lower active / weight (a tie keeps
+    /// the first pick), so that an idle cluster is shared by weight, as
+    /// Envoy's weighted least request (EDF over weight / (active + 1)) shares it.
+    LeastRequest { cumulative: Option<Vec<u64>> },
+    /// Uniformly random: Envoy's random load balancer ignores endpoint weights.
+    Random,
     /// Ketama-style ring: sorted (hash, endpoint index).
     RingHash { ring: Vec<(u64, u32)> },
 }
@@ -80,18 +85,19 @@ impl Picker {
                 schedule: smooth_schedule(&weights),
                 next: AtomicUsize::new(random_below(weights.len().max(1) as u64) as usize),
             },
-            LbKind::LeastRequest => Picker::LeastRequest,
-            LbKind::Random => {
-                let mut acc = 0;
-                let cumulative = weights
-                    .iter()
-                    .map(|w| {
-                        acc += w;
-                        acc
-                    })
-                    .collect();
-                Picker::Random { cumulative }
-            }
+            LbKind::LeastRequest => Picker::LeastRequest {
+                cumulative: (!weights.windows(2).all(|w| w[0] == w[1])).then(|| {
+                    let mut acc = 0;
+                    weights
+                        .iter()
+                        .map(|w| {
+                            acc += w;
+                            acc
+                        })
+                        .collect()
+                }),
+            },
+            LbKind::Random => Picker::Random,
             LbKind::ConsistentHash => {
                 // A fixed number of points per unit of weight (not a fixed ring
                 // size): removing an endpoint then moves only the keys it owned.
@@ -125,26 +131,38 @@ impl Picker {
                     schedule[i % schedule.len()] as usize
                 }
             }
-            Picker::LeastRequest => {
+            Picker::LeastRequest { cumulative: None } => {
                 let a = random_below(n as u64) as usize;
                 let mut b = random_below(n as u64 - 1) as usize;
                 if b >= a {
                     b += 1;
                 }
-                // Compare active/weight without division: a.active * b.weight.
-                let la = endpoints[a].active() as u64 * endpoints[b].weight.max(1) as u64;
-                let lb = endpoints[b].active() as u64 * endpoints[a].weight.max(1) as u64;
-                if lb < la {
+                if endpoints[b].active() < endpoints[a].active() {
                     b
                 } else {
                     a
                 }
             }
-            Picker::Random { cumulative } => {
-                let total = cumulative.last().copied().unwrap_or(1);
-                let r = random_below(total);
-                cumulative.partition_point(|&c| c <= r).min(n - 1)
+            Picker::LeastRequest {
+                cumulative: Some(cumulative),
+            } => {
+                let draw = || {
+                    let r = random_below(cumulative.last().copied().unwrap_or(1));
+                    cumulative.partition_point(|&c| c <= r).min(n - 1)
+                };
+                let (a, b) = (draw(), draw());
+                // active / weight compared without division; a tie (an idle
+                // cluster) keeps the first draw, so idle shares follow weights.
+                let load = |x: usize, y: usize| {
+                    endpoints[x].active() as u64 * endpoints[y].weight.max(1) as u64
+                };
+                if load(b, a) < load(a, b) {
+                    b
+                } else {
+                    a
+                }
             }
+            Picker::Random => random_below(n as u64) as usize,
             Picker::RingHash { ring } => {
                 let h = hash.unwrap_or_else(random_u64);
                 let i = ring.partition_point(|&(k, _)| k < h);
@@ -259,11 +277,25 @@ mod tests {
     }
 
     #[test]
-    fn random_follows_weights() {
+    fn random_ignores_weights_as_envoy_does() {
         let e = eps(&[9, 1]);
         let p = Picker::build(LbKind::Random, &e);
         let c = counts(&p, &e, 20_000, |_| None);
-        assert!((17_400..18_600).contains(&c[0]), "{c:?}");
+        assert!((9_400..10_600).contains(&c[0]), "{c:?}");
+    }
+
+    #[test]
+    fn least_request_shares_an_idle_cluster_by_weight() {
+        let e = eps(&[1, 1, 2]);
+        let p = Picker::build(LbKind::LeastRequest, &e);
+        let c = counts(&p, &e, 20_000, |_| None);
+        assert!((4_400..5_600).contains(&c[0]), "{c:?}");
+        assert!((9_400..10_600).contains(&c[2]), "{c:?}");
+        // Equal weights: uniform.
+        let e = eps(&[1, 1]);
+        let p = Picker::build(LbKind::LeastRequest, &e);
+        let c = counts(&p, &e, 20_000, |_| None);
+        assert!((9_400..10_600).contains(&c[0]), "{c:?}");
     }
 
     #[test]
