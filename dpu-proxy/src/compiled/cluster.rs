@@ -306,8 +306,9 @@ impl ClusterRt {
 
     /// Feeds outlier detection with how a try on `ep` ended: consecutive
     /// errors past the threshold eject the endpoint for
-    /// `base × ejections` (capped at 300 s or the base), unless
-    /// `max_ejection_percent` of the cluster is ejected already.
+    /// `base × ejections` (capped at 300 s or the base), unless one more
+    /// ejection would exceed `max_ejection_percent` of the cluster (the
+    /// first ejection always happens, as in Envoy).
     pub fn report(&self, ep: &EndpointRt, outcome: TryOutcome) {
         let Some(od) = &self.outlier else {
             return;
@@ -348,7 +349,11 @@ impl ClusterRt {
             .flat_map(|p| &p.endpoints)
             .filter(|e| e.outlier.is_ejected(now))
             .count();
-        if total == 0 || ejected * 100 >= od.max_ejection_percent as usize * total {
+        // Envoy's rule: eject while (ejected + 1) / total stays within the
+        // maximum, and always the first host, whatever the maximum.
+        if total == 0
+            || (ejected > 0 && (ejected + 1) * 100 > od.max_ejection_percent as usize * total)
+        {
             return;
         }
         // Healthy intervals since the last ejection ended pay back ejections.

@@ -236,3 +236,38 @@ fn errors_name_the_field() {
         );
     }
 }
+
+#[test]
+fn outlier_ejection_stops_at_max_percent_as_envoy_does() {
+    // Envoy ejects a host while (ejected + 1) / hosts <= maxEjectionPercent,
+    // and always the first one. Found by the differential test against Envoy
+    // (two of three hosts failing, maximum 50 %: Envoy ejects one).
+    for (max, want) in [(50, 1), (67, 2), (10, 1), (100, 3)] {
+        let mut cfg = config(json!({}));
+        cfg.clusters.push(
+            serde_json::from_value(json!(
+                {"name": "outbound|9080||reviews.default.svc.cluster.local",
+                 "service": "reviews.default.svc.cluster.local", "port": 9080,
+                 "outlierDetection": {"consecutive5xxErrors": 1, "maxEjectionPercent": max}}
+            ))
+            .expect("cluster parses"),
+        );
+        let c = CompiledConfig::compile(&cfg).expect("compiles");
+        let od = c
+            .cluster("outbound|9080||reviews.default.svc.cluster.local")
+            .unwrap();
+        let eps: Vec<_> = od
+            .priorities
+            .iter()
+            .flat_map(|p| &p.endpoints)
+            .cloned()
+            .collect();
+        assert_eq!(eps.len(), 3);
+        for ep in &eps {
+            od.report(ep, TryOutcome::Error { gateway: true });
+        }
+        let now = state::now_ms();
+        let ejected = eps.iter().filter(|e| e.outlier.is_ejected(now)).count();
+        assert_eq!(ejected, want, "maxEjectionPercent {max}");
+    }
+}
