@@ -271,3 +271,23 @@ fn outlier_ejection_stops_at_max_percent_as_envoy_does() {
         assert_eq!(ejected, want, "maxEjectionPercent {max}");
     }
 }
+
+#[test]
+fn each_cluster_pools_its_own_connections_across_config_swaps() {
+    // Two clusters reaching one endpoint pool their connections apart, as
+    // Envoy does, so that one never takes an idle connection counted against
+    // the other's maxConnections (found by the differential test against
+    // Envoy: a second request opened its own connection under
+    // maxConnections 1). A cluster keeps its pool across a config swap.
+    let cfg = config(json!({}));
+    let a = CompiledConfig::compile(&cfg).expect("compiles");
+    let b = CompiledConfig::compile_after(&cfg, Some(&a)).expect("compiles");
+    let id = |c: &CompiledConfig, name: &str| {
+        crate::proxy::upstream::PoolKey::cluster_id(c.cluster(name).expect("cluster"))
+    };
+    let v1 = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    let v2 = "outbound|9080|v2|reviews.default.svc.cluster.local";
+    assert_ne!(id(&a, v1), id(&a, v2));
+    assert_eq!(id(&a, v1), id(&b, v1));
+    assert_eq!(id(&a, v2), id(&b, v2));
+}

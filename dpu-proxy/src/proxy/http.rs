@@ -929,6 +929,7 @@ impl Proxy {
             src: self.source_ip(ctx),
             dst: ep.addr,
             h2,
+            cluster: PoolKey::cluster_id(cluster),
             hbone: self
                 .snapshot()
                 .and_then(|cfg| HboneTarget::for_endpoint(&cfg, cluster, &ep, ctx.peer.ip())),
@@ -997,6 +998,7 @@ impl Proxy {
                 src,
                 dst: ep.addr,
                 h2: msg.h2,
+                cluster: PoolKey::cluster_id(cluster),
                 hbone: trail
                     .cfg
                     .as_deref()
@@ -1150,6 +1152,7 @@ impl Proxy {
             src: self.source_ip(ctx),
             dst: ctx.dst,
             h2: msg.h2,
+            cluster: 0,
             hbone: None,
         };
         let req = msg.take_request(ReqBody::Streaming(body));

@@ -135,8 +135,20 @@ pub struct PoolKey {
     pub src: Option<IpAddr>,
     pub dst: SocketAddr,
     pub h2: bool,
+    /// The cluster whose limits count the connection ([`PoolKey::cluster_id`];
+    /// 0: none). Connections are pooled per cluster, as Envoy pools them, so
+    /// one cluster never borrows a connection that counts against another's
+    /// `maxConnections`.
+    pub cluster: usize,
     /// Set: the connection is an HBONE tunnel to `dst` (mTLS to another node).
     pub hbone: Option<HboneTarget>,
+}
+
+impl PoolKey {
+    /// [`PoolKey::cluster`] of `c`: its counters, carried across config swaps.
+    pub fn cluster_id(c: &crate::compiled::ClusterRt) -> usize {
+        Arc::as_ptr(&c.state) as usize
+    }
 }
 
 /// How to reach an endpoint on another node over HBONE: as the source pod's
