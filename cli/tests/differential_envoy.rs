@@ -22,8 +22,15 @@
 //! The servers act on the `x-behave` request header (`fail`: 503; `fail-once`:
 //! 503 on the first attempt of the case; `slow`: answer after 2 s;
 //! `slow-once`: only the first attempt is slow; `status-N`: answer N;
-//! `reset`: close the connection without an answer) and
-//! record every attempt under the `x-case` header.
+//! `reset`: close the connection without an answer; `sleep-N`: answer after
+//! N ms; `fail-on=a+b`: 503 from the pods named) and record every attempt
+//! under the `x-case` header.
+//!
+//! The second test sends the scenarios of the services `lb` and `pool`
+//! (load-balancing policies, route weights, consistent hashing, mirroring,
+//! partial faults, outlier detection, circuit breaking) through both proxies
+//! and compares the distributions and outcomes within stated tolerances:
+//! each side against the configuration and against the other side.
 //!
 //! Needs root, the workspace binaries (`cargo build --workspace --bins`) and
 //! Envoy (`scripts/setup.sh`, or `DPUMESH_ENVOY=/path/to/envoy`).
@@ -46,6 +53,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const RATINGS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
+/// `lb` (all three pods, weights 1:1:2) and `pool` (all three, equal weights).
+const LB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 22);
+const POOL_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 23);
 const PORT: u16 = 9080;
 
 /// The client and Envoy pods: name, VF, IP.
@@ -391,6 +401,15 @@ async fn answer(
         "reset" => return Err(std::io::Error::other("scripted reset")),
         "slow" => tokio::time::sleep(Duration::from_secs(2)).await,
         "slow-once" if attempt == 1 => tokio::time::sleep(Duration::from_secs(2)).await,
+        b if b.starts_with("sleep-") => {
+            let ms = b["sleep-".len()..].parse::<u64>().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        b if b.starts_with("fail-on=") => {
+            if b["fail-on=".len()..].split('+').any(|p| p == pod) {
+                status = StatusCode::SERVICE_UNAVAILABLE;
+            }
+        }
         b => {
             if let Some(code) = b.strip_prefix("status-") {
                 status = code
@@ -438,14 +457,64 @@ impl Case {
         format!("{proto} {} {} [{}]", self.host, self.path, h.join(","))
     }
 
-    /// The VIP a client would call for this host (the reviews VIP otherwise).
+    /// The VIP a client would call for this host.
     fn vip(&self) -> SocketAddr {
-        let ip = if self.host.starts_with("ratings") || self.host.starts_with("10.96.0.21") {
-            RATINGS_VIP
-        } else {
-            REVIEWS_VIP
-        };
-        SocketAddr::from((ip, PORT))
+        vip_of(self.host)
+    }
+}
+
+/// The VIP a client would call for `host` (the reviews VIP by default).
+fn vip_of(host: &str) -> SocketAddr {
+    let ip = if host.starts_with("ratings") || host.starts_with("10.96.0.21") {
+        RATINGS_VIP
+    } else if host.starts_with("lb") {
+        LB_VIP
+    } else if host.starts_with("pool") {
+        POOL_VIP
+    } else {
+        REVIEWS_VIP
+    };
+    SocketAddr::from((ip, PORT))
+}
+
+/// One request with owned parts (the matrix's [`Case`], or one of the
+/// second test's scenarios).
+#[derive(Debug, Clone)]
+struct Req {
+    host: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    h2: bool,
+}
+
+impl Req {
+    fn get(host: &str, path: &str) -> Req {
+        Req {
+            host: host.into(),
+            path: path.into(),
+            headers: Vec::new(),
+            h2: false,
+        }
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Req {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+impl From<&Case> for Req {
+    fn from(c: &Case) -> Req {
+        Req {
+            host: c.host.into(),
+            path: c.path.into(),
+            headers: c
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            h2: c.h2,
+        }
     }
 }
 
@@ -508,75 +577,127 @@ struct Reply {
     seen: Option<Seen>,
     location: Option<String>,
     resp_header: Option<String>,
+    /// A connection-pool limit refused the request (Envoy's flag UO): Envoy
+    /// says so in `x-envoy-overloaded`, dpu-proxy in its local reply's body
+    /// (`response_flags=UO`).
+    overloaded: bool,
+    /// From sending the request to the end of the answer's body.
+    elapsed: Duration,
 }
 
 /// One request (HTTP/1.1, or h2c with prior knowledge) on a new connection
 /// from inside `ns`.
 fn send(ns: &Netns, to: SocketAddr, case: &Case, tag: String) -> Result<Reply, String> {
-    let case = case.clone();
+    let req = Req::from(case);
+    ns.run(move || runtime().block_on(exchange(to, &req, tag)))
+        .map_err(|e| format!("netns: {e}"))?
+}
+
+/// One request of a batch: what, its `x-case` tag, and how long after the
+/// batch's start it may go.
+struct Job {
+    req: Req,
+    tag: String,
+    after: Duration,
+}
+
+/// Sends `jobs` from inside `ns`, at most `concurrency` at a time, each on
+/// its own connection; the replies in the order of `jobs`.
+fn send_all(
+    ns: &Netns,
+    to: SocketAddr,
+    jobs: Vec<Job>,
+    concurrency: usize,
+) -> Vec<Result<Reply, String>> {
+    let n = jobs.len();
     ns.run(move || {
         runtime().block_on(async move {
-            let stream =
-                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
-                    .await
-                    .map_err(|_| format!("connect to {to} timed out"))?
-                    .map_err(|e| format!("connect to {to}: {e}"))?;
-            let io = TokioIo::new(stream);
-            let mut req = if case.h2 {
-                Request::get(format!("http://{}{}", case.host, case.path))
-            } else {
-                Request::get(case.path).header("host", case.host)
+            let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+            let mut tasks = Vec::with_capacity(n);
+            for job in jobs {
+                let Ok(permit) = gate.clone().acquire_owned().await else {
+                    break;
+                };
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep(job.after).await;
+                    let reply = exchange(to, &job.req, job.tag).await;
+                    drop(permit);
+                    reply
+                }));
             }
-            .header("x-case", tag);
-            for (k, v) in &case.headers {
-                req = req.header(*k, *v);
+            let mut out = Vec::with_capacity(n);
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| Err(format!("task: {e}"))));
             }
-            let req = req
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            let exchange = async {
-                let resp = if case.h2 {
-                    let (mut sender, conn) =
-                        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                            .handshake(io)
-                            .await?;
-                    tokio::spawn(conn);
-                    sender.send_request(req).await?
-                } else {
-                    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-                    tokio::spawn(conn);
-                    sender.send_request(req).await?
-                };
-                let header = |name: &str| {
-                    resp.headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
-                let served_by = header("x-served-by");
-                let seen = served_by.as_ref().map(|_| Seen {
-                    path: header("x-seen-path").unwrap_or_default(),
-                    host: header("x-seen-host").unwrap_or_default(),
-                    added: header("x-seen-added").unwrap_or_default(),
-                    env: header("x-seen-env").unwrap_or_default(),
-                });
-                let reply = Reply {
-                    status: resp.status().as_u16(),
-                    served_by,
-                    seen,
-                    location: header("location"),
-                    resp_header: header("x-resp"),
-                };
-                resp.into_body().collect().await?;
-                Ok::<_, hyper::Error>(reply)
-            };
-            tokio::time::timeout(Duration::from_secs(20), exchange)
-                .await
-                .map_err(|_| "no answer in 20 s".to_string())?
-                .map_err(|e| format!("exchange: {e}"))
+            out
         })
     })
-    .map_err(|e| format!("netns: {e}"))?
+    .unwrap_or_else(|e| (0..n).map(|_| Err(format!("netns: {e}"))).collect())
+}
+
+/// One request on a new connection (call from inside the client's netns).
+async fn exchange(to: SocketAddr, case: &Req, tag: String) -> Result<Reply, String> {
+    let start = Instant::now();
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
+        .await
+        .map_err(|_| format!("connect to {to} timed out"))?
+        .map_err(|e| format!("connect to {to}: {e}"))?;
+    let io = TokioIo::new(stream);
+    let mut req = if case.h2 {
+        Request::get(format!("http://{}{}", case.host, case.path))
+    } else {
+        Request::get(case.path.as_str()).header("host", case.host.as_str())
+    }
+    .header("x-case", tag);
+    for (k, v) in &case.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = if case.h2 {
+            let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(conn);
+            sender.send_request(req).await?
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            sender.send_request(req).await?
+        };
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let served_by = header("x-served-by");
+        let seen = served_by.as_ref().map(|_| Seen {
+            path: header("x-seen-path").unwrap_or_default(),
+            host: header("x-seen-host").unwrap_or_default(),
+            added: header("x-seen-added").unwrap_or_default(),
+            env: header("x-seen-env").unwrap_or_default(),
+        });
+        let mut reply = Reply {
+            status: resp.status().as_u16(),
+            served_by,
+            seen,
+            location: header("location"),
+            resp_header: header("x-resp"),
+            overloaded: header("x-envoy-overloaded").as_deref() == Some("true"),
+            elapsed: Duration::ZERO,
+        };
+        let body = resp.into_body().collect().await?.to_bytes();
+        reply.overloaded |= String::from_utf8_lossy(&body).contains("response_flags=UO");
+        reply.elapsed = start.elapsed();
+        Ok::<_, hyper::Error>(reply)
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .map_err(|_| "no answer in 20 s".to_string())?
+        .map_err(|e| format!("exchange: {e}"))
 }
 
 /// The matrix: every host × path × header set without upstream behaviour,
@@ -722,96 +843,141 @@ fn pods_yaml(node: &Node) -> String {
     out
 }
 
-#[test]
-fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
-    let envoy = envoy_bin();
-    let sim = SimGuard::up(
-        SimConfig::new(unique_cluster("diff"))
-            .with_nodes(1)
-            .with_vfs(5),
-    )
-    .expect("sim up");
-    let node = sim.node(1).expect("node 1").clone();
-    let client = attach_pod(&sim, &node, CLIENT.1, CLIENT.0, CLIENT.2);
-    let envoy_pod = attach_pod(&sim, &node, ENVOY.1, ENVOY.0, ENVOY.2);
-    let servers: Vec<Netns> = SERVERS
-        .iter()
-        .map(|s| attach_pod(&sim, &node, s.vf, s.name, s.ip))
-        .collect();
+/// One simulated node with the real dataplane and dpu-proxy, a meshed client
+/// pod, Envoy in its own pod and the scripted servers, both proxies
+/// configured from the fixture and warm. Dropped in field order: the
+/// servers first, the simulator (processes, netns) last.
+struct Harness {
+    _servers: Vec<ScriptedServer>,
+    seen: Attempts,
+    client: Netns,
+    envoy_pod: Netns,
+    _work: TempDir,
+    sim: SimGuard,
+}
 
-    let work = TempDir(std::env::temp_dir().join(format!("dpumesh-{}", sim.cluster())));
-    let dir = work.0.join("local");
-    copy_dir(&fixture(), &dir);
-    std::fs::write(dir.join("pods.yaml"), pods_yaml(&node)).expect("write pods.yaml");
-
-    let mut pods = vec![
-        steering(&node, CLIENT.0, CLIENT.1, CLIENT.2, true),
-        steering(&node, ENVOY.0, ENVOY.1, ENVOY.2, false),
-    ];
-    pods.extend(
-        SERVERS
+impl Harness {
+    fn up(prefix: &str) -> Harness {
+        let envoy = envoy_bin();
+        let sim = SimGuard::up(
+            SimConfig::new(unique_cluster(prefix))
+                .with_nodes(1)
+                .with_vfs(5),
+        )
+        .expect("sim up");
+        let node = sim.node(1).expect("node 1").clone();
+        let client = attach_pod(&sim, &node, CLIENT.1, CLIENT.0, CLIENT.2);
+        let envoy_pod = attach_pod(&sim, &node, ENVOY.1, ENVOY.0, ENVOY.2);
+        let servers: Vec<Netns> = SERVERS
             .iter()
-            .map(|s| steering(&node, s.name, s.vf, s.ip, false)),
-    );
-    let proxy_mgmt = start_dpu(&sim, &node, pods, &work.0.join("ca-root.pem"));
+            .map(|s| attach_pod(&sim, &node, s.vf, s.name, s.ip))
+            .collect();
 
-    // The adapter: the directory → NodeConfig → dpu-proxy, once.
-    let out = node
-        .host
-        .command(sibling("dpumesh-controller").display().to_string())
-        .args(["adapter", "--local-dir"])
-        .arg(&dir)
-        .args(["--node", "n1", "--proxy-addr", &proxy_mgmt, "--once"])
-        .output()
-        .expect("run the adapter");
-    assert!(
-        out.status.success(),
-        "adapter --once failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        let work = TempDir(std::env::temp_dir().join(format!("dpumesh-{}", sim.cluster())));
+        let dir = work.0.join("local");
+        copy_dir(&fixture(), &dir);
+        std::fs::write(dir.join("pods.yaml"), pods_yaml(&node)).expect("write pods.yaml");
 
-    let seen: Attempts = Arc::default();
-    let _servers: Vec<ScriptedServer> = SERVERS
-        .iter()
-        .zip(&servers)
-        .map(|(s, ns)| ScriptedServer::start(ns, s.name, s.version, seen.clone()))
-        .collect();
+        let mut pods = vec![
+            steering(&node, CLIENT.0, CLIENT.1, CLIENT.2, true),
+            steering(&node, ENVOY.0, ENVOY.1, ENVOY.2, false),
+        ];
+        pods.extend(
+            SERVERS
+                .iter()
+                .map(|s| steering(&node, s.name, s.vf, s.ip, false)),
+        );
+        let proxy_mgmt = start_dpu(&sim, &node, pods, &work.0.join("ca-root.pem"));
 
-    // Envoy, in its (unmeshed) pod, reading the same files; xds/ is its cwd.
-    let xds = dir.join("xds");
-    sim.spawn_with(SpawnSpec::new("envoy", envoy_pod.clone(), "/bin/sh").args([
-        "-c".to_string(),
-        format!(
+        // The adapter: the directory → NodeConfig → dpu-proxy, once.
+        let out = node
+            .host
+            .command(sibling("dpumesh-controller").display().to_string())
+            .args(["adapter", "--local-dir"])
+            .arg(&dir)
+            .args(["--node", "n1", "--proxy-addr", &proxy_mgmt, "--once"])
+            .output()
+            .expect("run the adapter");
+        assert!(
+            out.status.success(),
+            "adapter --once failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let seen: Attempts = Arc::default();
+        let _servers: Vec<ScriptedServer> = SERVERS
+            .iter()
+            .zip(&servers)
+            .map(|(s, ns)| ScriptedServer::start(ns, s.name, s.version, seen.clone()))
+            .collect();
+
+        // Envoy, in its (unmeshed) pod, reading the same files; xds/ is its cwd.
+        let xds = dir.join("xds");
+        sim.spawn_with(SpawnSpec::new("envoy", envoy_pod.clone(), "/bin/sh").args([
+            "-c".to_string(),
+            format!(
             "cd '{}' && exec '{}' -c ../envoy.yaml --concurrency 1 --disable-hot-restart -l info",
             xds.display(),
             envoy.display()
         ),
-    ]))
-    .expect("spawn envoy");
-    let envoy_log = sim.log_path("envoy");
-    let envoy_addr = SocketAddr::from(([127, 0, 0, 1], PORT));
-    wait_listening(&envoy_pod, envoy_addr, "Envoy", Some(&envoy_log));
-    // Envoy is warm once every EDS file is loaded: a subset route answers.
-    let probe = Case {
-        host: "reviews",
-        path: "/reviews/weighted",
-        headers: vec![],
-        h2: false,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match send(&envoy_pod, envoy_addr, &probe, "probe".into()) {
-            Ok(Reply { status: 200, .. }) => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "Envoy never answered 200 for the probe: {:?}{}",
-                other.map(|r| r.status),
-                log_tail(&envoy_log)
-            ),
+        ]))
+        .expect("spawn envoy");
+        let envoy_log = sim.log_path("envoy");
+        let envoy_addr = SocketAddr::from(([127, 0, 0, 1], PORT));
+        wait_listening(&envoy_pod, envoy_addr, "Envoy", Some(&envoy_log));
+        // Envoy is warm once every EDS file is loaded: a subset route answers.
+        // Envoy is warm once every EDS file is loaded: a route to a subset of
+        // each service answers (the probes go to servers that record them under
+        // the tag "probe", which no comparison reads).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (host, path) in [
+            ("reviews", "/reviews/weighted"),
+            ("lb", "/lb/hash-ip"),
+            ("pool", "/pool/cb"),
+        ] {
+            let probe = Req::get(host, path);
+            loop {
+                let reply = envoy_pod
+                    .run(|| runtime().block_on(exchange(envoy_addr, &probe, "probe".into())))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                match reply {
+                    Ok(Reply { status: 200, .. }) => break,
+                    other => assert!(
+                        Instant::now() < deadline,
+                        "Envoy never answered 200 for {host}{path}: {:?}{}",
+                        other.map(|r| r.status),
+                        log_tail(&envoy_log)
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
+
+        Harness {
+            _servers,
+            seen,
+            client,
+            envoy_pod,
+            _work: work,
+            sim,
+        }
     }
 
+    /// Stops everything and checks that nothing is left behind.
+    fn finish(self) {
+        let name = self.sim.cluster().to_string();
+        drop(self);
+        let left = dpumesh_sim::leftovers(&name).expect("leftovers");
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+#[test]
+fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
+    let h = Harness::up("diff");
+    let (client, envoy_pod, seen) = (&h.client, &h.envoy_pod, &h.seen);
+    let envoy_addr = SocketAddr::from(([127, 0, 0, 1], PORT));
     let attempts_of = |tag: &str| -> Vec<String> {
         seen.lock()
             .map(|s| s.get(tag).cloned().unwrap_or_default())
@@ -824,6 +990,8 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
             seen: None,
             location: None,
             resp_header: None,
+            overloaded: false,
+            elapsed: Duration::ZERO,
         });
         Outcome {
             status: reply.status,
@@ -840,8 +1008,8 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
     let mut statuses: HashMap<u16, usize> = HashMap::new();
     let mut by_envoy_all: HashMap<String, Outcome> = HashMap::new();
     for (i, case) in cases.iter().enumerate() {
-        let by_envoy = run(&envoy_pod, envoy_addr, case, format!("envoy-{i}"));
-        let by_dpu = run(&client, case.vip(), case, format!("dpu-{i}"));
+        let by_envoy = run(envoy_pod, envoy_addr, case, format!("envoy-{i}"));
+        let by_dpu = run(client, case.vip(), case, format!("dpu-{i}"));
         *statuses.entry(by_envoy.status).or_default() += 1;
         by_envoy_all.insert(case.describe(), by_envoy.clone());
         if by_envoy != by_dpu {
@@ -905,9 +1073,632 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
         );
     }
 
-    drop(_servers);
-    let name = sim.cluster().to_string();
-    drop(sim);
-    let left = dpumesh_sim::leftovers(&name).expect("leftovers");
-    assert!(left.is_empty(), "left behind: {left:?}");
+    h.finish();
+}
+
+/// One proxy under test, as the second test drives it.
+struct Side<'a> {
+    name: &'static str,
+    ns: &'a Netns,
+    /// Envoy is called on 127.0.0.1 whatever the host; dpu-proxy on the
+    /// host's VIP, through the dataplane.
+    via_envoy: bool,
+    seen: &'a Attempts,
+}
+
+/// One request's fate on one side.
+#[derive(Debug, Clone)]
+struct Got {
+    status: u16,
+    served_by: Option<String>,
+    overloaded: bool,
+    elapsed: Duration,
+    /// The pods that received it (mirrors included), in order.
+    attempts: Vec<String>,
+}
+
+impl Side<'_> {
+    /// Sends `reqs` (each after its delay), at most `concurrency` at a time;
+    /// waits `settle` for stragglers (mirrors) before reading the attempts.
+    fn send(
+        &self,
+        scenario: &str,
+        reqs: Vec<(Req, Duration)>,
+        concurrency: usize,
+        settle: Duration,
+    ) -> Vec<Got> {
+        let Some((first, _)) = reqs.first() else {
+            return Vec::new();
+        };
+        let to = if self.via_envoy {
+            SocketAddr::from(([127, 0, 0, 1], PORT))
+        } else {
+            vip_of(&first.host)
+        };
+        let tags: Vec<String> = (0..reqs.len())
+            .map(|i| format!("{}-{scenario}-{i}", self.name))
+            .collect();
+        let jobs = reqs
+            .into_iter()
+            .zip(&tags)
+            .map(|((req, after), tag)| Job {
+                req,
+                tag: tag.clone(),
+                after,
+            })
+            .collect();
+        let replies = send_all(self.ns, to, jobs, concurrency);
+        std::thread::sleep(settle);
+        let seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        replies
+            .into_iter()
+            .zip(&tags)
+            .map(|(r, tag)| {
+                let attempts = seen.get(tag).cloned().unwrap_or_default();
+                match r {
+                    Ok(r) => Got {
+                        status: r.status,
+                        served_by: r.served_by,
+                        overloaded: r.overloaded,
+                        elapsed: r.elapsed,
+                        attempts,
+                    },
+                    Err(e) => Got {
+                        status: 0,
+                        served_by: Some(format!("(client error: {e})")),
+                        overloaded: false,
+                        elapsed: Duration::ZERO,
+                        attempts,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Share of the answers each pod gave (of all answers).
+fn shares(got: &[Got]) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for g in got {
+        let pod = g
+            .served_by
+            .clone()
+            .unwrap_or_else(|| format!("({})", g.status));
+        *out.entry(pod).or_insert(0.0) += 1.0 / got.len().max(1) as f64;
+    }
+    out
+}
+
+fn fmt_shares(s: &std::collections::BTreeMap<String, f64>) -> String {
+    let parts: Vec<String> = s
+        .iter()
+        .map(|(k, v)| format!("{k} {:.1}%", v * 100.0))
+        .collect();
+    parts.join(", ")
+}
+
+/// What both sides measured, per scenario, for the comparison table.
+#[derive(Default)]
+struct Findings {
+    lines: Vec<String>,
+    problems: Vec<String>,
+}
+
+impl Findings {
+    fn note(&mut self, line: String) {
+        eprintln!("{line}");
+        self.lines.push(line);
+    }
+
+    fn check(&mut self, ok: bool, what: String) {
+        if !ok {
+            self.problems.push(what);
+        }
+    }
+}
+
+fn repeat(req: Req, n: usize) -> Vec<(Req, Duration)> {
+    (0..n).map(|_| (req.clone(), Duration::ZERO)).collect()
+}
+
+/// Load balancing (round robin, random, least request; weighted endpoints;
+/// route weights): each pod's share on both sides within `tol` of the
+/// configured share, and the two sides within `tol` of each other.
+fn distributions(sides: &[Side], f: &mut Findings) {
+    let lb = |v1: f64, v2: f64, r: f64| [("reviews-v1", v1), ("reviews-v2", v2), ("ratings-v1", r)];
+    // (scenario, host, path, requests, concurrency, expected, tolerance)
+    // Tolerances are >= 3.5 standard deviations of the sampled share (none
+    // for round robin, which is exact), and well below the gap between the
+    // configured shares and an unweighted split (25/25/50 vs 33/33/33).
+    let third = 1.0 / 3.0;
+    let cases = [
+        ("rr", "lb", "/lb/rr", 400, 8, lb(0.25, 0.25, 0.5), 0.03),
+        // Envoy's random load balancer ignores endpoint weights.
+        (
+            "random",
+            "lb",
+            "/lb/random",
+            800,
+            8,
+            lb(third, third, third),
+            0.07,
+        ),
+        (
+            "lr-weighted",
+            "lb",
+            "/lb/lr",
+            800,
+            1,
+            lb(0.25, 0.25, 0.5),
+            0.07,
+        ),
+        (
+            "lr-equal",
+            "pool",
+            "/pool/lr",
+            800,
+            1,
+            lb(third, third, third),
+            0.07,
+        ),
+        (
+            "split-30-70",
+            "lb",
+            "/lb/split",
+            800,
+            8,
+            lb(0.3, 0.7, 0.0),
+            0.07,
+        ),
+    ];
+    for (scenario, host, path, n, conc, want, tol) in cases {
+        let mut measured = Vec::new();
+        for side in sides {
+            let got = side.send(
+                scenario,
+                repeat(Req::get(host, path), n),
+                conc,
+                Duration::ZERO,
+            );
+            let s = shares(&got);
+            f.note(format!(
+                "{scenario:<14} {:<9} {}",
+                side.name,
+                fmt_shares(&s)
+            ));
+            for (pod, share) in want {
+                let have = s.get(pod).copied().unwrap_or(0.0);
+                f.check(
+                    (have - share).abs() <= tol,
+                    format!(
+                        "{scenario}: {} sent {:.1}% to {pod}, configured {:.1}% (± {:.0}%)",
+                        side.name,
+                        have * 100.0,
+                        share * 100.0,
+                        tol * 100.0
+                    ),
+                );
+            }
+            f.check(
+                got.iter().all(|g| g.status == 200),
+                format!(
+                    "{scenario}: {} answered other than 200: {}",
+                    side.name,
+                    fmt_shares(&s)
+                ),
+            );
+            measured.push(s);
+        }
+        if let [a, b] = &measured[..] {
+            for (pod, _) in want {
+                let (x, y) = (a.get(pod).unwrap_or(&0.0), b.get(pod).unwrap_or(&0.0));
+                f.check(
+                    (x - y).abs() <= tol * 1.3,
+                    format!(
+                        "{scenario}: {pod} got {:.1}% from Envoy, {:.1}% from dpu-proxy",
+                        x * 100.0,
+                        y * 100.0
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Consistent hashing (ring hash by header, cookie, source IP): on each
+/// side every key sticks to one pod, and the keys spread over all pods
+/// (the weight-2 pod taking about half of them).
+fn hashing(sides: &[Side], f: &mut Findings) {
+    const KEYS: usize = 90;
+    for (scenario, path, key) in [
+        ("hash-header", "/lb/hash-header", "x-user"),
+        ("hash-cookie", "/lb/hash-cookie", "cookie"),
+    ] {
+        for side in sides {
+            let reqs: Vec<(Req, Duration)> = (0..KEYS * 2)
+                .map(|i| {
+                    let k = i % KEYS;
+                    let value = if key == "cookie" {
+                        format!("session=s{k}; other=x")
+                    } else {
+                        format!("u{k}")
+                    };
+                    (Req::get("lb", path).header(key, &value), Duration::ZERO)
+                })
+                .collect();
+            let got = side.send(scenario, reqs, 8, Duration::ZERO);
+            let mut by_key: HashMap<usize, std::collections::BTreeSet<String>> = HashMap::new();
+            for (i, g) in got.iter().enumerate() {
+                by_key.entry(i % KEYS).or_default().insert(
+                    g.served_by
+                        .clone()
+                        .unwrap_or_else(|| format!("({})", g.status)),
+                );
+            }
+            let loose = by_key.values().filter(|pods| pods.len() != 1).count();
+            let mut keys_per_pod: std::collections::BTreeMap<String, usize> = Default::default();
+            for pods in by_key.values().filter(|p| p.len() == 1) {
+                for p in pods {
+                    *keys_per_pod.entry(p.clone()).or_default() += 1;
+                }
+            }
+            f.note(format!(
+                "{scenario:<14} {:<9} keys per pod {keys_per_pod:?}, {loose} keys on more than one pod",
+                side.name
+            ));
+            f.check(
+                loose == 0,
+                format!(
+                    "{scenario}: {}: {loose} of {KEYS} keys went to more than one pod",
+                    side.name
+                ),
+            );
+            for pod in ["reviews-v1", "reviews-v2", "ratings-v1"] {
+                f.check(
+                    keys_per_pod.get(pod).copied().unwrap_or(0) >= 8,
+                    format!(
+                        "{scenario}: {}: keys per pod {keys_per_pod:?}, too few on {pod}",
+                        side.name
+                    ),
+                );
+            }
+            let heavy = keys_per_pod.get("ratings-v1").copied().unwrap_or(0) as f64 / KEYS as f64;
+            f.check(
+                (0.3..=0.7).contains(&heavy),
+                format!(
+                    "{scenario}: {}: the weight-2 pod got {:.0}% of the keys",
+                    side.name,
+                    heavy * 100.0
+                ),
+            );
+        }
+    }
+    // One client address per side: every request on one pod.
+    for side in sides {
+        let got = side.send(
+            "hash-ip",
+            repeat(Req::get("lb", "/lb/hash-ip"), 30),
+            4,
+            Duration::ZERO,
+        );
+        let s = shares(&got);
+        f.note(format!(
+            "{:<14} {:<9} {}",
+            "hash-ip",
+            side.name,
+            fmt_shares(&s)
+        ));
+        f.check(
+            s.len() == 1 && got.iter().all(|g| g.status == 200),
+            format!(
+                "hash-ip: {} spread one source over {}",
+                side.name,
+                fmt_shares(&s)
+            ),
+        );
+    }
+}
+
+/// Mirroring (100 % and 50 %) and partial faults (abort 40 %, delay 50 %).
+fn mirrors_and_faults(sides: &[Side], f: &mut Findings) {
+    let mut mirrored = Vec::new();
+    for (scenario, path, n, want, tol) in [
+        ("mirror-all", "/mirror/all", 40, 1.0, 0.0),
+        ("mirror-half", "/mirror/half", 400, 0.5, 0.09),
+    ] {
+        for side in sides {
+            let got = side.send(
+                scenario,
+                repeat(Req::get("lb", path), n),
+                8,
+                Duration::from_millis(500),
+            );
+            let copies = got
+                .iter()
+                .filter(|g| g.attempts.iter().filter(|p| *p == "ratings-v1").count() == 1)
+                .count();
+            let share = copies as f64 / n as f64;
+            let wrong = got
+                .iter()
+                .filter(|g| {
+                    g.status != 200
+                        || g.served_by.as_deref() != Some("reviews-v1")
+                        || g.attempts.iter().filter(|p| *p == "reviews-v1").count() != 1
+                        || g.attempts.iter().filter(|p| *p == "ratings-v1").count() > 1
+                })
+                .count();
+            f.note(format!(
+                "{scenario:<14} {:<9} mirrored {:.1}%, {wrong} wrong answers",
+                side.name,
+                share * 100.0
+            ));
+            f.check(
+                (share - want).abs() <= tol && wrong == 0,
+                format!(
+                    "{scenario}: {} mirrored {:.1}% (configured {:.0}%), {wrong} requests not \
+                     answered once by reviews-v1 or copied more than once",
+                    side.name,
+                    share * 100.0,
+                    want * 100.0
+                ),
+            );
+            mirrored.push(share);
+        }
+        if let [a, b] = mirrored[..] {
+            f.check(
+                (a - b).abs() <= tol * 1.3,
+                format!(
+                    "{scenario}: Envoy mirrored {:.1}%, dpu-proxy {:.1}%",
+                    a * 100.0,
+                    b * 100.0
+                ),
+            );
+        }
+        mirrored.clear();
+    }
+
+    let mut aborted = Vec::new();
+    for side in sides {
+        let got = side.send(
+            "abort-40",
+            repeat(Req::get("lb", "/faults/abort"), 800),
+            8,
+            Duration::ZERO,
+        );
+        let n503 = got.iter().filter(|g| g.status == 503).count();
+        let share = n503 as f64 / got.len() as f64;
+        // An aborted request never reaches the upstream; the others do, once.
+        let wrong = got
+            .iter()
+            .filter(|g| match g.status {
+                503 => !g.attempts.is_empty(),
+                200 => g.attempts != ["reviews-v1"],
+                _ => true,
+            })
+            .count();
+        f.note(format!(
+            "{:<14} {:<9} aborted {:.1}%, {wrong} wrong",
+            "abort-40",
+            side.name,
+            share * 100.0
+        ));
+        f.check(
+            (share - 0.4).abs() <= 0.06 && wrong == 0,
+            format!(
+                "abort-40: {} aborted {:.1}% (configured 40 %), {wrong} wrong answers",
+                side.name,
+                share * 100.0
+            ),
+        );
+        aborted.push(share);
+    }
+    if let [a, b] = aborted[..] {
+        f.check(
+            (a - b).abs() <= 0.08,
+            format!(
+                "abort-40: Envoy aborted {:.1}%, dpu-proxy {:.1}%",
+                a * 100.0,
+                b * 100.0
+            ),
+        );
+    }
+
+    let mut delayed = Vec::new();
+    for side in sides {
+        let got = side.send(
+            "delay-50",
+            repeat(Req::get("lb", "/faults/delay"), 300),
+            30,
+            Duration::ZERO,
+        );
+        // The delay is 400 ms; an undelayed request takes a few ms.
+        let slow = got
+            .iter()
+            .filter(|g| g.elapsed >= Duration::from_millis(300))
+            .count();
+        let share = slow as f64 / got.len() as f64;
+        let not_ok = got.iter().filter(|g| g.status != 200).count();
+        f.note(format!(
+            "{:<14} {:<9} delayed {:.1}%, {not_ok} not 200",
+            "delay-50",
+            side.name,
+            share * 100.0
+        ));
+        f.check(
+            (share - 0.5).abs() <= 0.1 && not_ok == 0,
+            format!(
+                "delay-50: {} delayed {:.1}% (configured 50 %), {not_ok} not 200",
+                side.name,
+                share * 100.0
+            ),
+        );
+        delayed.push(share);
+    }
+    if let [a, b] = delayed[..] {
+        f.check(
+            (a - b).abs() <= 0.13,
+            format!(
+                "delay-50: Envoy delayed {:.1}%, dpu-proxy {:.1}%",
+                a * 100.0,
+                b * 100.0
+            ),
+        );
+    }
+}
+
+/// Outlier detection (3 consecutive 5xx, 3 s base ejection, at most 50 %
+/// ejected) and circuit breaking (1 connection, 1 pending request).
+fn resilience(sides: &[Side], f: &mut Findings) {
+    let od = |behave: &str, n: usize| {
+        let req = Req::get("pool", "/pool/od");
+        let req = if behave.is_empty() {
+            req
+        } else {
+            req.header("x-behave", behave)
+        };
+        repeat(req, n)
+    };
+    let served = |got: &[Got], pod: &str| {
+        got.iter()
+            .filter(|g| g.served_by.as_deref() == Some(pod))
+            .count()
+    };
+    // Phase 1: reviews-v2 fails: 3 errors eject it; then it gets nothing.
+    let mut summaries: Vec<Vec<String>> = vec![Vec::new(); sides.len()];
+    let mut phase1 = Vec::new();
+    for side in sides {
+        let got = side.send("od-fail", od("fail-on=reviews-v2", 30), 1, Duration::ZERO);
+        phase1.push(got);
+    }
+    // Ejected for 3 s; Envoy looks every interval (1 s): back within 4 s.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut phase2 = Vec::new();
+    for side in sides {
+        phase2.push(side.send("od-back", od("", 30), 1, Duration::ZERO));
+    }
+    // Phase 3: two of three fail; at most 50 % may be ejected.
+    let mut phase3 = Vec::new();
+    for side in sides {
+        phase3.push(side.send(
+            "od-two",
+            od("fail-on=reviews-v1+ratings-v1", 45),
+            1,
+            Duration::ZERO,
+        ));
+    }
+    for (k, side) in sides.iter().enumerate() {
+        let (p1, p2, p3) = (&phase1[k], &phase2[k], &phase3[k]);
+        let v2_total = served(p1, "reviews-v2");
+        let v2_late = served(&p1[15..], "reviews-v2");
+        let v2_back = served(p2, "reviews-v2");
+        let late3: std::collections::BTreeSet<String> = p3[30..]
+            .iter()
+            .filter_map(|g| g.served_by.clone())
+            .collect();
+        let line = format!(
+            "failing v2 served {v2_total} (last 15: {v2_late}), after 5 s {v2_back} of 30; \
+             two failing: last 15 served by {late3:?}"
+        );
+        f.note(format!("{:<14} {:<9} {line}", "outlier", side.name));
+        summaries[k].push(format!(
+            "{v2_total} {v2_late} {} {}",
+            v2_back >= 8,
+            late3.len()
+        ));
+        f.check(
+            v2_total == 3 && v2_late == 0,
+            format!(
+                "outlier: {}: the failing pod served {v2_total} (want 3), {v2_late} of the last 15",
+                side.name
+            ),
+        );
+        f.check(
+            v2_back >= 8,
+            format!(
+                "outlier: {}: the ejected pod served {v2_back} of 30 after its ejection time",
+                side.name
+            ),
+        );
+        f.check(
+            late3.len() == 2,
+            format!(
+                "outlier: {}: with two failing pods and max 50 % ejected, the last 15 were served by {late3:?} \
+                 (want 2 pods: one of the failing ones is not ejected)",
+                side.name
+            ),
+        );
+    }
+
+    // Circuit breaking: one slow request holds the only connection, the
+    // second waits (the one pending request allowed), the third and fourth
+    // overflow: 503 with UO, without reaching the pod.
+    for (k, side) in sides.iter().enumerate() {
+        let req = Req::get("pool", "/pool/cb").header("x-behave", "sleep-700");
+        let reqs = [0, 150, 300, 350]
+            .map(|ms| (req.clone(), Duration::from_millis(ms)))
+            .to_vec();
+        let got = side.send("cb", reqs, 4, Duration::ZERO);
+        let view: Vec<String> = got
+            .iter()
+            .map(|g| {
+                format!(
+                    "{}{}/{}",
+                    g.status,
+                    if g.overloaded { " UO" } else { "" },
+                    g.attempts.len()
+                )
+            })
+            .collect();
+        let ms: Vec<u128> = got.iter().map(|g| g.elapsed.as_millis()).collect();
+        f.note(format!(
+            "{:<14} {:<9} {view:?} after {ms:?} ms",
+            "circuit-break", side.name
+        ));
+        f.check(
+            view == ["200/1", "200/1", "503 UO/0", "503 UO/0"],
+            format!(
+                "circuit-break: {}: {view:?} (want 200, 200, then 503 UO twice without an attempt)",
+                side.name
+            ),
+        );
+        summaries[k].push(view.join(","));
+    }
+    if let [a, b] = &summaries[..] {
+        f.check(
+            a == b,
+            format!("outlier/circuit-break: Envoy {a:?}, dpu-proxy {b:?}"),
+        );
+    }
+}
+
+#[test]
+fn envoy_and_dpu_proxy_balance_and_protect_the_same_way() {
+    let h = Harness::up("difflb");
+    let sides = [
+        Side {
+            name: "Envoy",
+            ns: &h.envoy_pod,
+            via_envoy: true,
+            seen: &h.seen,
+        },
+        Side {
+            name: "dpu-proxy",
+            ns: &h.client,
+            via_envoy: false,
+            seen: &h.seen,
+        },
+    ];
+    let mut f = Findings::default();
+    resilience(&sides, &mut f);
+    distributions(&sides, &mut f);
+    hashing(&sides, &mut f);
+    mirrors_and_faults(&sides, &mut f);
+    assert!(
+        f.problems.is_empty(),
+        "{} differences or departures from the configuration:\n{}\n\nmeasured:\n{}",
+        f.problems.len(),
+        f.problems.join("\n"),
+        f.lines.join("\n")
+    );
+    h.finish();
 }
