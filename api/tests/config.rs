@@ -298,6 +298,7 @@ fn generated(pods: usize, services: usize) -> NodeConfig {
         route_tables: Vec::new(),
         tcp_route_tables: Vec::new(),
         inbound_policies: Vec::new(),
+        secrets: Vec::new(),
     };
     for s in 0..services {
         let host = format!("svc-{s}.ns-{}.svc.cluster.local", s % 10);
@@ -343,6 +344,7 @@ fn generated(pods: usize, services: usize) -> NodeConfig {
                 connection_pool: ConnectionPool::default(),
                 outlier_detection: None,
                 tls: TlsMode::IstioMutual,
+                tls_origination: None,
             });
         }
         config.route_tables.push(RouteTable {

@@ -48,6 +48,10 @@ pub struct NodeConfig {
     pub tcp_route_tables: Vec<TcpRouteTable>,
     #[serde(default)]
     pub inbound_policies: Vec<InboundPolicy>,
+    /// Certificates and keys for TLS origination, each stored once and named
+    /// from `clusters[].tlsOrigination`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Secret>,
 }
 
 fn default_api_version() -> String {
@@ -371,6 +375,11 @@ pub struct Cluster {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub tls: TlsMode,
+    /// How TLS is originated for `SIMPLE` and `MUTUAL` (Istio
+    /// `DestinationRule.trafficPolicy.tls`); absent = the defaults of
+    /// [`TlsOrigination`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_origination: Option<TlsOrigination>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -485,8 +494,77 @@ pub enum TlsMode {
     /// Istio mTLS (HBONE between DPUs) with the workload identity.
     #[default]
     IstioMutual,
-    /// TLS originated to an external upstream.
+    /// TLS originated to the upstream, the server verified (`tlsOrigination`).
     Simple,
+    /// As `SIMPLE`, presenting a client certificate (`tlsOrigination.clientCertificate`).
+    Mutual,
+}
+
+/// TLS origination settings of a `SIMPLE` or `MUTUAL` cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsOrigination {
+    /// SNI sent; empty = the cluster's service hostname (Envoy's `auto_sni`
+    /// takes the request's host, which for an external service is that name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sni: String,
+    /// The server certificate must carry one of these DNS/IP SANs; empty = it
+    /// must be valid for the SNI (Envoy's `auto_san_validation`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Name of the `secrets` entry whose `caCertificates` verify the server;
+    /// absent = the DPU's system trust store (Istio's `VERIFY_CERTIFICATE_AT_CLIENT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// Name of the `secrets` entry with the client `certificateChain` and
+    /// `privateKey` (`MUTUAL` only, required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// Do not verify the server at all (Istio `insecureSkipVerify`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+}
+
+/// Certificates and a key in PEM, named once and referenced by clusters
+/// (an SDS `Secret`: `kubernetes://<credentialName>` and its `-cacert`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Secret {
+    pub name: String,
+    /// Trusted CA certificates (PEM).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_certificates: String,
+    /// Certificate chain to present, leaf first (PEM).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate_chain: String,
+    /// The chain's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub private_key: String,
+}
+
+impl Secret {
+    /// No content: the control plane has not provided this secret (yet).
+    /// Clusters that need it fail their handshakes (never plaintext).
+    pub fn is_unavailable(&self) -> bool {
+        self.ca_certificates.is_empty()
+            && self.certificate_chain.is_empty()
+            && self.private_key.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    /// The private key is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("ca_certificates", &self.ca_certificates.len())
+            .field("certificate_chain", &self.certificate_chain.len())
+            .field(
+                "private_key",
+                &(!self.private_key.is_empty()).then_some("<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// An HTTP route table (Envoy RouteConfiguration; Istio VirtualServices of one port).

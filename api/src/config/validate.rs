@@ -19,8 +19,8 @@ use ipnet::IpNet;
 use super::{
     AuthorizationPolicy, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, Cluster, Endpoint,
     HashKey, HeaderOps, InboundPolicy, Interception, LbKind, Locality, NodeConfig, NodeInfo, Pod,
-    RateLimit, RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, Service, StringMatch,
-    TcpRouteTable, WeightedDestination, API_VERSION,
+    RateLimit, RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, Secret, Service,
+    StringMatch, TcpRouteTable, TlsMode, WeightedDestination, API_VERSION,
 };
 
 /// One problem found in a config, e.g. `pods[3].ips[0]: "10.0.0.300" is not an IP address`.
@@ -208,6 +208,7 @@ struct Checker<'c> {
     route_tables: FirstIndex<'c>,
     tcp_route_tables: FirstIndex<'c>,
     inbound_policies: FirstIndex<'c>,
+    secrets: FirstIndex<'c>,
     /// Every port of every service, for `routeOverrides` keys.
     service_ports: HashSet<u16>,
 }
@@ -223,6 +224,7 @@ impl<'c> Checker<'c> {
             route_tables: first_index(&cfg.route_tables, |t| t.name.as_str()),
             tcp_route_tables: first_index(&cfg.tcp_route_tables, |t| t.name.as_str()),
             inbound_policies: first_index(&cfg.inbound_policies, |p| p.name.as_str()),
+            secrets: first_index(&cfg.secrets, |s| s.name.as_str()),
             service_ports: cfg
                 .services
                 .iter()
@@ -303,6 +305,11 @@ impl<'c> Checker<'c> {
         let policies = root.f("inboundPolicies");
         for (i, policy) in cfg.inbound_policies.iter().enumerate() {
             self.inbound_policy(&policies.i(i), i, policy);
+        }
+
+        let secrets = root.f("secrets");
+        for (i, secret) in cfg.secrets.iter().enumerate() {
+            self.secret(&secrets.i(i), i, secret);
         }
     }
 
@@ -960,6 +967,7 @@ impl<'c> Checker<'c> {
         if c.connect_timeout_ms == 0 {
             self.err(&p.f("connectTimeoutMs"), "must be > 0, got 0");
         }
+        self.tls_origination(p, c);
 
         if let Some(od) = &c.outlier_detection {
             let path = p.f("outlierDetection");
@@ -975,6 +983,112 @@ impl<'c> Checker<'c> {
                     format!("{} is out of range 0..=100", od.max_ejection_percent),
                 );
             }
+        }
+    }
+
+    /// `tlsOrigination` only on `SIMPLE`/`MUTUAL` clusters; `MUTUAL` needs a
+    /// client certificate; secret references name an entry with the right parts.
+    fn tls_origination(&mut self, p: &Path<'_>, c: &Cluster) {
+        let originates = matches!(c.tls, TlsMode::Simple | TlsMode::Mutual);
+        let tp = p.f("tlsOrigination");
+        let Some(t) = &c.tls_origination else {
+            if c.tls == TlsMode::Mutual {
+                self.err(&tp.f("clientCertificate"), "must be set when tls is MUTUAL");
+            }
+            return;
+        };
+        if !originates {
+            self.err(&tp, "set, but tls is not SIMPLE or MUTUAL");
+        }
+        if !t.sni.is_empty() && !is_hostname(&t.sni) && t.sni.parse::<IpAddr>().is_err() {
+            self.err(
+                &tp.f("sni"),
+                format!("{:?} is not a host name or IP address", t.sni),
+            );
+        }
+        let sans = tp.f("subjectAltNames");
+        for (j, san) in t.subject_alt_names.iter().enumerate() {
+            let path = sans.i(j);
+            if self.non_empty(&path, san) && !is_hostname(san) && san.parse::<IpAddr>().is_err() {
+                self.err(
+                    &path,
+                    format!("{san:?} is not a DNS name (optionally *.) or IP address"),
+                );
+            }
+        }
+        if let Some(name) = &t.ca_certificates {
+            if let Some(s) = self.secret_ref(&tp.f("caCertificates"), name) {
+                if s.ca_certificates.is_empty() && !s.is_unavailable() {
+                    self.err(
+                        &tp.f("caCertificates"),
+                        format!("secret {name:?} has no caCertificates"),
+                    );
+                }
+            }
+        }
+        match (&t.client_certificate, c.tls) {
+            (None, TlsMode::Mutual) => {
+                self.err(&tp.f("clientCertificate"), "must be set when tls is MUTUAL")
+            }
+            (Some(_), tls) if tls != TlsMode::Mutual => {
+                self.err(&tp.f("clientCertificate"), "set, but tls is not MUTUAL")
+            }
+            (Some(name), _) => {
+                if let Some(s) = self.secret_ref(&tp.f("clientCertificate"), name) {
+                    if (s.certificate_chain.is_empty() || s.private_key.is_empty())
+                        && !s.is_unavailable()
+                    {
+                        self.err(
+                            &tp.f("clientCertificate"),
+                            format!("secret {name:?} lacks certificateChain or privateKey"),
+                        );
+                    }
+                }
+            }
+            (None, _) => {}
+        }
+    }
+
+    fn secret_ref(&mut self, p: &Path<'_>, name: &str) -> Option<&'c Secret> {
+        let cfg = self.cfg;
+        match self.secrets.get(name) {
+            Some(&j) => Some(&cfg.secrets[j]),
+            None => {
+                self.err(p, format!("{name:?} is not the name of any secrets entry"));
+                None
+            }
+        }
+    }
+
+    /// A secret: a unique name, PEM blocks of the right kinds (their content
+    /// is parsed by the consumer), a chain only with its key. One without
+    /// any content is allowed: the control plane has not provided it.
+    fn secret(&mut self, p: &Path<'_>, i: usize, s: &Secret) {
+        let name = p.f("name");
+        if self.non_empty(&name, &s.name) {
+            let first = self.secrets.get(s.name.as_str()).copied();
+            self.unique(&name, first, &s.name, i, "secrets");
+        }
+        for (field, pem) in [
+            ("caCertificates", &s.ca_certificates),
+            ("certificateChain", &s.certificate_chain),
+        ] {
+            if !pem.is_empty() && !pem.contains("-----BEGIN CERTIFICATE-----") {
+                self.err(&p.f(field), "is not PEM: no \"BEGIN CERTIFICATE\" block");
+            }
+        }
+        match (s.certificate_chain.is_empty(), s.private_key.is_empty()) {
+            (false, true) => self.err(&p.f("privateKey"), "must be set with certificateChain"),
+            (true, false) => self.err(&p.f("certificateChain"), "must be set with privateKey"),
+            _ => {}
+        }
+        let key_pem =
+            s.private_key.contains("-----BEGIN ") && s.private_key.contains("PRIVATE KEY-----");
+        if !s.private_key.is_empty() && !key_pem {
+            self.err(
+                &p.f("privateKey"),
+                "is not PEM: no \"BEGIN ... PRIVATE KEY\" block",
+            );
         }
     }
 
