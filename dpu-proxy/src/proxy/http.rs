@@ -321,9 +321,13 @@ impl Proxy {
             .http2()
             .max_header_list_size(self.settings.max_header_bytes as u32);
         let proxy = self.clone();
+        // Boxed: a request's future is ≈ 6 KB (routing, retries and the
+        // upstream exchange inline) and hyper moves the service future per
+        // request (HTTP/1.1: into its in-flight slot; h2: into the stream's
+        // task, then into the spawned task); boxed, a pointer moves instead.
         let service = hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(ctx, req).await) }
+            Box::pin(async move { Ok::<_, Infallible>(proxy.handle(ctx, req).await) })
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
