@@ -133,6 +133,7 @@ impl Admin {
                     "active_retries": g(&c.state.retries),
                     "retries_total": c.state.retries_total.load(Ordering::Relaxed),
                     "overflows": c.state.overflows.load(Ordering::Relaxed),
+                    "tls_handshake_failures": c.state.tls_handshake_failures.load(Ordering::Relaxed),
                     "ejections_total": c.state.ejections_total.load(Ordering::Relaxed),
                     "endpoints": endpoints,
                 })

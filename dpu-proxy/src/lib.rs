@@ -12,3 +12,4 @@ pub mod identity;
 pub mod lb;
 pub mod metrics;
 pub mod proxy;
+pub mod tls_origination;

@@ -140,6 +140,8 @@ pub struct ClusterRt {
     /// TCP idle timeout (Istio `connectionPool.tcp.idleTimeout`, default 1 h).
     pub idle_timeout: Duration,
     pub tls: TlsMode,
+    /// TLS origination of a `SIMPLE`/`MUTUAL` cluster (set by the config compiler).
+    pub tls_origin: Option<Arc<crate::tls_origination::TlsOrigin>>,
     /// Most preferred first; empty levels are left out.
     pub priorities: Vec<PriorityLevel>,
     /// Index of the service in `NodeConfig.services` (metric pair keys).
@@ -254,6 +256,7 @@ impl ClusterRt {
             connect_timeout: Duration::from_millis(c.connect_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(idle_ms),
             tls: c.tls,
+            tls_origin: None,
             priorities,
             service_index: svc_index as u32,
             namespace: svc.namespace.clone(),

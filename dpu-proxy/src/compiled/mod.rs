@@ -181,6 +181,11 @@ impl CompiledConfig {
         // Clusters: the configured ones, plus a default cluster for every
         // service port that has none (Istio always has `outbound|<port>||<host>`).
         let mut clusters: HashMap<String, Arc<ClusterRt>> = HashMap::new();
+        let secrets: HashMap<&str, &dpumesh_api::config::Secret> = config
+            .secrets
+            .iter()
+            .map(|s| (s.name.as_str(), s))
+            .collect();
         for (i, c) in config.clusters.iter().enumerate() {
             let path = format!("clusters[{i}]");
             let Some(&si) = services_by_host.get(c.service.as_str()) else {
@@ -190,7 +195,7 @@ impl CompiledConfig {
                 );
                 continue;
             };
-            if let Some(rt) = ClusterRt::compile(
+            if let Some(mut rt) = ClusterRt::compile(
                 c,
                 &config.services[si],
                 si,
@@ -200,6 +205,10 @@ impl CompiledConfig {
                 &path,
                 &mut errs,
             ) {
+                match crate::tls_origination::TlsOrigin::compile(c, &secrets) {
+                    Ok(origin) => rt.tls_origin = origin.map(Arc::new),
+                    Err(e) => errs.push(format!("{path}.tlsOrigination"), e),
+                }
                 if clusters.insert(c.name.clone(), Arc::new(rt)).is_some() {
                     errs.push(
                         format!("{path}.name"),
@@ -226,6 +235,7 @@ impl CompiledConfig {
                     connection_pool: Default::default(),
                     outlier_detection: None,
                     tls: Default::default(),
+                    tls_origination: None,
                 };
                 let path = format!("services[{si}] (default cluster {name})");
                 if let Some(rt) = ClusterRt::compile(

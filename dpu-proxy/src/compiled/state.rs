@@ -42,6 +42,8 @@ pub struct ClusterState {
     pub ejections_total: AtomicU64,
     /// Retries made, ever (Envoy's `upstream_rq_retry`).
     pub retries_total: AtomicU64,
+    /// TLS originations that failed their handshake (Envoy's `ssl.connection_error`).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// Outlier-detection state of one endpoint of one cluster.

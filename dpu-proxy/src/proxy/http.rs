@@ -937,6 +937,7 @@ impl Proxy {
             hbone: self
                 .snapshot()
                 .and_then(|cfg| HboneTarget::for_endpoint(&cfg, cluster, &ep, ctx.peer.ip())),
+            tls: cluster.tls_origin.as_ref().map(|t| t.key),
         };
         let pool = self.pool.clone();
         let cluster = cluster.clone();
@@ -1007,6 +1008,7 @@ impl Proxy {
                     .cfg
                     .as_deref()
                     .and_then(|cfg| HboneTarget::for_endpoint(cfg, cluster, ep, ctx.peer.ip())),
+                tls: cluster.tls_origin.as_ref().map(|t| t.key),
             };
             // The last try takes the headers; earlier ones get a copy.
             let req = if n + 1 >= tries {
@@ -1158,6 +1160,7 @@ impl Proxy {
             h2: msg.h2,
             cluster: 0,
             hbone: None,
+            tls: None,
         };
         let req = msg.take_request(ReqBody::Streaming(body));
         match self

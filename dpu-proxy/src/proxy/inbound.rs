@@ -37,14 +37,24 @@ use crate::hbone::{InboundTunnel, TunnelHandler, TunnelStream};
 /// CONNECT stream (bytes already read for sniffing first).
 pub(crate) enum Io {
     Tcp(TcpStream),
-    Tunnel { io: TunnelStream, prefix: Bytes },
+    Tunnel {
+        io: TunnelStream,
+        prefix: Bytes,
+    },
+    /// TLS originated to the upstream (`SIMPLE`/`MUTUAL` clusters).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Io {
     /// Closes the connection with a reset where the transport has one (TCP:
     /// RST by SO_LINGER 0); a tunnel stream is dropped (its CONNECT stream ends).
     pub(crate) fn reset(self) {
-        if let Io::Tcp(s) = &self {
+        let tcp = match &self {
+            Io::Tcp(s) => Some(s),
+            Io::Tls(s) => Some(s.get_ref().0),
+            Io::Tunnel { .. } => None,
+        };
+        if let Some(s) = tcp {
             let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
         }
         drop(self);
@@ -67,6 +77,7 @@ impl AsyncRead for Io {
                 }
                 Pin::new(io).poll_read(cx, buf)
             }
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -80,6 +91,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tunnel { io, .. } => Pin::new(io).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -87,6 +99,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
             Io::Tunnel { io, .. } => Pin::new(io).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -94,6 +107,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tunnel { io, .. } => Pin::new(io).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

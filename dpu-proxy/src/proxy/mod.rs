@@ -30,7 +30,8 @@ use crate::access_log::AccessLog;
 use crate::compiled::CompiledConfig;
 use crate::hbone::{HboneClient, HboneServer};
 use crate::metrics::Metrics;
-use inbound::{Gate, Io};
+use inbound::Gate;
+pub(crate) use inbound::Io;
 use upstream::Pool;
 
 /// Where the data path gets its config snapshot from.

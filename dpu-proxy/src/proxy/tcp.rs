@@ -86,7 +86,13 @@ impl Proxy {
         };
         let mut upstream = match self
             .pool
-            .connect_io(src, addr, hbone.as_ref(), connect_timeout)
+            .connect_io(
+                src,
+                addr,
+                hbone.as_ref(),
+                cluster.map(|c| (c, false)),
+                connect_timeout,
+            )
             .await
         {
             Ok(s) => s,

@@ -142,6 +142,9 @@ pub struct PoolKey {
     pub cluster: usize,
     /// Set: the connection is an HBONE tunnel to `dst` (mTLS to another node).
     pub hbone: Option<HboneTarget>,
+    /// Set: TLS originated with these settings (the cluster's
+    /// [`crate::tls_origination::TlsOrigin::key`]).
+    pub tls: Option<u64>,
 }
 
 impl PoolKey {
@@ -287,14 +290,22 @@ impl Default for Pool {
 
 impl Pool {
     /// Connects to `dst`: through an HBONE tunnel when `hbone` is set and
-    /// the client is enabled, else TCP (from `src` when given).
+    /// the client is enabled, else TCP (from `src` when given), with TLS
+    /// originated when `tls` is given (offering ALPN h2 when its flag is set).
     pub(crate) async fn connect_io(
         &self,
         src: Option<IpAddr>,
         dst: SocketAddr,
         hbone: Option<&HboneTarget>,
+        tls: Option<(&ClusterRt, bool)>,
         timeout: Duration,
     ) -> io::Result<Io> {
+        if let Some((cluster, h2)) = tls.filter(|(c, _)| c.tls_origin.is_some()) {
+            return Box::pin(crate::tls_origination::connect(
+                cluster, src, dst, h2, timeout,
+            ))
+            .await;
+        }
         let (Some(t), Some(client)) = (hbone, self.hbone.get()) else {
             return connect(src, dst, timeout).await.map(Io::Tcp);
         };
@@ -447,6 +458,16 @@ impl Pool {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let state = cluster.map(|c| c.state.clone());
         let max_uses = cluster.map_or(0, |c| c.limits.max_requests_per_connection);
+        // TLS origination needs the cluster's settings: never plaintext instead.
+        let tls = match (key.tls, cluster) {
+            (None, _) => None,
+            (Some(_), Some(c)) => Some((c, key.h2)),
+            (Some(_), None) => {
+                return Err(UpstreamError::Connect(io::Error::other(
+                    "TLS origination without its cluster",
+                )))
+            }
+        };
         if key.h2 {
             *req.version_mut() = http::Version::HTTP_2;
             let mut sender = match self.get_h2(&key) {
@@ -460,6 +481,7 @@ impl Pool {
                         key.src,
                         key.dst,
                         key.hbone.as_ref(),
+                        tls,
                         connect_timeout,
                     ))
                     .await
@@ -513,7 +535,7 @@ impl Pool {
         // A new connection is the rare path: its futures are boxed so that
         // the future of every request (moved by hyper per request) stays small.
         let stream =
-            Box::pin(self.connect_io(key.src, key.dst, key.hbone.as_ref(), connect_timeout))
+            Box::pin(self.connect_io(key.src, key.dst, key.hbone.as_ref(), tls, connect_timeout))
                 .await
                 .map_err(UpstreamError::Connect)?;
         let (mut sender, conn) = Box::pin(http1::Builder::new().handshake(TokioIo::new(stream)))
