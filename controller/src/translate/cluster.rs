@@ -7,12 +7,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{common_lb_config::LocalityConfigSpecifier, LbPolicy as EnvoyLb},
     Cluster,
 };
-use envoy_types::pb::envoy::config::core::v3::{
-    transport_socket::ConfigType, RoutingPriority, TransportSocket,
-};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
-use prost::Name;
 
 use super::util::{millis, unpack};
 
@@ -156,7 +152,9 @@ pub fn cluster(
             .unwrap_or(ENVOY_DEFAULT_CONNECT_TIMEOUT_MS),
         connection_pool: pool,
         outlier_detection,
-        tls: tls_mode(c)?,
+        // Set from the transport socket by `super::tls::origination`.
+        tls: TlsMode::Disable,
+        tls_origination: None,
     })
 }
 
@@ -182,37 +180,4 @@ fn typed_lb_policy(c: &Cluster) -> Result<LbKind, String> {
             ))
         }
     })
-}
-
-/// istiod's auto-mTLS: a transport socket match for `tlsMode: istio` endpoints
-/// with Istio's SDS certificate → ISTIO_MUTUAL; other TLS → SIMPLE; none → DISABLE.
-fn tls_mode(c: &Cluster) -> Result<TlsMode, String> {
-    let mut sockets: Vec<&TransportSocket> = c
-        .transport_socket_matches
-        .iter()
-        .filter_map(|m| m.transport_socket.as_ref())
-        .collect();
-    sockets.extend(c.transport_socket.as_ref());
-    let mut mode = TlsMode::Disable;
-    for socket in sockets {
-        let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
-            continue;
-        };
-        if any.type_url != UpstreamTlsContext::type_url() {
-            continue; // raw_buffer and friends: plaintext
-        }
-        let tls: UpstreamTlsContext =
-            unpack(any).map_err(|e| format!("transport socket {:?}: {e}", socket.name))?;
-        let istio = tls.common_tls_context.as_ref().is_some_and(|ctx| {
-            ctx.tls_certificate_sds_secret_configs
-                .iter()
-                .any(|s| s.name == "default")
-                || ctx.alpn_protocols.iter().any(|p| p.starts_with("istio"))
-        });
-        if istio {
-            return Ok(TlsMode::IstioMutual);
-        }
-        mode = TlsMode::Simple;
-    }
-    Ok(mode)
 }

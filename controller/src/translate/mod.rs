@@ -16,6 +16,7 @@ mod cluster;
 mod endpoint;
 mod inbound;
 mod route;
+pub mod tls;
 mod util;
 
 use std::borrow::Borrow;
@@ -46,6 +47,7 @@ use prost::Name;
 use crate::inventory::{Inventory, PodSpec, ServiceSpec};
 use crate::xds::{
     ProxyResources, ResourceRef, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
+    SECRET_TYPE,
 };
 
 pub use cluster::parse_name as parse_cluster_name;
@@ -147,6 +149,7 @@ pub fn translate<P: Borrow<ProxyResources>>(
 
     // Clusters: union over pods; the first pod (in key order) wins a conflict.
     let mut clusters: BTreeMap<String, ClusterEntry<'_>> = BTreeMap::new();
+    let mut secrets: BTreeMap<String, dp::Secret> = BTreeMap::new();
     for (&pod, &px) in &proxies {
         for (name, c) in &px.clusters {
             let Some((port, subset, host)) = cluster::parse_name(name) else {
@@ -157,8 +160,28 @@ pub fn translate<P: Borrow<ProxyResources>>(
             }
             ensure_service(&mut services, host, port, c, inventory)
                 .map_err(|m| error(CLUSTER_TYPE, name, pod, m))?;
-            let config = cluster::cluster(c, port, subset, host)
+            let mut config = cluster::cluster(c, port, subset, host)
                 .map_err(|m| error(CLUSTER_TYPE, name, pod, m))?;
+            let (mode, origination, named) =
+                tls::origination(c, &px.secrets).map_err(|e| match e {
+                    tls::TlsError::Cluster(m) => error(CLUSTER_TYPE, name, pod, m),
+                    tls::TlsError::Secret { name: s, message } => error(
+                        SECRET_TYPE,
+                        &s,
+                        pod,
+                        format!("{message} (named by cluster {name:?})"),
+                    ),
+                })?;
+            (config.tls, config.tls_origination) = (mode, origination);
+            for s in named {
+                // Stored once; a secret with content wins over a pod still waiting for it.
+                match secrets.get(&s.name) {
+                    Some(have) if !have.is_unavailable() || s.is_unavailable() => {}
+                    _ => {
+                        secrets.insert(s.name.clone(), s);
+                    }
+                }
+            }
             clusters.insert(
                 name.clone(),
                 ClusterEntry {
@@ -524,6 +547,7 @@ pub fn translate<P: Borrow<ProxyResources>>(
         route_tables: route_tables.into_values().collect(),
         tcp_route_tables: tcp_tables.into_values().collect(),
         inbound_policies: inbound.policies,
+        secrets: secrets.into_values().collect(),
     })
 }
 

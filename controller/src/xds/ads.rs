@@ -31,7 +31,9 @@ use prost::{Message, Name};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::resource::{Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use super::resource::{
+    Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_URLS,
+};
 use super::ProxyResources;
 use crate::inventory::{Inventory, PodSpec};
 use crate::push::{PushError, Pushed, Pusher};
@@ -246,10 +248,41 @@ pub fn rds_names(resources: &[Resource]) -> BTreeSet<String> {
         .collect()
 }
 
-/// The EDS or RDS names (`child` type) that a pod's current clusters or listeners need.
+/// The SDS names a cluster asks for on the ADS stream (as Envoy does:
+/// `translate::tls::ads_secret_names`).
+pub fn cluster_secret_names(c: &Cluster) -> BTreeSet<String> {
+    translate::tls::ads_secret_names(c)
+}
+
+/// The types whose names resources of `type_url` refer to: clusters → EDS
+/// and SDS, listeners → RDS.
+pub(super) fn children(type_url: &str) -> &'static [&'static str] {
+    match type_url {
+        CLUSTER_TYPE => &[ENDPOINT_TYPE, SECRET_TYPE],
+        LISTENER_TYPE => &[ROUTE_TYPE],
+        _ => &[],
+    }
+}
+
+/// The names of type `child` that one resource refers to.
+pub(super) fn references(r: &Resource, child: &str) -> BTreeSet<String> {
+    match (r, child) {
+        (Resource::Cluster(c), ENDPOINT_TYPE) => cluster_eds_name(c).into_iter().collect(),
+        (Resource::Cluster(c), SECRET_TYPE) => cluster_secret_names(c),
+        (Resource::Listener(l), ROUTE_TYPE) => listener_rds_names(l),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// The EDS, SDS or RDS names (`child` type) that a pod's current clusters or listeners need.
 fn needed_names(px: &ProxyResources, child: &str) -> BTreeSet<String> {
     match child {
         ENDPOINT_TYPE => px.clusters.values().filter_map(cluster_eds_name).collect(),
+        SECRET_TYPE => px
+            .clusters
+            .values()
+            .flat_map(cluster_secret_names)
+            .collect(),
         _ => px.listeners.values().flat_map(listener_rds_names).collect(),
     }
 }
@@ -340,10 +373,7 @@ async fn one_stream(
             nonce,
             ..
         } = response;
-        let Some(type_key) = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
-            .into_iter()
-            .find(|t| *t == type_url)
-        else {
+        let Some(type_key) = TYPE_URLS.into_iter().find(|t| *t == type_url) else {
             tracing::warn!(%pod, %type_url, "response for a type never requested; ignored");
             continue;
         };
@@ -382,13 +412,13 @@ async fn one_stream(
                     .send(request(&mut first, type_key, sub, None, &nonce))
                     .await?;
                 tracing::debug!(%pod, type_url = type_key, version = %sub.accepted_version, "ACK");
-                // Follow the references: clusters → EDS, listeners → RDS.
-                let follow = match type_key {
-                    CLUSTER_TYPE => Some((ENDPOINT_TYPE, eds_names(&verdict.1))),
-                    LISTENER_TYPE => Some((ROUTE_TYPE, rds_names(&verdict.1))),
-                    _ => None,
-                };
-                if let Some((child, names)) = follow {
+                // Follow the references: clusters → EDS and SDS, listeners → RDS.
+                for &child in children(type_key) {
+                    let names: BTreeSet<String> = verdict
+                        .1
+                        .iter()
+                        .flat_map(|r| references(r, child))
+                        .collect();
                     let sub = subs.entry(child).or_default();
                     // An empty list would read as a wildcard: keep the last names instead.
                     if sub.names != names && !names.is_empty() {
@@ -508,26 +538,26 @@ impl Aggregator {
             Update::Delta { updated, removed } => px.apply_delta(type_url, updated, &removed),
         }
         // References to resources not received yet make the pod warm until they arrive.
-        let child = match type_url {
-            CLUSTER_TYPE => Some(ENDPOINT_TYPE),
-            LISTENER_TYPE => Some(ROUTE_TYPE),
-            _ => None,
-        };
-        if let Some(child) = child {
+        for &child in children(type_url) {
             let names = needed_names(px, child);
             if delta {
                 // The delta stream unsubscribes from names no longer needed and,
                 // as Envoy does, forgets them: the server sends no removal for them.
                 match child {
                     ENDPOINT_TYPE => px.endpoints.retain(|n, _| names.contains(n)),
+                    SECRET_TYPE => px.secrets.retain(|n, _| names.contains(n)),
                     _ => px.routes.retain(|n, _| names.contains(n)),
                 }
             }
             let have = |n: &String| match child {
                 ENDPOINT_TYPE => px.endpoints.contains_key(n),
+                SECRET_TYPE => px.secrets.contains_key(n),
                 _ => px.routes.contains_key(n),
             };
-            if !names.iter().all(have) {
+            // A secret that is not sent does not hold the pod back after the
+            // first SDS answer (the stream's subscription warms it once): its
+            // cluster is pushed with the secret "not available" instead.
+            if child != SECRET_TYPE && !names.iter().all(have) {
                 self.warming
                     .entry(pod.to_string())
                     .or_default()

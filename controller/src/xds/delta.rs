@@ -2,7 +2,7 @@
 //! pod, as Envoy sidecars (and ztunnel) speak it to istiod.
 //!
 //! Per type the stream subscribes once — CDS and LDS as wildcards (an empty
-//! first `resource_names_subscribe`), EDS and RDS to the names the accepted
+//! first `resource_names_subscribe`), EDS, SDS and RDS to the names the accepted
 //! clusters and listeners refer to, changed by `resource_names_subscribe` /
 //! `resource_names_unsubscribe` as those change. A response's `resources` are
 //! added or replaced by name and its `removed_resources` dropped; the aggregator
@@ -24,23 +24,31 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ads::{
-    cluster_eds_name, listener_rds_names, Event, Update, Verdict, BACKOFF_MAX, BACKOFF_START,
-    INVALID_ARGUMENT,
+    children, references, Event, Update, Verdict, BACKOFF_MAX, BACKOFF_START, INVALID_ARGUMENT,
 };
-use super::resource::{Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use super::resource::{
+    Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE,
+};
 
 /// The order of the first requests on a stream: wildcards first, as a sidecar does.
-const REQUEST_ORDER: [&str; 4] = [CLUSTER_TYPE, LISTENER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE];
+const REQUEST_ORDER: [&str; 5] = [
+    CLUSTER_TYPE,
+    LISTENER_TYPE,
+    ENDPOINT_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+];
 
 /// What a pod's stream knows of one type; kept across reconnects.
 #[derive(Debug, Default)]
 struct TypeState {
-    /// Subscribed names (EDS, RDS); the wildcard types (CDS, LDS) keep none.
+    /// Subscribed names (EDS, SDS, RDS); the wildcard types (CDS, LDS) keep none.
     names: BTreeSet<String>,
     /// Accepted resources: name → version (`initial_resource_versions` on reconnect).
     versions: BTreeMap<String, String>,
-    /// CDS/LDS: accepted resource → the EDS/RDS names it refers to.
-    refs: BTreeMap<String, BTreeSet<String>>,
+    /// CDS/LDS: accepted resource → the (type, name) of the EDS/SDS/RDS
+    /// resources it refers to.
+    refs: BTreeMap<String, BTreeSet<(&'static str, String)>>,
     /// A response of this type was accepted once: the aggregator holds the
     /// pod's resources of it, so a new subscription does not make the pod warm.
     received: bool,
@@ -52,15 +60,6 @@ type Types = BTreeMap<&'static str, TypeState>;
 
 fn is_wildcard(type_url: &str) -> bool {
     matches!(type_url, CLUSTER_TYPE | LISTENER_TYPE)
-}
-
-/// The type whose names resources of `type_url` refer to.
-fn child_of(type_url: &str) -> Option<&'static str> {
-    match type_url {
-        CLUSTER_TYPE => Some(ENDPOINT_TYPE),
-        LISTENER_TYPE => Some(ROUTE_TYPE),
-        _ => None,
-    }
 }
 
 pub(super) async fn pod_stream(addr: String, pod: String, node: Node, events: mpsc::Sender<Event>) {
@@ -131,15 +130,13 @@ fn commit(st: &mut TypeState, updated: &[(String, Resource)], removed: &[String]
     }
     for (version, r) in updated {
         let name = r.name().to_string();
-        match r {
-            Resource::Cluster(c) => {
-                st.refs
-                    .insert(name.clone(), cluster_eds_name(c).into_iter().collect());
-            }
-            Resource::Listener(l) => {
-                st.refs.insert(name.clone(), listener_rds_names(l));
-            }
-            _ => {}
+        let kinds = children(r.type_url());
+        if !kinds.is_empty() {
+            let refs = kinds
+                .iter()
+                .flat_map(|&child| references(r, child).into_iter().map(move |n| (child, n)))
+                .collect();
+            st.refs.insert(name.clone(), refs);
         }
         st.versions.insert(name, version.clone());
     }
@@ -248,7 +245,7 @@ async fn one_stream(
             Verdict::Ack => {
                 tracing::debug!(%pod, type_url, "ACK");
                 req_tx.send(ack).await?;
-                if let Some(child) = child_of(type_url) {
+                for &child in children(type_url) {
                     follow(pod, type_url, child, types, events, &req_tx).await?;
                 }
             }
@@ -257,8 +254,8 @@ async fn one_stream(
     Ok(())
 }
 
-/// Brings the EDS/RDS subscription in line with what the accepted clusters or
-/// listeners refer to.
+/// Brings the EDS/SDS/RDS subscription in line with what the accepted
+/// clusters or listeners refer to.
 async fn follow(
     pod: &str,
     parent: &str,
@@ -269,7 +266,14 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let names: BTreeSet<String> = types
         .get(parent)
-        .map(|st| st.refs.values().flatten().cloned().collect())
+        .map(|st| {
+            st.refs
+                .values()
+                .flatten()
+                .filter(|(t, _)| *t == child)
+                .map(|(_, n)| n.clone())
+                .collect()
+        })
         .unwrap_or_default();
     let st = types.entry(child).or_default();
     if names == st.names {
@@ -403,7 +407,10 @@ mod tests {
         );
         assert!(st.received);
         assert_eq!(st.versions.get("c").map(String::as_str), Some("1"));
-        assert_eq!(st.refs["c"], BTreeSet::from(["c".to_string()]));
+        assert_eq!(
+            st.refs["c"],
+            BTreeSet::from([(ENDPOINT_TYPE, "c".to_string())])
+        );
         assert!(st.refs["static"].is_empty());
         commit(&mut st, &[], &["c".into()]);
         assert!(!st.versions.contains_key("c") && !st.refs.contains_key("c"));

@@ -9,5 +9,5 @@ pub mod resource;
 
 pub use resource::{
     DecodeError, ProxyResources, Resource, ResourceRef, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE,
-    ROUTE_TYPE, TYPE_URLS,
+    ROUTE_TYPE, SECRET_TYPE, TYPE_URLS,
 };

@@ -1,4 +1,4 @@
-//! The four xDS resource types the adapter consumes, and their decoders.
+//! The xDS resource types the adapter consumes, and their decoders.
 //!
 //! Both inputs end in [`Resource::decode`]: ADS hands it the protobuf bytes of an
 //! `Any`; the local mode first turns proto3 JSON (or YAML) into those bytes with
@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Message;
 use prost_reflect::{DeserializeOptions, DynamicMessage};
 use serde_json::Value;
@@ -23,8 +24,18 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+/// SDS: certificates named by clusters' TLS contexts (`kubernetes://<credentialName>`).
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
 /// The types in the order istiod sends them (and the order we subscribe).
-pub const TYPE_URLS: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+pub const TYPE_URLS: [&str; 5] = [
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+];
 
 /// Short name of a type URL for messages ("Cluster", "Listener", ...).
 pub fn short_type(type_url: &str) -> &str {
@@ -39,6 +50,7 @@ pub enum Resource {
     Route(RouteConfiguration),
     Cluster(Cluster),
     Endpoints(ClusterLoadAssignment),
+    Secret(Secret),
 }
 
 /// Which resource an error is about: type URL and name (or position when the
@@ -79,6 +91,7 @@ impl Resource {
             Resource::Route(_) => ROUTE_TYPE,
             Resource::Cluster(_) => CLUSTER_TYPE,
             Resource::Endpoints(_) => ENDPOINT_TYPE,
+            Resource::Secret(_) => SECRET_TYPE,
         }
     }
 
@@ -88,6 +101,7 @@ impl Resource {
             Resource::Route(r) => &r.name,
             Resource::Cluster(r) => &r.name,
             Resource::Endpoints(r) => &r.cluster_name,
+            Resource::Secret(r) => &r.name,
         }
     }
 
@@ -103,6 +117,7 @@ impl Resource {
             ROUTE_TYPE => RouteConfiguration::decode(bytes).map(Resource::Route),
             CLUSTER_TYPE => Cluster::decode(bytes).map(Resource::Cluster),
             ENDPOINT_TYPE => ClusterLoadAssignment::decode(bytes).map(Resource::Endpoints),
+            SECRET_TYPE => Secret::decode(bytes).map(Resource::Secret),
             other => return Err(fail(format!("unsupported resource type {other:?}"))),
         }
         .map_err(|e| fail(format!("not a valid protobuf message: {e}")))?;
@@ -119,6 +134,7 @@ impl Resource {
             Resource::Route(r) => r.encode_to_vec(),
             Resource::Cluster(r) => r.encode_to_vec(),
             Resource::Endpoints(r) => r.encode_to_vec(),
+            Resource::Secret(r) => r.encode_to_vec(),
         };
         envoy_types::pb::google::protobuf::Any {
             type_url: self.type_url().to_string(),
@@ -239,6 +255,8 @@ pub struct ProxyResources {
     pub routes: BTreeMap<String, RouteConfiguration>,
     pub clusters: BTreeMap<String, Cluster>,
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    /// SDS secrets by name (only those the clusters name for ADS).
+    pub secrets: BTreeMap<String, Secret>,
     /// Accepted `version_info` per type URL (ADS), or file versions (local mode).
     pub versions: BTreeMap<String, String>,
 }
@@ -259,6 +277,9 @@ impl ProxyResources {
             Resource::Endpoints(r) => {
                 self.endpoints.insert(r.cluster_name.clone(), r);
             }
+            Resource::Secret(r) => {
+                self.secrets.insert(r.name.clone(), r);
+            }
         }
     }
 
@@ -269,6 +290,7 @@ impl ProxyResources {
             ROUTE_TYPE => self.routes.clear(),
             CLUSTER_TYPE => self.clusters.clear(),
             ENDPOINT_TYPE => self.endpoints.clear(),
+            SECRET_TYPE => self.secrets.clear(),
             _ => {}
         }
         for r in resources {
@@ -292,6 +314,9 @@ impl ProxyResources {
                 }
                 ENDPOINT_TYPE => {
                     self.endpoints.remove(name);
+                }
+                SECRET_TYPE => {
+                    self.secrets.remove(name);
                 }
                 _ => {}
             }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use dpumesh_controller::xds::{
-    ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE,
+    ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, SECRET_TYPE,
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -46,6 +46,7 @@ pub fn anys(px: &ProxyResources, type_url: &str) -> Vec<(String, Any)> {
             .cloned()
             .map(Resource::Listener)
             .collect(),
+        SECRET_TYPE => px.secrets.values().cloned().map(Resource::Secret).collect(),
         _ => px.routes.values().cloned().map(Resource::Route).collect(),
     };
     list.iter()
