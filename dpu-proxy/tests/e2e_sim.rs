@@ -1038,3 +1038,161 @@ fn an_unmeshed_caller_on_the_same_node_meets_the_meshed_pods_inbound_policy() {
     let left = dpumesh_sim::leftovers(&sim_name).expect("leftovers");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A CA made for a test: its PEM and what signs leaves.
+fn test_ca(cn: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::default();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let cert = p.self_signed(&key).expect("CA certificate");
+    (cert.pem(), Issuer::new(p, key))
+}
+
+/// A leaf for `name` signed by `ca`: (certificate PEM, key PEM).
+fn test_leaf(ca: &rcgen::Issuer<'static, rcgen::KeyPair>, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let p = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+    let cert = p.signed_by(&key, ca).expect("leaf");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Egress TLS origination end to end: a meshed pod calls an external service
+/// (a ServiceEntry VIP) in plain HTTP; dpu-proxy originates TLS to it
+/// (`SIMPLE`, then `MUTUAL`). The external server is OpenSSL's `s_server`
+/// (`-www`) in an unmeshed pod on the same node, so the TLS peer is not ours.
+#[test]
+fn a_pod_reaches_an_external_tls_service_through_tls_originated_by_the_proxy() {
+    const EXT_VIP: &str = "10.96.0.20";
+    const EXT_HOST: &str = "api.example.com";
+    let sim = SimGuard::up(
+        SimConfig::new(unique_cluster("pxtls"))
+            .with_nodes(1)
+            .with_vfs(2),
+    )
+    .expect("sim up");
+    let node = sim.node(1).expect("node 1").clone();
+    let (ip_a, ip_ext) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6));
+    let pod_a = attach_pod(&sim, &node, 0, "client-a", ip_a);
+    let pod_ext = attach_pod(&sim, &node, 1, "external", ip_ext);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ext_steering = steering("uid-ext", "external", &node, 1, ip_ext);
+    ext_steering.meshed = false;
+    let proxy_mgmt = start_node(
+        &sim,
+        1,
+        vec![steering("uid-a", "client-a", &node, 0, ip_a), ext_steering],
+        &dir.path().join("root.pem"),
+    );
+
+    // The external server's certificates, and OpenSSL on 8443 (server
+    // authentication) and 9443 (also requires a client certificate).
+    let (server_ca, server_issuer) = test_ca("external server CA");
+    let (client_ca, client_issuer) = test_ca("egress client CA");
+    let (leaf, leaf_key) = test_leaf(&server_issuer, EXT_HOST);
+    let (client, client_key) = test_leaf(&client_issuer, "egress.example.com");
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let (cert_file, key_file) = (file("leaf.pem", &leaf), file("leaf.key", &leaf_key));
+    let client_ca_file = file("client-ca.pem", &client_ca);
+    for (name, port, extra) in [
+        ("s-server-8443", "8443", vec![]),
+        (
+            "s-server-9443",
+            "9443",
+            vec![
+                "-Verify".to_string(),
+                "1".into(),
+                "-CAfile".into(),
+                client_ca_file.clone(),
+            ],
+        ),
+    ] {
+        sim.spawn_with(
+            SpawnSpec::new(name, pod_ext.clone(), "/usr/bin/openssl")
+                .args([
+                    "s_server", "-accept", port, "-www", "-cert", &cert_file, "-key", &key_file,
+                ])
+                .args(extra),
+        )
+        .expect("spawn openssl s_server");
+        let addr = SocketAddr::new(ip_ext.into(), port.parse().expect("port"));
+        wait_listening(&pod_ext, addr, "openssl s_server");
+    }
+
+    let config = |version: u64, ca_pem: &str| -> NodeConfig {
+        let pod = |uid: &str, name: &str, vf: usize, ip: Ipv4Addr, meshed: bool| {
+            let v = node.vf(vf).expect("vf");
+            json!({"uid": uid, "name": name, "namespace": "default", "serviceAccount": name,
+                   "ips": [ip.to_string()], "mac": v.mac.to_string(), "meshed": meshed,
+                   "vfIndex": v.index, "representor": v.representor})
+        };
+        serde_json::from_value(json!({
+            "version": version,
+            "node": {"name": "n1", "networkMode": "underlay",
+                     "podCidr": node.pod_cidr.to_string(),
+                     "serviceCidrs": ["10.96.0.0/16"], "dpuMgmtAddr": proxy_mgmt},
+            "pods": [pod("uid-a", "client-a", 0, ip_a, true),
+                     pod("uid-ext", "external", 1, ip_ext, false)],
+            "services": [{
+                "hostname": EXT_HOST, "namespace": "default", "vips": [EXT_VIP],
+                "ports": [{"port": 80, "name": "http", "targetPort": 8443},
+                          {"port": 81, "name": "http-mtls", "targetPort": 9443}],
+                "endpoints": [{"address": ip_ext.to_string(), "hbone": false}],
+            }],
+            "clusters": [
+                {"name": format!("outbound|80||{EXT_HOST}"), "service": EXT_HOST, "port": 80,
+                 "tls": "SIMPLE", "tlsOrigination": {"caCertificates": "kubernetes://default/ext-cacert"}},
+                {"name": format!("outbound|81||{EXT_HOST}"), "service": EXT_HOST, "port": 81,
+                 "tls": "MUTUAL", "tlsOrigination": {"caCertificates": "kubernetes://default/ext-cacert",
+                                                     "clientCertificate": "kubernetes://default/ext"}}
+            ],
+            "secrets": [
+                {"name": "kubernetes://default/ext-cacert", "caCertificates": ca_pem},
+                {"name": "kubernetes://default/ext", "certificateChain": client,
+                 "privateKey": client_key}
+            ],
+        }))
+        .expect("test NodeConfig parses")
+    };
+    push(&node.host, proxy_mgmt.clone(), config(1, &server_ca));
+    assert!(admin(&node.dpu, "/ready").contains("config version 1"));
+
+    // SIMPLE: the pod's plain GET arrives over TLS; s_server's -www status page.
+    let simple: SocketAddr = format!("{EXT_VIP}:80").parse().expect("vip");
+    let (status, body) = get(&pod_a, simple, EXT_HOST, "/", false);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("s_server"), "{body}");
+    // MUTUAL: the server that demands a client certificate answers too.
+    let mutual: SocketAddr = format!("{EXT_VIP}:81").parse().expect("vip");
+    let (status, body) = get(&pod_a, mutual, EXT_HOST, "/", false);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("s_server"), "{body}");
+
+    // Another CA: the server is not trusted → 503 UF, counted, nothing in plaintext.
+    let (other_ca, _) = test_ca("some other CA");
+    push(&node.host, proxy_mgmt.clone(), config(2, &other_ca));
+    assert!(admin(&node.dpu, "/ready").contains("config version 2"));
+    let (status, body) = get(&pod_a, simple, EXT_HOST, "/", false);
+    assert_eq!(status.as_u16(), 503, "{body}");
+    assert!(body.contains("UF"), "{body}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin(&node.dpu, "/stats")).expect("stats JSON");
+    let failures: u64 = stats["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .filter(|c| c["name"] == format!("outbound|80||{EXT_HOST}"))
+        .filter_map(|c| c["tls_handshake_failures"].as_u64())
+        .sum();
+    assert!(failures >= 1, "{stats}");
+
+    let sim_name = sim.cluster().to_string();
+    drop(sim);
+    let left = dpumesh_sim::leftovers(&sim_name).expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
