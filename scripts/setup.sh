@@ -19,6 +19,9 @@ APT_PACKAGES=(
   procps psmisc util-linux
   # static C helpers built by tests (pause image)
   gcc libc6-dev
+  # TLS origination: an independent TLS peer (s_server) for tests, and the
+  # system trust store dpu-proxy verifies external servers against
+  openssl ca-certificates
 )
 
 missing=()

@@ -55,6 +55,7 @@ fn pool_has_every_type_we_decode() {
         "envoy.extensions.filters.http.fault.v3.HTTPFault",
         "envoy.extensions.filters.http.router.v3.Router",
         "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "google.protobuf.Duration",
     ] {

@@ -271,6 +271,30 @@ async fn secrets_over_ads(variant: XdsVariant) {
         good,
         "dpu-proxy keeps the last good config"
     );
+
+    // The server stops sending the CA: the cluster is pushed with the CA
+    // "not available" (fails closed); sent again, it is pushed again.
+    let mut without_ca = state.proxies[&pod].clone();
+    without_ca.secrets.remove(CA);
+    ads.set(&node_id, SECRET_TYPE, anys(&without_ca, SECRET_TYPE));
+    let gone = proxy.wait_version(good + 1).await;
+    let ca = gone
+        .secrets
+        .iter()
+        .find(|s| s.name == CA)
+        .expect("CA entry");
+    assert!(ca.is_unavailable(), "{ca:?}");
+    ads.set(
+        &node_id,
+        SECRET_TYPE,
+        anys(&state.proxies[&pod], SECRET_TYPE),
+    );
+    let back = proxy.wait_version(good + 2).await;
+    assert!(
+        back.secrets.iter().all(|s| !s.is_unavailable()),
+        "{:?}",
+        back.secrets
+    );
     adapter.abort();
 }
 
