@@ -56,6 +56,9 @@ const RATINGS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 /// `lb` (all three pods, weights 1:1:2) and `pool` (all three, equal weights).
 const LB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 22);
 const POOL_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 23);
+/// `tcp`: a TCP service on port [`TCP_PORT`] (tcp_proxy, weighted clusters).
+const TCP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 24);
+const TCP_PORT: u16 = 9090;
 const PORT: u16 = 9080;
 
 /// The client and Envoy pods: name, VF, IP.
@@ -471,6 +474,8 @@ fn vip_of(host: &str) -> SocketAddr {
         LB_VIP
     } else if host.starts_with("pool") {
         POOL_VIP
+    } else if host.starts_with("tcp") {
+        return SocketAddr::from((TCP_VIP, TCP_PORT));
     } else {
         REVIEWS_VIP
     };
@@ -934,11 +939,13 @@ impl Harness {
             ("reviews", "/reviews/weighted"),
             ("lb", "/lb/hash-ip"),
             ("pool", "/pool/cb"),
+            ("tcp", "/"),
         ] {
             let probe = Req::get(host, path);
+            let to = SocketAddr::from(([127, 0, 0, 1], vip_of(host).port()));
             loop {
                 let reply = envoy_pod
-                    .run(|| runtime().block_on(exchange(envoy_addr, &probe, "probe".into())))
+                    .run(|| runtime().block_on(exchange(to, &probe, "probe".into())))
                     .map_err(|e| e.to_string())
                     .and_then(|r| r);
                 match reply {
@@ -1111,7 +1118,7 @@ impl Side<'_> {
             return Vec::new();
         };
         let to = if self.via_envoy {
-            SocketAddr::from(([127, 0, 0, 1], PORT))
+            SocketAddr::from(([127, 0, 0, 1], vip_of(&first.host).port()))
         } else {
             vip_of(&first.host)
         };
@@ -1202,7 +1209,7 @@ fn repeat(req: Req, n: usize) -> Vec<(Req, Duration)> {
 }
 
 /// Load balancing (round robin, random, least request; weighted endpoints;
-/// route weights): each pod's share on both sides within `tol` of the
+/// route weights; TCP weighted clusters): each pod's share on both sides within `tol` of the
 /// configured share, and the two sides within `tol` of each other.
 fn distributions(sides: &[Side], f: &mut Findings) {
     let lb = |v1: f64, v2: f64, r: f64| [("reviews-v1", v1), ("reviews-v2", v2), ("ratings-v1", r)];
@@ -1250,6 +1257,8 @@ fn distributions(sides: &[Side], f: &mut Findings) {
             lb(0.3, 0.7, 0.0),
             0.07,
         ),
+        // TCP (tcp_proxy weighted clusters 20/80): HTTP/1.1 over the relayed bytes.
+        ("tcp-20-80", "tcp", "/", 600, 8, lb(0.2, 0.0, 0.8), 0.07),
     ];
     for (scenario, host, path, n, conc, want, tol) in cases {
         let mut measured = Vec::new();
