@@ -1,0 +1,368 @@
+//! Inbound authorization compared with a real Envoy 1.40: one set of RBAC
+//! filters in istiod's shape (DENY and ALLOW `envoy.filters.http.rbac`) is
+//! served by Envoy on a plaintext listener (route: a direct 200), and the same
+//! filters, as a pod's `virtualInbound` listener, go through the adapter's
+//! local-mode translation into `inboundPolicies`, evaluated by dpu-proxy's
+//! `authz::authorize`. A matrix of requests (methods × paths × hosts × a
+//! header) must get the same allow/deny from both — except where the RBAC uses
+//! a matcher NodeConfig cannot express (`contains` in an ALLOW rule), where
+//! dpu-proxy may only deny more, never allow more.
+//!
+//! Needs Envoy (`scripts/setup.sh`, or `DPUMESH_ENVOY=/path/to/envoy`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dpu_proxy::authz::{authorize, AuthzRequest, HttpAttrs};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DPUMESH_ENVOY") {
+        return PathBuf::from(p);
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dir| {
+        dir.flatten()
+            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "Envoy not found under {}: run scripts/setup.sh or set DPUMESH_ENVOY",
+            lib.display()
+        )
+    })
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "dpumesh-inbound-envoy-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Envoy, killed by PID on drop.
+struct Envoy(Child);
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn header(name: &str, m: Value) -> Value {
+    let mut h = json!({ "name": name });
+    for (k, v) in m.as_object().expect("object") {
+        h[k] = v.clone();
+    }
+    json!({ "header": h })
+}
+
+fn path(m: Value) -> Value {
+    json!({"url_path": {"path": m}})
+}
+
+fn any_id() -> Value {
+    json!([{"and_ids": {"ids": [{"any": true}]}}])
+}
+
+/// The RBAC filters under test (istiod's generator shapes), `port` being the
+/// destination port the requests use.
+fn rbac_filters(port: u16) -> Vec<Value> {
+    let rbac = |action: &str, policies: Value| {
+        json!({"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": action, "policies": policies}}})
+    };
+    let deny = json!({
+        // DENY POST to /admin*
+        "ns[t]-policy[deny-admin]-rule[0]": {
+            "permissions": [{"and_rules": {"rules": [
+                {"or_rules": {"rules": [path(json!({"prefix": "/admin"}))]}},
+                {"or_rules": {"rules": [header(":method", json!({"exact_match": "POST"}))]}}]}}],
+            "principals": any_id()},
+        // DENY x-user: bad (request.headers[x-user], istiod's list regex)
+        "ns[t]-policy[deny-user]-rule[0]": {
+            "permissions": [{"and_rules": {"rules": [{"any": true}]}}],
+            "principals": [{"and_ids": {"ids": [{"or_ids": {"ids": [header("x-user",
+                json!({"safe_regex_match": {"regex": "^bad$|^bad,.*|.*,bad,.*|.*,bad$"}}))]}}]}}]}
+    });
+    let allow = json!({
+        // GET/HEAD of /api/* or /health
+        "ns[t]-policy[read]-rule[0]": {
+            "permissions": [{"and_rules": {"rules": [
+                {"or_rules": {"rules": [header(":method", json!({"exact_match": "GET"})),
+                                        header(":method", json!({"exact_match": "HEAD"}))]}},
+                {"or_rules": {"rules": [path(json!({"prefix": "/api/"})), path(json!({"exact": "/health"}))]}}]}}],
+            "principals": any_id()},
+        // hosts reviews / *.example.com, except /api/private*, for callers with x-user
+        "ns[t]-policy[read]-rule[1]": {
+            "permissions": [{"and_rules": {"rules": [
+                {"or_rules": {"rules": [
+                    header(":authority", json!({"string_match": {"exact": "reviews", "ignore_case": true}})),
+                    header(":authority", json!({"string_match": {"suffix": ".example.com", "ignore_case": true}}))]}},
+                {"not_rule": {"or_rules": {"rules": [path(json!({"prefix": "/api/private"}))]}}}]}}],
+            "principals": [{"and_ids": {"ids": [{"or_ids": {"ids": [
+                header("x-user", json!({"present_match": true}))]}}]}}]},
+        // anything on this port to /port
+        "ns[t]-policy[port]-rule[0]": {
+            "permissions": [{"and_rules": {"rules": [
+                {"or_rules": {"rules": [{"destination_port": port}]}},
+                {"or_rules": {"rules": [path(json!({"exact": "/port"}))]}}]}}],
+            "principals": any_id()},
+        // inexpressible in NodeConfig: a path containing "secret"
+        "ns[t]-policy[contains]-rule[0]": {
+            "permissions": [{"and_rules": {"rules": [path(json!({"contains": "secret"}))]}}],
+            "principals": any_id()}
+    });
+    vec![rbac("DENY", deny), rbac("ALLOW", allow)]
+}
+
+fn hcm(filters: Vec<Value>) -> Value {
+    let mut http_filters = filters;
+    http_filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
+    json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "inbound",
+        "route_config": {"name": "inbound", "virtual_hosts": [{"name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"},
+                        "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
+        "http_filters": http_filters}})
+}
+
+/// The adapter's view: the filters in a pod's virtualInbound listener
+/// (catch-all plaintext chain), translated in local mode.
+fn dpumesh_policies(dir: &Path, port: u16) -> Vec<dpumesh_api::config::AuthorizationPolicy> {
+    std::fs::write(
+        dir.join("node.yaml"),
+        "name: node-1\nnetworkMode: underlay\npodCidr: 10.244.1.0/24\nserviceCidrs: [10.96.0.0/16]\ndpuMgmtAddr: 127.0.0.1:15080\n",
+    )
+    .expect("node.yaml");
+    std::fs::write(
+        dir.join("pods.yaml"),
+        "pods:\n  - {uid: u1, name: server, namespace: t, ips: [10.244.1.10], mac: \"02:00:0a:f4:01:0a\", vfIndex: 0, representor: pf0vf0}\n",
+    )
+    .expect("pods.yaml");
+    std::fs::write(dir.join("services.yaml"), "services: []\n").expect("services.yaml");
+    let pod_dir = dir.join("xds/t.server");
+    std::fs::create_dir_all(&pod_dir).expect("xds dir");
+    let listener = json!({
+        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "name": "virtualInbound",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+        "traffic_direction": "INBOUND",
+        "filter_chains": [{"name": "virtualInbound-catchall-http",
+                           "filter_chain_match": {"transport_protocol": "raw_buffer"},
+                           "filters": [hcm(rbac_filters(port))]}]
+    });
+    std::fs::write(
+        pod_dir.join("inbound.json"),
+        serde_json::to_string_pretty(&listener).expect("json"),
+    )
+    .expect("listener");
+    let config = dpumesh_controller::local::build(dir, Some("node-1"))
+        .unwrap_or_else(|e| panic!("adapter translation: {e}"));
+    config.validate().expect("valid NodeConfig");
+    let policy = config.inbound_policies.first().expect("an inbound policy");
+    policy.authorization.clone()
+}
+
+fn start_envoy(dir: &Path, port: u16) -> Envoy {
+    let bootstrap = json!({
+        "static_resources": {"listeners": [{
+            "name": "inbound",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [hcm(rbac_filters(port))]}]}]}
+    });
+    let path = dir.join("envoy.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&bootstrap).expect("json"),
+    )
+    .expect("write");
+    let log = std::fs::File::create(dir.join("envoy.log")).expect("log");
+    let child = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(&path)
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn envoy");
+    let mut envoy = Envoy(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = envoy.0.try_wait() {
+            panic!(
+                "envoy exited ({status}): {}",
+                std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "envoy never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    envoy
+}
+
+/// One request to Envoy; its status.
+async fn envoy_status(
+    port: u16,
+    method: &Method,
+    host: &str,
+    path: &str,
+    user: Option<&str>,
+) -> StatusCode {
+    let stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .expect("connect to envoy");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header("host", host);
+    if let Some(u) = user {
+        req = req.header("x-user", u);
+    }
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_and_the_translated_policies_decide_alike() {
+    let scratch = Scratch::new();
+    let port = free_port();
+    let policies = dpumesh_policies(&scratch.0, port);
+    let _envoy = start_envoy(&scratch.0, port);
+
+    let methods = [Method::GET, Method::HEAD, Method::POST, Method::DELETE];
+    let paths = [
+        "/api/x",
+        "/api/private/y",
+        "/health",
+        "/admin",
+        "/admin/z",
+        "/port",
+        "/secret",
+        "/x/secret/y",
+        "/other",
+    ];
+    let hosts = ["reviews", "REVIEWS", "a.example.com", "other"];
+    let users = [None, Some("good"), Some("bad")];
+    let mut differences = Vec::new();
+    let mut unsafe_differences = Vec::new();
+    let (mut allowed, mut total) = (0, 0);
+    for method in &methods {
+        for path in paths {
+            for host in hosts {
+                for user in users {
+                    let envoy = envoy_status(port, method, host, path, user).await;
+                    assert!(
+                        envoy == StatusCode::OK || envoy == StatusCode::FORBIDDEN,
+                        "envoy answered {envoy} to {method} {host}{path}"
+                    );
+                    let mut headers = HeaderMap::new();
+                    if let Some(u) = user {
+                        headers.insert("x-user", HeaderValue::from_static(u));
+                    }
+                    let req = AuthzRequest {
+                        source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        source_principal: None,
+                        destination_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        destination_port: port,
+                        http: Some(HttpAttrs {
+                            host,
+                            method: method.as_str(),
+                            path,
+                            headers: &headers,
+                        }),
+                    };
+                    let ours = authorize(&policies, &req).is_allow();
+                    let theirs = envoy == StatusCode::OK;
+                    total += 1;
+                    allowed += usize::from(theirs);
+                    if ours != theirs {
+                        let case = format!(
+                            "{method} {host}{path} x-user={user:?}: envoy {}, dpu-proxy {}",
+                            if theirs { "allow" } else { "deny" },
+                            if ours { "allow" } else { "deny" }
+                        );
+                        if ours || !path.contains("secret") {
+                            unsafe_differences.push(case);
+                        } else {
+                            differences.push(case);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        unsafe_differences.is_empty(),
+        "{} of {total} decisions differ beyond the documented approximation:\n{}",
+        unsafe_differences.len(),
+        unsafe_differences.join("\n")
+    );
+    // The matrix exercises both outcomes, and the approximation is visible.
+    assert!(
+        allowed > 20 && allowed < total - 20,
+        "allowed {allowed} of {total}"
+    );
+    assert!(
+        !differences.is_empty(),
+        "the `contains` rule should make dpu-proxy deny more"
+    );
+    eprintln!(
+        "{total} requests, {allowed} allowed by Envoy; {} denied by dpu-proxy only (contains \"secret\")",
+        differences.len()
+    );
+}
