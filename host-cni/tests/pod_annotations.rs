@@ -249,6 +249,46 @@ fn k8s_conf(c: &Cluster, kubeconfig: &Path) -> Value {
     c.conf(json!({"kubernetes": {"kubeconfig": kubeconfig, "timeoutMs": 2000}}))
 }
 
+/// A one-node cluster, the scripted API server holding pod `default/pod-ctr1`,
+/// a plugin config with a kubeconfig for that server, and a pod netns.
+struct Fixture {
+    c: Cluster,
+    api: ApiServer,
+    conf: Value,
+    pod: Netns,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(prefix: &str) -> Fixture {
+        let c = Cluster::new(prefix, 2, true);
+        let api = ApiServer::start(&c.host());
+        api.add_pod("default", "pod-ctr1", json!({}));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = k8s_conf(&c, &api.kubeconfig(dir.path()));
+        let pod = c.sim.pod_add("web").expect("pod netns");
+        Fixture {
+            c,
+            api,
+            conf,
+            pod,
+            _dir: dir,
+        }
+    }
+
+    /// `command` for sandbox `id` of pod `pod-<id>`.
+    fn cni(&self, command: &str, id: &str) -> Out {
+        self.c
+            .cni(command, id, Some(&self.pod.path()), "eth0", &self.conf)
+    }
+
+    fn cni_ok(&self, command: &str, id: &str) -> Out {
+        let out = self.cni(command, id);
+        assert!(out.ok, "{command} failed: {} {}", out.stdout, out.stderr);
+        out
+    }
+}
+
 /// Everything the ADD took is back: VFs in the host, no claim, no lease,
 /// nothing registered with the dataplane.
 fn assert_nothing_held(c: &Cluster) {
@@ -263,22 +303,16 @@ fn assert_nothing_held(c: &Cluster) {
 
 #[test]
 fn add_writes_the_vf_annotations_and_del_takes_them_off() {
-    let c = Cluster::new("cnik", 2, true);
-    let api = ApiServer::start(&c.host());
-    api.add_pod("default", "pod-ctr1", json!({"team": "web"}));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let conf = k8s_conf(&c, &api.kubeconfig(dir.path()));
-    let pod = c.sim.pod_add("web").expect("pod netns");
-
-    let out = c.cni("ADD", "ctr1", Some(&pod.path()), "eth0", &conf);
-    assert!(out.ok, "ADD failed: {} {}", out.stdout, out.stderr);
+    let f = Fixture::new("cnik");
+    f.api.set_annotation("default", "pod-ctr1", "team", "web");
+    let out = f.cni_ok("ADD", "ctr1");
     let mac = out.json()["interfaces"][0]["mac"]
         .as_str()
         .expect("mac")
         .to_string();
-    let dp = c.dataplane.as_ref().expect("dataplane").pods();
+    let dp = f.c.dataplane.as_ref().expect("dataplane").pods();
     assert_eq!(dp.len(), 1);
-    let ann = api.annotations("default", "pod-ctr1");
+    let ann = f.api.annotations("default", "pod-ctr1");
     assert_eq!(
         ann["dpumesh.io/vf-index"],
         json!(dp[0].vf_index.to_string())
@@ -287,7 +321,8 @@ fn add_writes_the_vf_annotations_and_del_takes_them_off() {
     assert_eq!(ann["dpumesh.io/representor"], json!(dp[0].representor));
     assert_eq!(ann["dpumesh.io/sandbox"], json!("ctr1"));
     assert_eq!(ann["team"], json!("web"), "other annotations stay");
-    let patches: Vec<Seen> = api
+    let patches: Vec<Seen> = f
+        .api
         .seen()
         .into_iter()
         .filter(|s| s.method == "PATCH")
@@ -297,60 +332,47 @@ fn add_writes_the_vf_annotations_and_del_takes_them_off() {
     assert_eq!(patches[0].content_type, "application/merge-patch+json");
     assert_eq!(patches[0].authorization, "Bearer test-token");
 
-    let out = c.cni("DEL", "ctr1", Some(&pod.path()), "eth0", &conf);
-    assert!(out.ok, "DEL failed: {} {}", out.stdout, out.stderr);
-    let ann = api.annotations("default", "pod-ctr1");
+    f.cni_ok("DEL", "ctr1");
+    let ann = f.api.annotations("default", "pod-ctr1");
     assert_eq!(
         ann.keys().collect::<Vec<_>>(),
         ["team"],
         "DEL takes off exactly the VF annotations"
     );
-    assert_nothing_held(&c);
+    assert_nothing_held(&f.c);
 }
 
 #[test]
 fn del_leaves_a_newer_sandboxs_annotations_alone() {
-    let c = Cluster::new("cnikn", 2, true);
-    let api = ApiServer::start(&c.host());
-    api.add_pod("default", "pod-ctr1", json!({}));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let conf = k8s_conf(&c, &api.kubeconfig(dir.path()));
-    let pod = c.sim.pod_add("web").expect("pod netns");
-    let out = c.cni("ADD", "ctr1", Some(&pod.path()), "eth0", &conf);
-    assert!(out.ok, "ADD failed: {} {}", out.stdout, out.stderr);
-
+    let f = Fixture::new("cnikn");
+    f.cni_ok("ADD", "ctr1");
     // A new sandbox of the same pod has written its own VF meanwhile.
-    api.set_annotation("default", "pod-ctr1", "dpumesh.io/sandbox", "ctr9");
-    let out = c.cni("DEL", "ctr1", Some(&pod.path()), "eth0", &conf);
-    assert!(out.ok, "DEL failed: {} {}", out.stdout, out.stderr);
-    let ann = api.annotations("default", "pod-ctr1");
+    f.api
+        .set_annotation("default", "pod-ctr1", "dpumesh.io/sandbox", "ctr9");
+    f.cni_ok("DEL", "ctr1");
+    let ann = f.api.annotations("default", "pod-ctr1");
     assert_eq!(ann["dpumesh.io/sandbox"], json!("ctr9"));
     assert!(ann.contains_key("dpumesh.io/vf-index"));
-    assert_nothing_held(&c);
+    assert_nothing_held(&f.c);
 }
 
 #[test]
 fn api_server_errors_fail_add_with_the_right_code_and_roll_back() {
-    let c = Cluster::new("cnike", 2, true);
-    let api = ApiServer::start(&c.host());
-    api.add_pod("default", "pod-ctr1", json!({}));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let conf = k8s_conf(&c, &api.kubeconfig(dir.path()));
-    let pod = c.sim.pod_add("web").expect("pod netns");
+    let f = Fixture::new("cnike");
 
     // 500: try again later (11); nothing kept.
-    api.fail_with(Some(500));
-    let out = c.cni("ADD", "ctr1", Some(&pod.path()), "eth0", &conf);
+    f.api.fail_with(Some(500));
+    let out = f.cni("ADD", "ctr1");
     assert_eq!(out.code(), 11, "{}", out.stdout);
     assert!(out.json()["msg"]
         .as_str()
         .unwrap_or("")
         .contains("pod default/pod-ctr1"));
-    assert_nothing_held(&c);
+    assert_nothing_held(&f.c);
 
     // 403: ours (105), and the details say which permission is missing.
-    api.fail_with(Some(403));
-    let out = c.cni("ADD", "ctr1", Some(&pod.path()), "eth0", &conf);
+    f.api.fail_with(Some(403));
+    let out = f.cni("ADD", "ctr1");
     assert_eq!(out.code(), 105, "{}", out.stdout);
     assert!(
         out.json()["details"]
@@ -360,23 +382,21 @@ fn api_server_errors_fail_add_with_the_right_code_and_roll_back() {
         "{}",
         out.stdout
     );
-    assert_nothing_held(&c);
+    assert_nothing_held(&f.c);
 
     // The pod does not exist (404): ours (105).
-    api.fail_with(None);
-    let out = c.cni("ADD", "ctr2", Some(&pod.path()), "eth0", &conf);
+    f.api.fail_with(None);
+    let out = f.cni("ADD", "ctr2");
     assert_eq!(out.code(), 105, "{}", out.stdout);
-    assert_nothing_held(&c);
+    assert_nothing_held(&f.c);
 
     // And once the server is fine, the same ADD works.
-    let out = c.cni("ADD", "ctr1", Some(&pod.path()), "eth0", &conf);
-    assert!(out.ok, "ADD failed: {} {}", out.stdout, out.stderr);
+    f.cni_ok("ADD", "ctr1");
     assert_eq!(
-        api.annotations("default", "pod-ctr1")["dpumesh.io/sandbox"],
+        f.api.annotations("default", "pod-ctr1")["dpumesh.io/sandbox"],
         json!("ctr1")
     );
-    let out = c.cni("DEL", "ctr1", Some(&pod.path()), "eth0", &conf);
-    assert!(out.ok, "DEL failed: {} {}", out.stdout, out.stderr);
+    f.cni_ok("DEL", "ctr1");
 }
 
 #[test]
@@ -414,18 +434,11 @@ fn an_unreachable_api_server_is_try_again_later_on_add_and_not_a_del_failure() {
 
 #[test]
 fn del_of_a_pod_the_api_no_longer_has_succeeds() {
-    let c = Cluster::new("cnikg", 2, true);
-    let api = ApiServer::start(&c.host());
-    api.add_pod("default", "pod-ctr1", json!({}));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let conf = k8s_conf(&c, &api.kubeconfig(dir.path()));
-    let pod = c.sim.pod_add("web").expect("pod netns");
-    let out = c.cni("ADD", "ctr1", Some(&pod.path()), "eth0", &conf);
-    assert!(out.ok, "ADD failed: {} {}", out.stdout, out.stderr);
-    api.remove_pod("default", "pod-ctr1");
-    let out = c.cni("DEL", "ctr1", Some(&pod.path()), "eth0", &conf);
-    assert!(out.ok, "DEL failed: {} {}", out.stdout, out.stderr);
-    assert_nothing_held(&c);
+    let f = Fixture::new("cnikg");
+    f.cni_ok("ADD", "ctr1");
+    f.api.remove_pod("default", "pod-ctr1");
+    f.cni_ok("DEL", "ctr1");
+    assert_nothing_held(&f.c);
 }
 
 #[test]
