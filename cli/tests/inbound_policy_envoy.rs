@@ -167,6 +167,13 @@ fn hcm(filters: Vec<Value>) -> Value {
 /// The adapter's view: the filters in a pod's virtualInbound listener
 /// (catch-all plaintext chain), translated in local mode.
 fn dpumesh_policies(dir: &Path, port: u16) -> Vec<dpumesh_api::config::AuthorizationPolicy> {
+    dpumesh_policies_of(dir, rbac_filters(port))
+}
+
+fn dpumesh_policies_of(
+    dir: &Path,
+    filters: Vec<Value>,
+) -> Vec<dpumesh_api::config::AuthorizationPolicy> {
     std::fs::write(
         dir.join("node.yaml"),
         "name: node-1\nnetworkMode: underlay\npodCidr: 10.244.1.0/24\nserviceCidrs: [10.96.0.0/16]\ndpuMgmtAddr: 127.0.0.1:15080\n",
@@ -187,7 +194,7 @@ fn dpumesh_policies(dir: &Path, port: u16) -> Vec<dpumesh_api::config::Authoriza
         "traffic_direction": "INBOUND",
         "filter_chains": [{"name": "virtualInbound-catchall-http",
                            "filter_chain_match": {"transport_protocol": "raw_buffer"},
-                           "filters": [hcm(rbac_filters(port))]}]
+                           "filters": [hcm(filters)]}]
     });
     std::fs::write(
         pod_dir.join("inbound.json"),
@@ -365,4 +372,306 @@ async fn envoy_and_the_translated_policies_decide_alike() {
         "{total} requests, {allowed} allowed by Envoy; {} denied by dpu-proxy only (contains \"secret\")",
         differences.len()
     );
+}
+
+// -- with mTLS: principals and namespaces ----------------------------------------
+
+const TD: &str = "spiffe://cluster.local";
+
+/// Policies on the peer's identity (istiod's shapes for `principals`,
+/// `namespaces`, `notPrincipals`, a principal prefix and suffix).
+fn identity_rbac_filters() -> Vec<Value> {
+    let rbac = |action: &str, policies: Value| {
+        json!({"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": action, "policies": policies}}})
+    };
+    let auth = |m: Value| json!({"authenticated": {"principal_name": m}});
+    let ids = |list: Vec<Value>| json!([{"and_ids": {"ids": list}}]);
+    let or_ids = |list: Vec<Value>| json!({"or_ids": {"ids": list}});
+    let perms = |list: Vec<Value>| json!([{"and_rules": {"rules": list}}]);
+    let or_rules = |list: Vec<Value>| json!({"or_rules": {"rules": list}});
+    let deny = json!({
+        "ns[default]-policy[deny-admin]-rule[0]": {
+            "permissions": perms(vec![or_rules(vec![path(json!({"prefix": "/admin"}))])]),
+            "principals": any_id()},
+        "ns[default]-policy[deny-ratings]-rule[0]": {
+            "permissions": perms(vec![or_rules(vec![path(json!({"exact": "/deny-me"}))])]),
+            "principals": ids(vec![or_ids(vec![auth(json!({"exact": format!("{TD}/ns/default/sa/bookinfo-ratings")}))])])}
+    });
+    let allow = json!({
+        "ns[default]-policy[reviews-viewer]-rule[0]": {
+            "permissions": perms(vec![or_rules(vec![header(":method", json!({"exact_match": "GET"}))])]),
+            "principals": ids(vec![or_ids(vec![auth(json!({"exact": format!("{TD}/ns/default/sa/bookinfo-productpage")}))])])},
+        "ns[default]-policy[trusted]-rule[0]": {
+            "permissions": perms(vec![or_rules(vec![path(json!({"prefix": "/ns/"}))])]),
+            "principals": ids(vec![
+                or_ids(vec![auth(json!({"safe_regex": {"regex": ".*/ns/trusted/.*"}}))]),
+                json!({"not_id": or_ids(vec![auth(json!({"exact": format!("{TD}/ns/trusted/sa/intruder")}))])})])},
+        "ns[default]-policy[admins]-rule[0]": {
+            "permissions": [{"any": true}],
+            "principals": ids(vec![or_ids(vec![auth(json!({"safe_regex": {"regex": "spiffe://.*/sa/admin"}}))])])},
+        "ns[default]-policy[ops]-rule[0]": {
+            "permissions": perms(vec![
+                or_rules(vec![header(":method", json!({"exact_match": "GET"})),
+                              header(":method", json!({"exact_match": "POST"}))]),
+                or_rules(vec![path(json!({"prefix": "/ops"}))])]),
+            "principals": ids(vec![or_ids(vec![auth(json!({"prefix": format!("{TD}/ns/ops/")}))])])}
+    });
+    vec![rbac("DENY", deny), rbac("ALLOW", allow)]
+}
+
+struct Pki {
+    ca_pem: String,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = p.self_signed(&key).expect("CA");
+        Pki {
+            ca_pem: cert.pem(),
+            ca_der: cert.der().clone(),
+            issuer: rcgen::Issuer::new(p, key),
+        }
+    }
+
+    /// (certificate PEM, certificate DER, PKCS#8 key) for a SPIFFE ID.
+    fn leaf(
+        &self,
+        id: &str,
+    ) -> (
+        String,
+        rustls::pki_types::CertificateDer<'static>,
+        Vec<u8>,
+        String,
+    ) {
+        use rcgen::{
+            CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, KeyPair,
+            KeyUsagePurpose, SanType,
+        };
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::URI(id.try_into().expect("URI SAN"))];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.issuer).expect("leaf");
+        (
+            cert.pem(),
+            cert.der().clone(),
+            key.serialize_der(),
+            key.serialize_pem(),
+        )
+    }
+}
+
+fn start_mtls_envoy(dir: &Path, port: u16, pki: &Pki) -> Envoy {
+    let (cert_pem, _, _, key_pem) = pki.leaf(&format!("{TD}/ns/default/sa/bookinfo-reviews"));
+    for (name, text) in [
+        ("ca.pem", &pki.ca_pem),
+        ("cert.pem", &cert_pem),
+        ("key.pem", &key_pem),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write PEM");
+    }
+    let file = |n: &str| json!({"filename": dir.join(n).display().to_string()});
+    let bootstrap = json!({
+        "static_resources": {"listeners": [{
+            "name": "inbound-mtls",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{
+                "filters": [hcm(identity_rbac_filters())],
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_certificates": [{"certificate_chain": file("cert.pem"),
+                                              "private_key": file("key.pem")}],
+                        "validation_context": {"trusted_ca": file("ca.pem")}}}}}]}]}
+    });
+    let path = dir.join("envoy-mtls.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&bootstrap).expect("json"),
+    )
+    .expect("write");
+    let log = std::fs::File::create(dir.join("envoy-mtls.log")).expect("log");
+    let child = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(&path)
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn envoy");
+    let mut envoy = Envoy(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = envoy.0.try_wait() {
+            panic!(
+                "envoy exited ({status}): {}",
+                std::fs::read_to_string(dir.join("envoy-mtls.log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "envoy never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    envoy
+}
+
+/// Requests over one mTLS connection presenting `id`; their statuses.
+async fn mtls_statuses(
+    port: u16,
+    pki: &Pki,
+    id: &str,
+    requests: &[(Method, &str)],
+) -> Vec<StatusCode> {
+    use dpu_proxy::identity::{tls::SpiffeServerVerifier, SpiffeId};
+    let (_, leaf_der, key, _) = pki.leaf(id);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).expect("root");
+    let verifier = SpiffeServerVerifier::new(
+        std::sync::Arc::new(roots),
+        SpiffeId::parse(&format!("{TD}/ns/default/sa/bookinfo-reviews")).expect("id"),
+    );
+    let cfg = rustls::ClientConfig::builder_with_provider(dpu_proxy::identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_client_auth_cert(
+            vec![leaf_der],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        )
+        .expect("client cert");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let mut out = Vec::new();
+    // One connection per request: Envoy may close a connection after a 403.
+    for (method, path) in requests {
+        let tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .expect("connect");
+        let tls = connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("reviews").expect("name"),
+                tcp,
+            )
+            .await
+            .expect("mTLS handshake with envoy");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(*path)
+            .header("host", "reviews")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("response");
+        out.push(resp.status());
+        let _ = resp.into_body().collect().await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mtls_principals_and_namespaces_decide_alike() {
+    let scratch = Scratch::new();
+    let port = free_port();
+    // The adapter's translation of the same filters.
+    let listener_dir = scratch.0.join("adapter");
+    std::fs::create_dir_all(&listener_dir).expect("dir");
+    let policies = dpumesh_policies_of(&listener_dir, identity_rbac_filters());
+    let pki = Pki::new();
+    let _envoy = start_mtls_envoy(&scratch.0, port, &pki);
+
+    let callers = [
+        "ns/default/sa/bookinfo-productpage",
+        "ns/default/sa/bookinfo-ratings",
+        "ns/trusted/sa/x",
+        "ns/trusted/sa/intruder",
+        "ns/team/sa/admin",
+        "ns/ops/sa/runner",
+        "ns/other/sa/y",
+    ];
+    let mut requests = Vec::new();
+    for m in [Method::GET, Method::POST] {
+        for p in [
+            "/reviews/1",
+            "/admin",
+            "/ns/a",
+            "/ops/x",
+            "/deny-me",
+            "/other",
+        ] {
+            requests.push((m.clone(), p));
+        }
+    }
+    let mut differ = Vec::new();
+    let (mut allowed, mut total) = (0, 0);
+    for caller in callers {
+        let id = format!("{TD}/{caller}");
+        let statuses = mtls_statuses(port, &pki, &id, &requests).await;
+        for ((method, path), envoy) in requests.iter().zip(statuses) {
+            assert!(
+                envoy == StatusCode::OK || envoy == StatusCode::FORBIDDEN,
+                "envoy answered {envoy} to {caller} {method} {path}"
+            );
+            let headers = HeaderMap::new();
+            let req = AuthzRequest {
+                source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                source_principal: Some(&id),
+                destination_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                destination_port: port,
+                http: Some(HttpAttrs {
+                    host: "reviews",
+                    method: method.as_str(),
+                    path,
+                    headers: &headers,
+                }),
+            };
+            let ours = authorize(&policies, &req).is_allow();
+            let theirs = envoy == StatusCode::OK;
+            total += 1;
+            allowed += usize::from(theirs);
+            if ours != theirs {
+                differ.push(format!(
+                    "{caller} {method} {path}: envoy {theirs}, dpu-proxy {ours}"
+                ));
+            }
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {total} decisions differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+    assert!(
+        allowed > 5 && allowed < total - 5,
+        "allowed {allowed} of {total}"
+    );
+    eprintln!("{total} mTLS requests from 7 identities, {allowed} allowed by both");
 }
