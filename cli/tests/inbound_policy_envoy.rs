@@ -6,7 +6,9 @@
 //! `authz::authorize`. A matrix of requests (methods × paths × hosts × a
 //! header) must get the same allow/deny from both — except where the RBAC uses
 //! a matcher NodeConfig cannot express (`contains` in an ALLOW rule), where
-//! dpu-proxy may only deny more, never allow more.
+//! dpu-proxy may only deny more, never allow more. A second test puts Envoy
+//! behind mTLS (client certificates with SPIFFE IDs) and compares policies on
+//! the peer's principal and namespace.
 //!
 //! Needs Envoy (`scripts/setup.sh`, or `DPUMESH_ENVOY=/path/to/envoy`).
 
