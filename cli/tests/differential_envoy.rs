@@ -59,6 +59,8 @@ const POOL_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 23);
 /// `tcp`: a TCP service on port [`TCP_PORT`] (tcp_proxy, weighted clusters).
 const TCP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 24);
 const TCP_PORT: u16 = 9090;
+/// `grpc`: one pod (reviews-v2) on a port named `grpc` (HTTP/2 upstream).
+const GRPC_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 25);
 const PORT: u16 = 9080;
 
 /// The client and Envoy pods: name, VF, IP.
@@ -380,7 +382,7 @@ async fn answer(
     version: &str,
     seen: &Attempts,
     req: &Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
+) -> Result<Response<ScriptBody>, std::io::Error> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -397,6 +399,9 @@ async fn answer(
         }
         Err(_) => 0,
     };
+    if let Some(spec) = behave.strip_prefix("grpc-") {
+        return Ok(grpc_answer(pod, spec, attempt));
+    }
     let mut status = StatusCode::OK;
     match behave.as_str() {
         "fail" => status = StatusCode::SERVICE_UNAVAILABLE,
@@ -435,8 +440,80 @@ async fn answer(
         .header("x-seen-added", header("x-added"))
         .header("x-seen-host", header("host"))
         .header("x-seen-env", header("x-env"))
-        .body(Full::new(Bytes::from(format!("{pod} {version}"))))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+        .body(ScriptBody::data(Bytes::from(format!("{pod} {version}"))))
+        .unwrap_or_else(|_| Response::new(ScriptBody::default())))
+}
+
+/// A gRPC answer (`x-behave: grpc-<code>[-once|-trailers]`): by default
+/// trailers-only (`grpc-status` in the response headers, no body); `-once`:
+/// only the first attempt of the case gets `<code>`, later ones 0;
+/// `-trailers`: a message, then `grpc-status` in the trailers.
+fn grpc_answer(pod: &str, spec: &str, attempt: usize) -> Response<ScriptBody> {
+    let (code, mode) = spec.split_once('-').unwrap_or((spec, ""));
+    let code = if mode == "once" && attempt > 1 {
+        "0"
+    } else {
+        code
+    };
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/grpc")
+        .header("x-served-by", pod);
+    let answer = if mode == "trailers" {
+        let mut trailers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_str(code) {
+            trailers.insert("grpc-status", v);
+        }
+        // One empty, uncompressed gRPC message.
+        builder.body(ScriptBody {
+            data: Some(Bytes::from_static(&[0, 0, 0, 0, 0])),
+            trailers: Some(trailers),
+        })
+    } else {
+        builder
+            .header("grpc-status", code)
+            .body(ScriptBody::default())
+    };
+    answer.unwrap_or_else(|_| Response::new(ScriptBody::default()))
+}
+
+/// The scripted servers' response body: optional data, optional trailers.
+#[derive(Default)]
+struct ScriptBody {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl ScriptBody {
+    fn data(b: Bytes) -> ScriptBody {
+        ScriptBody {
+            data: Some(b),
+            trailers: None,
+        }
+    }
+}
+
+impl hyper::body::Body for ScriptBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let frame = if let Some(d) = self.data.take() {
+            Some(Ok(hyper::body::Frame::data(d)))
+        } else {
+            self.trailers
+                .take()
+                .map(|t| Ok(hyper::body::Frame::trailers(t)))
+        };
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
 }
 
 /// One request of the matrix.
@@ -474,6 +551,8 @@ fn vip_of(host: &str) -> SocketAddr {
         LB_VIP
     } else if host.starts_with("pool") {
         POOL_VIP
+    } else if host.starts_with("grpc") {
+        GRPC_VIP
     } else if host.starts_with("tcp") {
         return SocketAddr::from((TCP_VIP, TCP_PORT));
     } else {
@@ -588,6 +667,8 @@ struct Reply {
     overloaded: bool,
     /// From sending the request to the end of the answer's body.
     elapsed: Duration,
+    /// `grpc-status` of the answer, from its headers or its trailers.
+    grpc_status: Option<String>,
 }
 
 /// One request (HTTP/1.1, or h2c with prior knowledge) on a new connection
@@ -693,8 +774,13 @@ async fn exchange(to: SocketAddr, case: &Req, tag: String) -> Result<Reply, Stri
             resp_header: header("x-resp"),
             overloaded: header("x-envoy-overloaded").as_deref() == Some("true"),
             elapsed: Duration::ZERO,
+            grpc_status: header("grpc-status"),
         };
-        let body = resp.into_body().collect().await?.to_bytes();
+        let collected = resp.into_body().collect().await?;
+        if let Some(t) = collected.trailers().and_then(|t| t.get("grpc-status")) {
+            reply.grpc_status = t.to_str().ok().map(str::to_string);
+        }
+        let body = collected.to_bytes();
         reply.overloaded |= String::from_utf8_lossy(&body).contains("response_flags=UO");
         reply.elapsed = start.elapsed();
         Ok::<_, hyper::Error>(reply)
@@ -999,6 +1085,7 @@ fn envoy_and_dpu_proxy_route_the_same_resources_the_same_way() {
             resp_header: None,
             overloaded: false,
             elapsed: Duration::ZERO,
+            grpc_status: None,
         });
         Outcome {
             status: reply.status,
@@ -1100,6 +1187,7 @@ struct Got {
     served_by: Option<String>,
     overloaded: bool,
     elapsed: Duration,
+    grpc_status: Option<String>,
     /// The pods that received it (mirrors included), in order.
     attempts: Vec<String>,
 }
@@ -1148,6 +1236,7 @@ impl Side<'_> {
                         served_by: r.served_by,
                         overloaded: r.overloaded,
                         elapsed: r.elapsed,
+                        grpc_status: r.grpc_status,
                         attempts,
                     },
                     Err(e) => Got {
@@ -1155,6 +1244,7 @@ impl Side<'_> {
                         served_by: Some(format!("(client error: {e})")),
                         overloaded: false,
                         elapsed: Duration::ZERO,
+                        grpc_status: None,
                         attempts,
                     },
                 }
@@ -1680,6 +1770,55 @@ fn resilience(sides: &[Side], f: &mut Findings) {
     }
 }
 
+/// gRPC over h2c (service `grpc`, one pod, `retry_on: cancelled,unavailable`,
+/// 2 retries): the status (trailers-only, or in trailers after a message)
+/// and the attempts must be equal, and Envoy's as configured.
+fn grpc(sides: &[Side], f: &mut Findings) {
+    let cases = [
+        // (behaviour, Envoy's expected outcome: grpc-status and attempts)
+        ("grpc-0", "0 x1"),
+        ("grpc-14", "14 x3"),
+        ("grpc-14-once", "0 x2"),
+        ("grpc-1-once", "0 x2"),
+        ("grpc-13", "13 x1"),
+        ("grpc-14-trailers", "14 x1"),
+    ];
+    for (behave, want) in cases {
+        let mut outcomes = Vec::new();
+        for side in sides {
+            let mut req = Req::get("grpc", "/test.Echo/Call")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("x-behave", behave);
+            req.h2 = true;
+            let got = side.send(behave, vec![(req, Duration::ZERO)], 1, Duration::ZERO);
+            let view = got
+                .first()
+                .map(|g| {
+                    format!(
+                        "{} {} x{}",
+                        g.status,
+                        g.grpc_status.as_deref().unwrap_or("-"),
+                        g.attempts.len()
+                    )
+                })
+                .unwrap_or_default();
+            f.note(format!("{behave:<16} {:<9} {view}", side.name));
+            outcomes.push(view);
+        }
+        if let [envoy, dpu] = &outcomes[..] {
+            f.check(
+                envoy == dpu,
+                format!("{behave}: Envoy {envoy}, dpu-proxy {dpu}"),
+            );
+            f.check(
+                *envoy == format!("200 {want}"),
+                format!("{behave}: Envoy {envoy}, the resources say 200 {want}"),
+            );
+        }
+    }
+}
+
 #[test]
 fn envoy_and_dpu_proxy_balance_and_protect_the_same_way() {
     let h = Harness::up("difflb");
@@ -1702,6 +1841,7 @@ fn envoy_and_dpu_proxy_balance_and_protect_the_same_way() {
     distributions(&sides, &mut f);
     hashing(&sides, &mut f);
     mirrors_and_faults(&sides, &mut f);
+    grpc(&sides, &mut f);
     assert!(
         f.problems.is_empty(),
         "{} differences or departures from the configuration:\n{}\n\nmeasured:\n{}",
