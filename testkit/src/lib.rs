@@ -1,0 +1,94 @@
+//! Simulator helpers shared by dpumesh's end-to-end tests: the tests that run
+//! the real `dpumesh-dataplane` and `dpu-proxy` binaries in a simulated node's
+//! DPU netns, with pods on VFs, real HTTP servers in pods and real HTTP
+//! clients in other pods.
+//!
+//! A dev-dependency only (`publish = false`). Every helper panics with a
+//! message naming what failed: they are for tests, where a panic is the
+//! failure report. Nothing here connects to simulated addresses from the root
+//! netns: every socket is opened inside a [`Netns`] with [`Netns::run`].
+//!
+//! * [`node`]: what the CNI and the node agent do: a VF into a pod netns
+//!   ([`attach_pod`]), the dataplane and dpu-proxy in the DPU netns
+//!   ([`start_node`]), a NodeConfig pushed to the proxy ([`push`]).
+//! * [`http`]: one HTTP request from inside a netns ([`get`], [`request`]),
+//!   admin pages ([`admin`]) and Prometheus sums ([`counter_sum`]).
+//! * [`server`]: [`PodServer`], a real HTTP/1.1 + h2c server in a pod that
+//!   records who reached it.
+
+pub mod http;
+pub mod node;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dpumesh_sim::Netns;
+
+pub use crate::http::{admin, counter_sum, get, request, requests_total, try_get, try_request};
+pub use crate::node::{
+    attach_pod, push, register, start_dataplane, start_node, start_proxy, steering,
+    underlay_network,
+};
+pub use crate::server::{PodServer, Seen};
+
+/// `target/<profile>/<name>`: a workspace binary next to the running test's
+/// `deps/` directory. Panics, saying how to build it, if it is missing.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A current-thread tokio runtime, for async work inside one netns thread.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs a command in `ns`; its stdout, or a panic naming the command and
+/// what it printed.
+pub fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
+    let out = ns
+        .command(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {ns}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits (up to 20 s) until something accepts TCP on `addr` from inside
+/// `ns`; panics naming `what` otherwise.
+pub fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = ns
+            .run(move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
+            .expect("netns");
+        if up {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
