@@ -26,7 +26,8 @@ fn node(name: &str, cidr: &str, annotations: Value) -> Value {
 fn pod(name: &str, ns: &str, node: &str, ip: &str, vf: Option<&str>) -> Value {
     let mut annotations = json!({});
     if let Some(vf) = vf {
-        annotations = json!({"dpumesh.io/vf-index": vf, "dpumesh.io/mac": format!("02:64:6d:01:00:0{}", vf.len())});
+        // Each VF has its own MAC (pods of one node may not share one).
+        annotations = json!({"dpumesh.io/vf-index": vf, "dpumesh.io/mac": format!("02:64:6d:01:00:{vf:0>2}")});
     }
     json!({"metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"),
             "labels": {"app": name.split('-').next().unwrap_or(name), "version": "v1"},
