@@ -12,154 +12,19 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use dpumesh_api::proto::v1::{
-    AddPodRequest, Interception, NetworkMode, NodeNetwork, PeerNode, PodSteering,
-    SetNodeNetworkRequest,
-};
+use dpumesh_api::proto::v1::PodSteering;
 use dpumesh_api::NodeConfig;
-use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use dpumesh_sim::{unique_cluster, Netns, Node, SimConfig, SimGuard, SpawnSpec};
+use dpumesh_testkit::{
+    self as kit, attach_pod, exec, get, push, requests_total, runtime, steering, wait_listening,
+    PodServer,
+};
+use http::StatusCode;
 use serde_json::json;
-
-#[path = "support/sim.rs"]
-mod sim;
-use sim::{dataplane_bin, exec, push, requests_total, runtime, wait_listening, PodServer};
 
 const VIP: &str = "10.96.0.10";
 const SERVER_PORT: u16 = 8080;
 const HOST: &str = "web.default.svc.cluster.local";
-
-/// What the CNI does: VF `vf` of `node` into a new pod netns as eth0, with
-/// `ip`/24 and a default route via the node's gateway (answered by the dataplane).
-fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Netns {
-    let ns = sim.pod_add(pod).expect("pod netns");
-    let vf_name = &node.vf(vf).expect("vf").host_ifname;
-    exec(
-        &node.host,
-        "ip",
-        &["link", "set", vf_name, "netns", ns.name()],
-    );
-    exec(&ns, "ip", &["link", "set", vf_name, "name", "eth0"]);
-    exec(
-        &ns,
-        "ip",
-        &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-    );
-    exec(&ns, "ip", &["link", "set", "eth0", "up"]);
-    exec(
-        &ns,
-        "ip",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &node.pod_gateway.to_string(),
-        ],
-    );
-    ns
-}
-
-/// Registers the node network and the pods with the dataplane, over its gRPC
-/// API from the host netns (as the CNI does).
-fn register(host: &Netns, mgmt: String, network: NodeNetwork, pods: Vec<PodSteering>) {
-    host.run(move || {
-        runtime().block_on(async move {
-            let mut dp = dpumesh_api::client::dataplane(&mgmt)
-                .await
-                .expect("dataplane client");
-            dp.set_node_network(SetNodeNetworkRequest {
-                network: Some(network),
-            })
-            .await
-            .expect("SetNodeNetwork");
-            for pod in pods {
-                let uid = pod.pod_uid.clone();
-                dp.add_pod(AddPodRequest { pod: Some(pod) })
-                    .await
-                    .unwrap_or_else(|e| panic!("AddPod {uid}: {e}"));
-            }
-        })
-    })
-    .expect("host netns");
-}
-
-/// One GET from inside `ns` to `to` (HTTP/1.1, or h2c with prior knowledge).
-fn get(ns: &Netns, to: SocketAddr, host: &str, path: &str, h2: bool) -> (StatusCode, String) {
-    let (host, path) = (host.to_string(), path.to_string());
-    ns.run(move || {
-        runtime().block_on(async move {
-            let stream =
-                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
-                    .await
-                    .unwrap_or_else(|_| panic!("connect to {to} timed out"))
-                    .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-            let io = TokioIo::new(stream);
-            let req = if h2 {
-                Request::get(format!("http://{host}{path}"))
-            } else {
-                Request::get(&path).header("host", &host)
-            }
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-            let exchange = async {
-                let resp = if h2 {
-                    let (mut send, conn) =
-                        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                            .handshake(io)
-                            .await?;
-                    tokio::spawn(conn);
-                    send.send_request(req).await?
-                } else {
-                    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
-                    tokio::spawn(conn);
-                    send.send_request(req).await?
-                };
-                let status = resp.status();
-                let body = resp.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&body).into_owned()))
-            };
-            tokio::time::timeout(Duration::from_secs(10), exchange)
-                .await
-                .unwrap_or_else(|_| panic!("GET {to}{path} timed out"))
-                .unwrap_or_else(|e| panic!("GET {to}{path}: {e}"))
-        })
-    })
-    .expect("pod netns")
-}
-
-/// `GET path` on the proxy's admin port, from inside the DPU netns.
-fn admin(dpu: &Netns, path: &str) -> String {
-    let (status, body) = get(
-        dpu,
-        "127.0.0.1:15000".parse().expect("static"),
-        "admin",
-        path,
-        false,
-    );
-    assert_eq!(status, StatusCode::OK, "admin {path}: {body}");
-    body
-}
-
-fn steering(uid: &str, name: &str, node: &Node, vf: usize, ip: Ipv4Addr) -> PodSteering {
-    let v = node.vf(vf).expect("vf");
-    PodSteering {
-        pod_uid: uid.into(),
-        name: name.into(),
-        namespace: "default".into(),
-        container_id: format!("ctr-{uid}"),
-        ifname: "eth0".into(),
-        vf_index: v.index as u32,
-        representor: v.representor.clone(),
-        ips: vec![ip.to_string()],
-        mac: v.mac.to_string(),
-        meshed: true,
-        interception: Some(Interception::default()),
-    }
-}
 
 fn node_config(node: &Node, a: Ipv4Addr, b: Ipv4Addr, mgmt: &str) -> NodeConfig {
     let pod = |uid: &str, name: &str, app: &str, vf: usize, ip: Ipv4Addr| {
@@ -195,9 +60,14 @@ fn node_config(node: &Node, a: Ipv4Addr, b: Ipv4Addr, mgmt: &str) -> NodeConfig 
     serde_json::from_value(cfg).expect("test NodeConfig parses")
 }
 
-/// Starts node `i`'s dataplane (eBPF; peers: every other node, underlay) and
-/// dpu-proxy in its DPU netns, registers `pods` with the dataplane; returns
-/// the proxy's control address.
+/// `GET path` on the proxy's admin port, from inside the DPU netns.
+fn admin(dpu: &Netns, path: &str) -> String {
+    kit::admin(dpu, 15000, path)
+}
+
+/// Starts node `i` (`n<i>`): its dataplane (eBPF; peers: every other node,
+/// underlay) and dpu-proxy in its DPU netns, `pods` registered with the
+/// dataplane; returns the proxy's control address.
 fn start_node(
     sim: &SimGuard,
     i: usize,
@@ -211,80 +81,8 @@ fn start_node(
 
 /// [`start_node`] with the given CA flags for dpu-proxy.
 fn start_node_with(sim: &SimGuard, i: usize, pods: Vec<PodSteering>, ca: &[String]) -> String {
-    let node = sim.node(i).expect("node").clone();
-    let mgmt_ip = node.mgmt_dpu.addr();
-    let dp_mgmt = format!("{mgmt_ip}:15081");
-    let proxy_mgmt = format!("{mgmt_ip}:15080");
-    // Pins under the simulator's per-node dir (removed by `down`).
-    sim.spawn_with(
-        SpawnSpec::new(
-            format!("dataplane-n{i}"),
-            node.netns(Place::Dpu).clone(),
-            dataplane_bin().display().to_string(),
-        )
-        .args([
-            "--node".to_string(),
-            format!("n{i}"),
-            "--node-id".into(),
-            format!("{}-n{i}", sim.cluster()),
-            "--mgmt-addr".into(),
-            dp_mgmt.clone(),
-            "--admin-addr".into(),
-            "127.0.0.1:15091".into(),
-            "--backend".into(),
-            "ebpf".into(),
-        ])
-        .health(dp_mgmt.clone()),
-    )
-    .expect("spawn the dataplane");
-    wait_listening(&node.host, dp_mgmt.parse().expect("addr"), "the dataplane");
-    let peers = sim
-        .nodes()
-        .iter()
-        .filter(|p| p.index != i)
-        .map(|p| PeerNode {
-            name: format!("n{}", p.index),
-            pod_cidr: p.pod_cidr.to_string(),
-            underlay_ip: p.uplink.addr().to_string(),
-        })
-        .collect();
-    register(
-        &node.host,
-        dp_mgmt,
-        NodeNetwork {
-            node_name: format!("n{i}"),
-            mode: NetworkMode::Underlay as i32,
-            pod_cidr: node.pod_cidr.to_string(),
-            service_cidrs: vec!["10.96.0.0/16".into()],
-            underlay_ip: node.uplink.addr().to_string(),
-            vni: 0,
-            peers,
-            gateway_ip: String::new(),
-        },
-        pods,
-    );
-    sim.spawn_with(
-        SpawnSpec::new(
-            format!("dpu-proxy-n{i}"),
-            node.netns(Place::Dpu).clone(),
-            env!("CARGO_BIN_EXE_dpu-proxy"),
-        )
-        .args([
-            "--node".to_string(),
-            format!("n{i}"),
-            "--mgmt-addr".into(),
-            proxy_mgmt.clone(),
-            "--admin-addr".into(),
-            "127.0.0.1:15000".into(),
-            "--workers".into(),
-            "1".into(),
-        ])
-        .args(ca.iter().cloned())
-        .health(proxy_mgmt.clone()),
-    )
-    .expect("spawn dpu-proxy");
-    wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
-    proxy_mgmt
+    let ca: Vec<&str> = ca.iter().map(String::as_str).collect();
+    kit::start_node(sim, i, &format!("n{i}"), pods, &ca)
 }
 
 #[test]

@@ -21,22 +21,16 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use dpu_proxy::identity::{BuiltinCa, CaConfig};
-use dpumesh_api::proto::v1::{
-    AddPodRequest, Interception, NetworkMode, NodeNetwork, PeerNode, PodSteering,
-    SetNodeNetworkRequest,
-};
+use dpumesh_api::proto::v1::PodSteering;
 use dpumesh_api::NodeConfig;
-use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
-#[path = "support/sim.rs"]
-mod sim;
+use dpumesh_sim::{unique_cluster, Netns, Node, SimConfig, SimGuard, SpawnSpec};
+use dpumesh_testkit::{
+    admin, attach_pod, exec, get, push, requests_total, start_dataplane, start_node, steering,
+    try_get, wait_listening, PodServer,
+};
+use http::StatusCode;
 use serde_json::json;
-use sim::{dataplane_bin, exec, push, requests_total, runtime, wait_listening, PodServer};
 
 const TD: &str = "cluster.local";
 const APP_PORT: u16 = 8080;
@@ -72,218 +66,6 @@ fn envoy_bin() -> PathBuf {
             lib.display()
         )
     })
-}
-
-/// What the CNI does: VF `vf` of `node` into a new pod netns as eth0.
-fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Netns {
-    let ns = sim.pod_add(pod).expect("pod netns");
-    let vf_name = &node.vf(vf).expect("vf").host_ifname;
-    exec(
-        &node.host,
-        "ip",
-        &["link", "set", vf_name, "netns", ns.name()],
-    );
-    exec(&ns, "ip", &["link", "set", vf_name, "name", "eth0"]);
-    let cidr = format!("{ip}/24");
-    exec(&ns, "ip", &["addr", "add", &cidr, "dev", "eth0"]);
-    exec(&ns, "ip", &["link", "set", "eth0", "up"]);
-    let gw = node.pod_gateway.to_string();
-    exec(&ns, "ip", &["route", "add", "default", "via", &gw]);
-    ns
-}
-
-fn steering(
-    uid: &str,
-    name: &str,
-    ns: &str,
-    node: &Node,
-    vf: usize,
-    ip: Ipv4Addr,
-    meshed: bool,
-) -> PodSteering {
-    let v = node.vf(vf).expect("vf");
-    PodSteering {
-        pod_uid: uid.into(),
-        name: name.into(),
-        namespace: ns.into(),
-        container_id: format!("ctr-{uid}"),
-        ifname: "eth0".into(),
-        vf_index: v.index as u32,
-        representor: v.representor.clone(),
-        ips: vec![ip.to_string()],
-        mac: v.mac.to_string(),
-        meshed,
-        interception: meshed.then(Interception::default),
-    }
-}
-
-/// Starts node `i`'s dataplane (eBPF, underlay, every other node a peer),
-/// registers `pods`, and, if `proxy_root` is set, dpu-proxy with that shared
-/// CA root; returns the proxy's control address.
-fn start_node(
-    sim: &SimGuard,
-    i: usize,
-    pods: Vec<PodSteering>,
-    proxy_root: Option<&Path>,
-) -> String {
-    let node = sim.node(i).expect("node").clone();
-    let mgmt_ip = node.mgmt_dpu.addr();
-    let dp_mgmt = format!("{mgmt_ip}:15081");
-    let proxy_mgmt = format!("{mgmt_ip}:15080");
-    sim.spawn_with(
-        SpawnSpec::new(
-            format!("dataplane-n{i}"),
-            node.netns(Place::Dpu).clone(),
-            dataplane_bin().display().to_string(),
-        )
-        .args([
-            "--node".to_string(),
-            format!("n{i}"),
-            "--node-id".into(),
-            format!("{}-n{i}", sim.cluster()),
-            "--mgmt-addr".into(),
-            dp_mgmt.clone(),
-            "--admin-addr".into(),
-            "127.0.0.1:15091".into(),
-            "--backend".into(),
-            "ebpf".into(),
-        ])
-        .health(dp_mgmt.clone()),
-    )
-    .expect("spawn the dataplane");
-    wait_listening(&node.host, dp_mgmt.parse().expect("addr"), "the dataplane");
-    let peers = sim
-        .nodes()
-        .iter()
-        .filter(|p| p.index != i)
-        .map(|p| PeerNode {
-            name: format!("n{}", p.index),
-            pod_cidr: p.pod_cidr.to_string(),
-            underlay_ip: p.uplink.addr().to_string(),
-        })
-        .collect();
-    let network = NodeNetwork {
-        node_name: format!("n{i}"),
-        mode: NetworkMode::Underlay as i32,
-        pod_cidr: node.pod_cidr.to_string(),
-        service_cidrs: vec!["10.96.0.0/16".into()],
-        underlay_ip: node.uplink.addr().to_string(),
-        vni: 0,
-        peers,
-        gateway_ip: String::new(),
-    };
-    let mgmt = dp_mgmt.clone();
-    node.host
-        .run(move || {
-            runtime().block_on(async move {
-                let mut dp = dpumesh_api::client::dataplane(&mgmt)
-                    .await
-                    .expect("dataplane client");
-                dp.set_node_network(SetNodeNetworkRequest {
-                    network: Some(network),
-                })
-                .await
-                .expect("SetNodeNetwork");
-                for pod in pods {
-                    let uid = pod.pod_uid.clone();
-                    dp.add_pod(AddPodRequest { pod: Some(pod) })
-                        .await
-                        .unwrap_or_else(|e| panic!("AddPod {uid}: {e}"));
-                }
-            })
-        })
-        .expect("host netns");
-    let Some(root) = proxy_root else {
-        return proxy_mgmt;
-    };
-    sim.spawn_with(
-        SpawnSpec::new(
-            format!("dpu-proxy-n{i}"),
-            node.netns(Place::Dpu).clone(),
-            env!("CARGO_BIN_EXE_dpu-proxy"),
-        )
-        .args([
-            "--node".to_string(),
-            format!("n{i}"),
-            "--mgmt-addr".into(),
-            proxy_mgmt.clone(),
-            "--admin-addr".into(),
-            "127.0.0.1:15000".into(),
-            "--workers".into(),
-            "1".into(),
-            "--trust-domain".into(),
-            TD.into(),
-            "--ca-root-file".into(),
-            root.display().to_string(),
-        ])
-        .health(proxy_mgmt.clone()),
-    )
-    .expect("spawn dpu-proxy");
-    wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
-    proxy_mgmt
-}
-
-/// One GET from inside `ns` to `to` (HTTP/1.1, or h2c with prior knowledge);
-/// `Err` describes a failed connect or exchange (reset, closed, timeout).
-fn try_get(
-    ns: &Netns,
-    to: SocketAddr,
-    host: &str,
-    path: &str,
-    h2: bool,
-) -> Result<(StatusCode, String), String> {
-    let (host, path) = (host.to_string(), path.to_string());
-    ns.run(move || {
-        runtime().block_on(async move {
-            let stream =
-                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
-                    .await
-                    .map_err(|_| format!("connect to {to} timed out"))?
-                    .map_err(|e| format!("connect to {to}: {e}"))?;
-            let io = TokioIo::new(stream);
-            let req = if h2 {
-                Request::get(format!("http://{host}{path}"))
-            } else {
-                Request::get(&path).header("host", &host)
-            }
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-            let exchange = async {
-                let resp = if h2 {
-                    let (mut send, conn) =
-                        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                            .handshake(io)
-                            .await?;
-                    tokio::spawn(conn);
-                    send.send_request(req).await?
-                } else {
-                    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
-                    tokio::spawn(conn);
-                    send.send_request(req).await?
-                };
-                let status = resp.status();
-                let body = resp.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&body).into_owned()))
-            };
-            tokio::time::timeout(Duration::from_secs(10), exchange)
-                .await
-                .map_err(|_| format!("GET {to}{path} timed out"))?
-                .map_err(|e| format!("GET {to}{path}: {e}"))
-        })
-    })
-    .expect("pod netns")
-}
-
-fn get(ns: &Netns, to: SocketAddr, host: &str, path: &str, h2: bool) -> (StatusCode, String) {
-    try_get(ns, to, host, path, h2).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// `GET path` on an admin port (dpu-proxy's or Envoy's) inside `ns`.
-fn admin(ns: &Netns, port: u16, path: &str) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let (status, body) = get(ns, addr, "admin", path, false);
-    assert_eq!(status, StatusCode::OK, "admin {path}: {body}");
-    body
 }
 
 /// Value of Envoy's counter `name` (from `/stats`), 0 if absent.
@@ -645,24 +427,30 @@ fn hbone_both_ways_with_an_envoy_sidecar() {
     let root_file = dir.path().join("ca-root.pem");
     let bootstrap = write_sidecar_files(dir.path(), &root_file, ip_legacy, ip_b);
 
+    let root = root_file.display().to_string();
     let m1 = start_node(
         &sim,
         1,
+        "n1",
         vec![
-            steering("uid-a", "client-a", "default", &n1, 0, ip_a, true),
-            steering("uid-b", "server-b", "default", &n1, 1, ip_b, true),
+            steering("uid-a", "client-a", &n1, 0, ip_a),
+            steering("uid-b", "server-b", &n1, 1, ip_b),
         ],
-        Some(&root_file),
+        &["--trust-domain", TD, "--ca-root-file", &root],
     );
     // Node 2: the Envoy pod is not meshed, so its dataplane forwards its
     // traffic (15008 included) without a proxy.
-    start_node(
+    start_dataplane(
         &sim,
         2,
-        vec![steering(
-            "uid-l", "legacy", "legacy", &n2, 0, ip_legacy, false,
-        )],
-        None,
+        "n2",
+        vec![PodSteering {
+            namespace: "legacy".into(),
+            meshed: false,
+            interception: None,
+            ..steering("uid-l", "legacy", &n2, 0, ip_legacy)
+        }],
+        &["--admin-addr", "127.0.0.1:15091"],
     );
     push(
         &n1.host,
