@@ -21,254 +21,64 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use dpumesh_api::proto::v1::{
-    AddPodRequest, Interception, NetworkMode, NodeNetwork, PodSteering, SetNodeNetworkRequest,
-};
-use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use dpumesh_sim::{unique_cluster, Netns, Node, SimConfig, SimGuard};
+use dpumesh_testkit::{self as kit, admin, counter_sum, write_inventory, PodServer, SimPod};
+use http::{Method, StatusCode};
 use support::workspace_binary;
 
 const NODE: &str = "node-1";
 const REVIEWS_VIP: &str = "10.96.12.3:9080";
 
-struct PodDef {
-    /// Short, unique: the pod's netns and uid.
-    short: &'static str,
-    name: &'static str,
-    sa: &'static str,
-    app: &'static str,
-    vf: usize,
-    ip: Ipv4Addr,
-    meshed: bool,
-}
-
-const PRODUCTPAGE: PodDef = PodDef {
+const PRODUCTPAGE: SimPod = SimPod {
     short: "pp",
     name: "productpage-v1-7d6cfb7dfd-x2x7k",
-    sa: "bookinfo-productpage",
+    service_account: "bookinfo-productpage",
     app: "productpage",
     vf: 0,
     ip: Ipv4Addr::new(10, 244, 1, 11),
     meshed: true,
 };
-const REVIEWS_V1: PodDef = PodDef {
+const REVIEWS_V1: SimPod = SimPod {
     short: "rv1",
     name: "reviews-v1-86896b7648-bqzl6",
-    sa: "bookinfo-reviews",
+    service_account: "bookinfo-reviews",
     app: "reviews",
     vf: 1,
     ip: Ipv4Addr::new(10, 244, 1, 13),
     meshed: true,
 };
-const REVIEWS_V2: PodDef = PodDef {
+const REVIEWS_V2: SimPod = SimPod {
     short: "rv2",
     name: "reviews-v2-b7dcd98fb-2hl8n",
-    sa: "bookinfo-reviews",
+    service_account: "bookinfo-reviews",
     app: "reviews",
     vf: 2,
     ip: Ipv4Addr::new(10, 244, 1, 14),
     meshed: true,
 };
-const RATINGS: PodDef = PodDef {
+const RATINGS: SimPod = SimPod {
     short: "rt",
     name: "ratings-v1-5f9699cfdf-7tq9w",
-    sa: "bookinfo-ratings",
+    service_account: "bookinfo-ratings",
     app: "ratings",
     vf: 3,
     ip: Ipv4Addr::new(10, 244, 1, 15),
     meshed: true,
 };
-const LEGACY: PodDef = PodDef {
+const LEGACY: SimPod = SimPod {
     short: "lg",
     name: "legacy",
-    sa: "default",
+    service_account: "default",
     app: "legacy",
     vf: 4,
     ip: Ipv4Addr::new(10, 244, 1, 20),
     meshed: false,
 };
-const PODS: [&PodDef; 5] = [&PRODUCTPAGE, &REVIEWS_V1, &REVIEWS_V2, &RATINGS, &LEGACY];
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Runs a command in `ns`; stdout, or a panic naming what failed.
-fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// What the CNI does: the VF into a new pod netns as eth0, address, default route.
-fn attach_pod(sim: &SimGuard, node: &Node, pod: &PodDef) -> Netns {
-    let ns = sim.pod_add(pod.short).expect("pod netns");
-    let vf_name = &node.vf(pod.vf).expect("vf").host_ifname;
-    exec(
-        &node.host,
-        "ip",
-        &["link", "set", vf_name, "netns", ns.name()],
-    );
-    exec(&ns, "ip", &["link", "set", vf_name, "name", "eth0"]);
-    exec(
-        &ns,
-        "ip",
-        &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
-    );
-    exec(&ns, "ip", &["link", "set", "eth0", "up"]);
-    exec(
-        &ns,
-        "ip",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &node.pod_gateway.to_string(),
-        ],
-    );
-    ns
-}
-
-fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let up = ns
-            .run(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })
-            .expect("netns");
-        if up {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The node's dataplane (eBPF) and dpu-proxy in its DPU netns, the pods
-/// registered with the dataplane; returns dpu-proxy's control address.
-fn start_node(sim: &SimGuard, node: &Node, ca_root: &Path) -> String {
-    let mgmt_ip = node.mgmt_dpu.addr();
-    let dp_mgmt = format!("{mgmt_ip}:15081");
-    let proxy_mgmt = format!("{mgmt_ip}:15080");
-    sim.spawn_with(
-        SpawnSpec::new(
-            "dataplane-n1",
-            node.netns(Place::Dpu).clone(),
-            workspace_binary("dpumesh-dataplane").display().to_string(),
-        )
-        .args([
-            "--node",
-            NODE,
-            "--node-id",
-            &format!("{}-n1", sim.cluster()),
-            "--mgmt-addr",
-            &dp_mgmt,
-            "--admin-addr",
-            "127.0.0.1:15091",
-            "--backend",
-            "ebpf",
-        ])
-        .health(dp_mgmt.clone()),
-    )
-    .expect("spawn the dataplane");
-    wait_listening(&node.host, dp_mgmt.parse().expect("addr"), "the dataplane");
-    let network = NodeNetwork {
-        node_name: NODE.into(),
-        mode: NetworkMode::Underlay as i32,
-        pod_cidr: node.pod_cidr.to_string(),
-        service_cidrs: vec!["10.96.0.0/16".into()],
-        underlay_ip: node.uplink.addr().to_string(),
-        vni: 0,
-        peers: Vec::new(),
-        gateway_ip: String::new(),
-    };
-    let pods: Vec<PodSteering> = PODS
-        .iter()
-        .map(|p| {
-            let v = node.vf(p.vf).expect("vf");
-            PodSteering {
-                pod_uid: format!("uid-{}", p.short),
-                name: p.name.into(),
-                namespace: "default".into(),
-                container_id: format!("ctr-{}", p.short),
-                ifname: "eth0".into(),
-                vf_index: v.index as u32,
-                representor: v.representor.clone(),
-                ips: vec![p.ip.to_string()],
-                mac: v.mac.to_string(),
-                meshed: p.meshed,
-                interception: Some(Interception::default()),
-            }
-        })
-        .collect();
-    let mgmt = dp_mgmt.clone();
-    node.host
-        .run(move || {
-            runtime().block_on(async move {
-                let mut dp = dpumesh_api::client::dataplane(&mgmt)
-                    .await
-                    .expect("dataplane client");
-                dp.set_node_network(SetNodeNetworkRequest {
-                    network: Some(network),
-                })
-                .await
-                .expect("SetNodeNetwork");
-                for pod in pods {
-                    dp.add_pod(AddPodRequest { pod: Some(pod) })
-                        .await
-                        .expect("AddPod");
-                }
-            })
-        })
-        .expect("host netns");
-    sim.spawn_with(
-        SpawnSpec::new(
-            "dpu-proxy-n1",
-            node.netns(Place::Dpu).clone(),
-            workspace_binary("dpu-proxy").display().to_string(),
-        )
-        .args([
-            "--node",
-            NODE,
-            "--mgmt-addr",
-            &proxy_mgmt,
-            "--admin-addr",
-            "127.0.0.1:15000",
-            "--workers",
-            "1",
-            "--ca-root-file",
-            &ca_root.display().to_string(),
-        ])
-        .health(proxy_mgmt.clone()),
-    )
-    .expect("spawn dpu-proxy");
-    wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
-    proxy_mgmt
-}
+const PODS: [&SimPod; 5] = [&PRODUCTPAGE, &REVIEWS_V1, &REVIEWS_V2, &RATINGS, &LEGACY];
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -288,172 +98,17 @@ fn local_dir(dir: &Path, node: &Node, proxy_mgmt: &str) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inbound");
     copy_dir(&fixture.join("xds"), &dir.join("xds"));
     std::fs::copy(fixture.join("services.yaml"), dir.join("services.yaml")).expect("services");
-    std::fs::write(
-        dir.join("node.yaml"),
-        format!(
-            "name: {NODE}\nnetworkMode: underlay\npodCidr: {}\nserviceCidrs: [10.96.0.0/16]\ndpuMgmtAddr: {proxy_mgmt}\n",
-            node.pod_cidr
-        ),
-    )
-    .expect("node.yaml");
-    let mut pods = String::from("pods:\n");
-    for p in PODS {
-        let v = node.vf(p.vf).expect("vf");
-        pods += &format!(
-            "  - {{uid: uid-{}, name: {}, namespace: default, serviceAccount: {}, labels: {{app: {}}}, ips: [{}], mac: \"{}\", vfIndex: {}, representor: {}, meshed: {}}}\n",
-            p.short, p.name, p.sa, p.app, p.ip, v.mac, v.index, v.representor, p.meshed
-        );
-    }
-    std::fs::write(dir.join("pods.yaml"), pods).expect("pods.yaml");
+    write_inventory(dir, NODE, node, proxy_mgmt, &PODS);
 }
 
-/// An HTTP server in a pod: 200 `served by <name>`, every request recorded
-/// as (peer ip, port, method, path).
-/// (peer ip, local port, method, path) of one request.
-type Seen = (std::net::IpAddr, u16, String, String);
-
-struct Server {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(ns: &Netns, name: &'static str, ports: &[u16]) -> Server {
-        let listeners: Vec<std::net::TcpListener> = ports
-            .iter()
-            .map(|&port| {
-                let l = ns
-                    .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
-                    .expect("netns")
-                    .expect("bind the pod server");
-                l.set_nonblocking(true).expect("nonblocking");
-                l
-            })
-            .collect();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let record = seen.clone();
-        let thread = std::thread::spawn(move || {
-            runtime().block_on(async move {
-                let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-                for l in listeners {
-                    let l = tokio::net::TcpListener::from_std(l).expect("tokio listener");
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        while let Ok(x) = l.accept().await {
-                            if tx.send(x).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                loop {
-                    let (stream, peer) = tokio::select! {
-                        _ = &mut stopped => return,
-                        r = rx.recv() => match r { Some(x) => x, None => return },
-                    };
-                    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
-                    let record = record.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            if let Ok(mut s) = record.lock() {
-                                s.push((
-                                    peer.ip(),
-                                    port,
-                                    req.method().to_string(),
-                                    req.uri().path().to_string(),
-                                ));
-                            }
-                            async move {
-                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                                    "served by {name}"
-                                )))))
-                            }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            })
-        });
-        Server {
-            seen,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// One HTTP/1.1 request from inside `ns`.
+/// One HTTP/1.1 request from inside `ns`; panics if the exchange fails.
 fn request(ns: &Netns, to: &str, host: &str, method: Method, path: &str) -> (StatusCode, String) {
-    let to: SocketAddr = to.parse().expect("address");
-    let (host, path) = (host.to_string(), path.to_string());
-    ns.run(move || {
-        runtime().block_on(async move {
-            let stream =
-                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
-                    .await
-                    .unwrap_or_else(|_| panic!("connect to {to} timed out"))
-                    .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-            let req = Request::builder()
-                .method(method)
-                .uri(&path)
-                .header("host", &host)
-                .body(Full::new(Bytes::new()))
-                .expect("request");
-            let exchange = async {
-                let (mut send, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                let resp = send.send_request(req).await?;
-                let status = resp.status();
-                let body = resp.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&body).into_owned()))
-            };
-            tokio::time::timeout(Duration::from_secs(10), exchange)
-                .await
-                .unwrap_or_else(|_| panic!("{to}{path} timed out"))
-                .unwrap_or_else(|e| panic!("{to}{path}: {e}"))
-        })
-    })
-    .expect("pod netns")
-}
-
-/// `GET path` on an admin port inside the DPU netns.
-fn admin(dpu: &Netns, addr: &str, path: &str) -> String {
-    let (status, body) = request(dpu, addr, "admin", Method::GET, path);
-    assert_eq!(status, StatusCode::OK, "admin {path}: {body}");
-    body
+    kit::request(ns, to.parse().expect("address"), host, method, path, false)
 }
 
 /// Sum of `dpumesh_authz_total` series whose labels include all of `want`.
 fn authz_total(metrics: &str, want: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("dpumesh_authz_total{"))
-        .filter(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    counter_sum(metrics, "dpumesh_authz_total", want)
 }
 
 #[test]
@@ -465,11 +120,13 @@ fn istiods_inbound_listener_is_enforced_by_dpu_proxy() {
     )
     .expect("sim up");
     let node = sim.node(1).expect("node 1").clone();
-    let ns: Vec<Netns> = PODS.iter().map(|p| attach_pod(&sim, &node, p)).collect();
+    let ns: Vec<Netns> = PODS.iter().map(|p| p.attach(&sim, &node)).collect();
     let (productpage, reviews_v1, reviews_v2, ratings, legacy) =
         (&ns[0], &ns[1], &ns[2], &ns[3], &ns[4]);
     let ca_dir = tempfile::tempdir().expect("tempdir");
-    let proxy_mgmt = start_node(&sim, &node, &ca_dir.path().join("root.pem"));
+    let ca_root = ca_dir.path().join("root.pem").display().to_string();
+    let pods = PODS.iter().map(|p| p.steering(&node)).collect();
+    let proxy_mgmt = kit::start_node(&sim, 1, NODE, pods, &["--ca-root-file", &ca_root]);
 
     // The real adapter, local mode, once: decode, translate, validate, push.
     let work = tempfile::tempdir().expect("tempdir");
@@ -488,8 +145,8 @@ fn istiods_inbound_listener_is_enforced_by_dpu_proxy() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let v1 = Server::start(reviews_v1, "reviews-v1", &[9080, 9090]);
-    let v2 = Server::start(reviews_v2, "reviews-v2", &[9080]);
+    let v1 = PodServer::start_ports(reviews_v1, "reviews-v1", &[9080, 9090]);
+    let v2 = PodServer::start(reviews_v2, "reviews-v2", 9080);
     let reviews_pod = format!("default/{}", REVIEWS_V1.name);
 
     // productpage's principal may GET (both reviews pods carry the policy).
@@ -550,7 +207,7 @@ fn istiods_inbound_listener_is_enforced_by_dpu_proxy() {
     );
 
     // Counted per policy (the denies of both reviews pods together).
-    let metrics = admin(&node.dpu, "127.0.0.1:15000", "/metrics");
+    let metrics = admin(&node.dpu, 15000, "/metrics");
     let deny = |policy: &str| {
         [
             ("policy", policy.to_string()),
@@ -587,7 +244,7 @@ fn istiods_inbound_listener_is_enforced_by_dpu_proxy() {
         );
     }
     let stats: serde_json::Value =
-        serde_json::from_str(&admin(&node.dpu, "127.0.0.1:15000", "/stats")).expect("stats JSON");
+        serde_json::from_str(&admin(&node.dpu, 15000, "/stats")).expect("stats JSON");
     assert_eq!(
         stats["proxy"]["peer_authn_refused"], 1,
         "dpu-proxy refused the plaintext connection: {stats}"
@@ -620,7 +277,7 @@ fn istiods_inbound_listener_is_enforced_by_dpu_proxy() {
             .count(),
         1
     );
-    let metrics = admin(&node.dpu, "127.0.0.1:15000", "/metrics");
+    let metrics = admin(&node.dpu, 15000, "/metrics");
     assert_eq!(
         authz_total(
             &metrics,

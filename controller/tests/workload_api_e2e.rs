@@ -15,22 +15,15 @@
 //! withdrawn, ratings' request is served too.
 //!
 //! Needs root and the workspace binaries (`cargo build --workspace --bins`).
-//! The simulator helpers are those of `inbound_policy_e2e.rs` (to be moved
-//! into `tests/support/` once both tests are in).
+//! The simulator helpers are dpumesh-testkit's.
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use dpumesh_api::proto::v1::{
-    AddPodRequest, Interception, NetworkMode, NodeNetwork, PodSteering, SetNodeNetworkRequest,
-};
 use dpumesh_controller::workload::proto::security::{
     self as sec, string_match::MatchType, Group, Match, Rules, StringMatch,
 };
@@ -38,12 +31,10 @@ use dpumesh_controller::workload::proto::workload::{
     self as wl, address::Type, NetworkAddress, Port, PortList,
 };
 use dpumesh_controller::workload::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
-use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
+use dpumesh_sim::{unique_cluster, Netns, Node, SimConfig, SimGuard};
+use dpumesh_testkit::{self as kit, write_inventory, PodServer, SimPod};
 use envoy_types::pb::google::protobuf::Any;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::StatusCode;
 use prost::Message;
 use support::ads::FakeAds;
 use support::{workspace_binary, Reaped};
@@ -54,340 +45,34 @@ const NODE_ID: &str =
     "ztunnel~10.0.0.5~dpumesh-adapter.istio-system~istio-system.svc.cluster.local";
 const DENY: &str = "default/deny-ratings";
 
-struct PodDef {
-    name: &'static str,
-    sa: &'static str,
-    app: &'static str,
-    vf: usize,
-    ip: Ipv4Addr,
-    meshed: bool,
-}
-
-const PRODUCTPAGE: PodDef = PodDef {
+const PRODUCTPAGE: SimPod = SimPod {
+    short: "productpage",
     name: "productpage-v1-7d6cfb7dfd-x2x7k",
-    sa: "bookinfo-productpage",
+    service_account: "bookinfo-productpage",
     app: "productpage",
     vf: 0,
     ip: Ipv4Addr::new(10, 244, 1, 11),
     meshed: true,
 };
-const REVIEWS_V1: PodDef = PodDef {
+const REVIEWS_V1: SimPod = SimPod {
+    short: "reviews",
     name: "reviews-v1-86896b7648-bqzl6",
-    sa: "bookinfo-reviews",
+    service_account: "bookinfo-reviews",
     app: "reviews",
     vf: 1,
     ip: Ipv4Addr::new(10, 244, 1, 13),
     meshed: true,
 };
-const RATINGS: PodDef = PodDef {
+const RATINGS: SimPod = SimPod {
+    short: "ratings",
     name: "ratings-v1-5f9699cfdf-7tq9w",
-    sa: "bookinfo-ratings",
+    service_account: "bookinfo-ratings",
     app: "ratings",
     vf: 2,
     ip: Ipv4Addr::new(10, 244, 1, 15),
     meshed: true,
 };
-const PODS: [&PodDef; 3] = [&PRODUCTPAGE, &REVIEWS_V1, &RATINGS];
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Runs a command in `ns`; stdout, or a panic naming what failed.
-fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// What the CNI does: the VF into a new pod netns as eth0, address, default route.
-fn attach_pod(sim: &SimGuard, node: &Node, pod: &PodDef) -> Netns {
-    let ns = sim.pod_add(pod.app).expect("pod netns");
-    let vf_name = &node.vf(pod.vf).expect("vf").host_ifname;
-    exec(
-        &node.host,
-        "ip",
-        &["link", "set", vf_name, "netns", ns.name()],
-    );
-    exec(&ns, "ip", &["link", "set", vf_name, "name", "eth0"]);
-    exec(
-        &ns,
-        "ip",
-        &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
-    );
-    exec(&ns, "ip", &["link", "set", "eth0", "up"]);
-    exec(
-        &ns,
-        "ip",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &node.pod_gateway.to_string(),
-        ],
-    );
-    ns
-}
-
-fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let up = ns
-            .run(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })
-            .expect("netns");
-        if up {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The node's dataplane (eBPF) and dpu-proxy in its DPU netns, the pods
-/// registered with the dataplane; returns dpu-proxy's control address.
-fn start_node(sim: &SimGuard, node: &Node, ca_root: &Path) -> String {
-    let mgmt_ip = node.mgmt_dpu.addr();
-    let dp_mgmt = format!("{mgmt_ip}:15081");
-    let proxy_mgmt = format!("{mgmt_ip}:15080");
-    sim.spawn_with(
-        SpawnSpec::new(
-            "dataplane-n1",
-            node.netns(Place::Dpu).clone(),
-            workspace_binary("dpumesh-dataplane").display().to_string(),
-        )
-        .args([
-            "--node",
-            NODE,
-            "--node-id",
-            &format!("{}-n1", sim.cluster()),
-            "--mgmt-addr",
-            &dp_mgmt,
-            "--admin-addr",
-            "127.0.0.1:15091",
-            "--backend",
-            "ebpf",
-        ])
-        .health(dp_mgmt.clone()),
-    )
-    .expect("spawn the dataplane");
-    wait_listening(&node.host, dp_mgmt.parse().expect("addr"), "the dataplane");
-    let network = NodeNetwork {
-        node_name: NODE.into(),
-        mode: NetworkMode::Underlay as i32,
-        pod_cidr: node.pod_cidr.to_string(),
-        service_cidrs: vec!["10.96.0.0/16".into()],
-        underlay_ip: node.uplink.addr().to_string(),
-        vni: 0,
-        peers: Vec::new(),
-        gateway_ip: String::new(),
-    };
-    let pods: Vec<PodSteering> = PODS
-        .iter()
-        .map(|p| {
-            let v = node.vf(p.vf).expect("vf");
-            PodSteering {
-                pod_uid: format!("uid-{}", p.app),
-                name: p.name.into(),
-                namespace: "default".into(),
-                container_id: format!("ctr-{}", p.app),
-                ifname: "eth0".into(),
-                vf_index: v.index as u32,
-                representor: v.representor.clone(),
-                ips: vec![p.ip.to_string()],
-                mac: v.mac.to_string(),
-                meshed: p.meshed,
-                interception: Some(Interception::default()),
-            }
-        })
-        .collect();
-    let mgmt = dp_mgmt.clone();
-    node.host
-        .run(move || {
-            runtime().block_on(async move {
-                let mut dp = dpumesh_api::client::dataplane(&mgmt)
-                    .await
-                    .expect("dataplane client");
-                dp.set_node_network(SetNodeNetworkRequest {
-                    network: Some(network),
-                })
-                .await
-                .expect("SetNodeNetwork");
-                for pod in pods {
-                    dp.add_pod(AddPodRequest { pod: Some(pod) })
-                        .await
-                        .expect("AddPod");
-                }
-            })
-        })
-        .expect("host netns");
-    sim.spawn_with(
-        SpawnSpec::new(
-            "dpu-proxy-n1",
-            node.netns(Place::Dpu).clone(),
-            workspace_binary("dpu-proxy").display().to_string(),
-        )
-        .args([
-            "--node",
-            NODE,
-            "--mgmt-addr",
-            &proxy_mgmt,
-            "--admin-addr",
-            "127.0.0.1:15000",
-            "--workers",
-            "1",
-            "--ca-root-file",
-            &ca_root.display().to_string(),
-        ])
-        .health(proxy_mgmt.clone()),
-    )
-    .expect("spawn dpu-proxy");
-    wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
-    proxy_mgmt
-}
-
-/// Requests a pod server received: (peer ip, port, method, path).
-type Seen = Arc<Mutex<Vec<(std::net::IpAddr, u16, String, String)>>>;
-
-/// An HTTP server in a pod: 200 `served by <name>`, every request recorded
-/// as (peer ip, port, method, path).
-struct Server {
-    seen: Seen,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(ns: &Netns, name: &'static str, ports: &[u16]) -> Server {
-        let listeners: Vec<std::net::TcpListener> = ports
-            .iter()
-            .map(|&port| {
-                let l = ns
-                    .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
-                    .expect("netns")
-                    .expect("bind the pod server");
-                l.set_nonblocking(true).expect("nonblocking");
-                l
-            })
-            .collect();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let record = seen.clone();
-        let thread = std::thread::spawn(move || {
-            runtime().block_on(async move {
-                let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-                for l in listeners {
-                    let l = tokio::net::TcpListener::from_std(l).expect("tokio listener");
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        while let Ok(x) = l.accept().await {
-                            if tx.send(x).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                loop {
-                    let (stream, peer) = tokio::select! {
-                        _ = &mut stopped => return,
-                        r = rx.recv() => match r { Some(x) => x, None => return },
-                    };
-                    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
-                    let record = record.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            if let Ok(mut s) = record.lock() {
-                                s.push((
-                                    peer.ip(),
-                                    port,
-                                    req.method().to_string(),
-                                    req.uri().path().to_string(),
-                                ));
-                            }
-                            async move {
-                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                                    "served by {name}"
-                                )))))
-                            }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            })
-        });
-        Server {
-            seen,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn seen(&self) -> Vec<(std::net::IpAddr, u16, String, String)> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// One HTTP/1.1 request from inside `ns`: (status, body), or what failed.
-fn request(ns: &Netns, to: &str, host: &str, path: &str) -> Result<(StatusCode, String), String> {
-    let to: SocketAddr = to.parse().expect("address");
-    let (host, path) = (host.to_string(), path.to_string());
-    ns.run(move || {
-        runtime().block_on(async move {
-            let stream =
-                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
-                    .await
-                    .map_err(|_| format!("connect to {to} timed out"))?
-                    .map_err(|e| format!("connect to {to}: {e}"))?;
-            let req = Request::builder()
-                .method(Method::GET)
-                .uri(&path)
-                .header("host", &host)
-                .body(Full::new(Bytes::new()))
-                .expect("request");
-            let exchange = async {
-                let (mut send, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                let resp = send.send_request(req).await?;
-                let status = resp.status();
-                let body = resp.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&body).into_owned()))
-            };
-            tokio::time::timeout(Duration::from_secs(10), exchange)
-                .await
-                .map_err(|_| format!("{to}{path} timed out"))?
-                .map_err(|e| format!("{to}{path}: {e}"))
-        })
-    })
-    .expect("pod netns")
-}
+const PODS: [&SimPod; 3] = [&PRODUCTPAGE, &REVIEWS_V1, &RATINGS];
 
 fn any(type_url: &str, m: &impl Message) -> Any {
     Any {
@@ -421,7 +106,7 @@ fn addresses(policies: &[&str]) -> Vec<(String, Any)> {
         namespace: "default".into(),
         addresses: vec![REVIEWS_V1.ip.octets().to_vec()],
         tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
-        service_account: REVIEWS_V1.sa.into(),
+        service_account: REVIEWS_V1.service_account.into(),
         node: NODE.into(),
         services: [(
             format!("default/{host}"),
@@ -484,24 +169,13 @@ fn deny_ratings() -> (String, Any) {
 }
 
 fn inventory_dir(dir: &Path, node: &Node, proxy_mgmt: &str) {
-    std::fs::write(
-        dir.join("node.yaml"),
-        format!(
-            "name: {NODE}\nnetworkMode: underlay\npodCidr: {}\nserviceCidrs: [10.96.0.0/16]\ndpuMgmtAddr: {proxy_mgmt}\n",
-            node.pod_cidr
-        ),
-    )
-    .expect("node.yaml");
-    let mut pods = String::from("pods:\n");
-    for p in PODS {
-        let v = node.vf(p.vf).expect("vf");
-        pods += &format!(
-            "  - {{uid: uid-{}, name: {}, namespace: default, serviceAccount: {}, labels: {{app: {}}}, ips: [{}], mac: \"{}\", vfIndex: {}, representor: {}, meshed: {}}}\n",
-            p.app, p.name, p.sa, p.app, p.ip, v.mac, v.index, v.representor, p.meshed
-        );
-    }
-    std::fs::write(dir.join("pods.yaml"), pods).expect("pods.yaml");
+    write_inventory(dir, NODE, node, proxy_mgmt, &PODS);
     std::fs::write(dir.join("services.yaml"), "services: []\n").expect("services.yaml");
+}
+
+/// One HTTP/1.1 GET from inside `ns`: (status, body), or what failed.
+fn request(ns: &Netns, to: &str, host: &str, path: &str) -> Result<(StatusCode, String), String> {
+    kit::try_get(ns, to.parse().expect("address"), host, path, false)
 }
 
 /// Waits until `f` holds, else panics with `what`.
@@ -522,10 +196,12 @@ fn a_workload_api_deny_is_enforced_by_dpu_proxy() {
     )
     .expect("sim up");
     let node = sim.node(1).expect("node 1").clone();
-    let ns: Vec<Netns> = PODS.iter().map(|p| attach_pod(&sim, &node, p)).collect();
+    let ns: Vec<Netns> = PODS.iter().map(|p| p.attach(&sim, &node)).collect();
     let (productpage, reviews_v1, ratings) = (&ns[0], &ns[1], &ns[2]);
     let ca_dir = tempfile::tempdir().expect("tempdir");
-    let proxy_mgmt = start_node(&sim, &node, &ca_dir.path().join("root.pem"));
+    let ca_root = ca_dir.path().join("root.pem").display().to_string();
+    let pods = PODS.iter().map(|p| p.steering(&node)).collect();
+    let proxy_mgmt = kit::start_node(&sim, 1, NODE, pods, &["--ca-root-file", &ca_root]);
 
     // The fake istiod on a socket of the host netns, served by this runtime.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -572,7 +248,7 @@ fn a_workload_api_deny_is_enforced_by_dpu_proxy() {
     });
     assert!(ads.log().iter().all(|r| !r.is_nack()), "{:#?}", ads.log());
 
-    let server = Server::start(reviews_v1, "reviews-v1", &[9080]);
+    let server = PodServer::start(reviews_v1, "reviews-v1", 9080);
     // productpage is served once the config is in.
     eventually("productpage served through the VIP", || {
         matches!(

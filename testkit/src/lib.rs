@@ -13,11 +13,14 @@
 //!   ([`start_node`]), a NodeConfig pushed to the proxy ([`push`]).
 //! * [`http`]: one HTTP request from inside a netns ([`get`], [`request`]),
 //!   admin pages ([`admin`]) and Prometheus sums ([`counter_sum`]).
+//! * [`pod`]: [`SimPod`], a pod declared once for the steering, its netns and
+//!   the adapter's inventory files ([`write_inventory`]).
 //! * [`server`]: [`PodServer`], a real HTTP/1.1 + h2c server in a pod that
 //!   records who reached it.
 
 pub mod http;
 pub mod node;
+pub mod pod;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ pub use crate::node::{
     attach_pod, push, register, start_dataplane, start_node, start_proxy, steering,
     underlay_network,
 };
+pub use crate::pod::{write_inventory, SimPod};
 pub use crate::server::{PodServer, Seen};
 
 /// `target/<profile>/<name>`: a workspace binary next to the running test's
