@@ -15,20 +15,17 @@
 //! `cargo build -p dpumesh-cli -p dpu-proxy -p dpumesh-dataplane --bins`.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpumesh_api::proto::v1::{
-    AddPodRequest, Interception, NetworkMode, NodeNetwork, PodSteering, SetNodeNetworkRequest,
-};
 use dpumesh_api::NodeConfig;
 use dpumesh_cli::top::{http_get, promql};
-use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
+use dpumesh_sim::{unique_cluster, Netns, Node, SimConfig, SimGuard};
+use dpumesh_testkit::{attach_pod, push, start_dataplane, start_proxy, steering, PodServer};
 use serde_json::json;
 
 const VIP: &str = "10.96.0.10";
@@ -43,99 +40,6 @@ const CADVISOR: &[&str] = &[
     "container_cpu_usage_seconds_total",
     "container_memory_working_set_bytes",
 ];
-
-fn bin(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_dpumesh")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} missing: cargo build -p dpumesh-cli -p dpu-proxy -p dpumesh-dataplane --bins",
-        p.display()
-    );
-    p
-}
-
-fn exec(ns: &Netns, program: &str, args: &[&str]) {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// What the CNI does: the VF into a new pod netns as eth0, address, default route.
-fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Netns {
-    let ns = sim.pod_add(pod).expect("pod netns");
-    let vf_name = &node.vf(vf).expect("vf").host_ifname;
-    exec(
-        &node.host,
-        "ip",
-        &["link", "set", vf_name, "netns", ns.name()],
-    );
-    exec(&ns, "ip", &["link", "set", vf_name, "name", "eth0"]);
-    exec(
-        &ns,
-        "ip",
-        &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-    );
-    exec(&ns, "ip", &["link", "set", "eth0", "up"]);
-    exec(
-        &ns,
-        "ip",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &node.pod_gateway.to_string(),
-        ],
-    );
-    ns
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let up = ns
-            .run(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })
-            .expect("netns");
-        if up {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn steering(uid: &str, name: &str, node: &Node, vf: usize, ip: Ipv4Addr) -> PodSteering {
-    let v = node.vf(vf).expect("vf");
-    PodSteering {
-        pod_uid: uid.into(),
-        name: name.into(),
-        namespace: "default".into(),
-        container_id: format!("ctr-{uid}"),
-        ifname: "eth0".into(),
-        vf_index: v.index as u32,
-        representor: v.representor.clone(),
-        ips: vec![ip.to_string()],
-        mac: v.mac.to_string(),
-        meshed: true,
-        interception: Some(Interception::default()),
-    }
-}
 
 fn node_config(node: &Node, a: Ipv4Addr, b: Ipv4Addr, mgmt: &str) -> NodeConfig {
     let pod = |uid: &str, name: &str, app: &str, vf: usize, ip: Ipv4Addr| {
@@ -169,61 +73,6 @@ fn node_config(node: &Node, a: Ipv4Addr, b: Ipv4Addr, mgmt: &str) -> NodeConfig 
         }]}],
     }))
     .expect("test NodeConfig parses")
-}
-
-/// A minimal HTTP/1.1 server in a pod: `200 ok` and close, one thread per connection.
-struct PodServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PodServer {
-    fn start(ns: &Netns, port: u16) -> PodServer {
-        let listener = ns
-            .run(move || TcpListener::bind(("0.0.0.0", port)))
-            .expect("netns")
-            .expect("bind the pod server");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        std::thread::spawn(move || {
-                            s.set_nonblocking(false).ok();
-                            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                            let mut buf = Vec::new();
-                            let mut chunk = [0u8; 4096];
-                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                                match s.read(&mut chunk) {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                                }
-                            }
-                            let _ = s.write_all(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                            );
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        PodServer {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for PodServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Client traffic from a pod to the VIP until dropped: every 4th request to `/fail`,
@@ -294,92 +143,16 @@ fn start_mesh(prefix: &str) -> Mesh {
     let (ip_a, ip_b) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6));
     let pod_a = attach_pod(&sim, &node, 0, "client-a", ip_a);
     let pod_b = attach_pod(&sim, &node, 1, "server-b", ip_b);
-    let mgmt = node.mgmt_dpu.addr();
-    let (dp_mgmt, proxy_mgmt) = (format!("{mgmt}:15081"), format!("{mgmt}:15080"));
-
-    sim.spawn_with(
-        SpawnSpec::new(
-            "dataplane-n1",
-            node.netns(Place::Dpu).clone(),
-            bin("dpumesh-dataplane").display().to_string(),
-        )
-        .args([
-            "--node",
-            "n1",
-            "--node-id",
-            &format!("{}-n1", sim.cluster()),
-            "--mgmt-addr",
-            &dp_mgmt,
-            "--backend",
-            "ebpf",
-        ])
-        .health(dp_mgmt.clone()),
-    )
-    .expect("spawn the dataplane");
-    wait_listening(&node.host, dp_mgmt.parse().expect("addr"), "the dataplane");
-    let network = NodeNetwork {
-        node_name: "n1".into(),
-        mode: NetworkMode::Underlay as i32,
-        pod_cidr: node.pod_cidr.to_string(),
-        service_cidrs: vec!["10.96.0.0/16".into()],
-        underlay_ip: node.uplink.addr().to_string(),
-        vni: 0,
-        peers: vec![],
-        gateway_ip: String::new(),
-    };
     let pods = vec![
         steering("uid-a", "client-a", &node, 0, ip_a),
         steering("uid-b", "server-b", &node, 1, ip_b),
     ];
-    let addr = dp_mgmt.clone();
-    node.host
-        .run(move || {
-            runtime().block_on(async move {
-                let mut dp = dpumesh_api::client::dataplane(&addr)
-                    .await
-                    .expect("dataplane client");
-                dp.set_node_network(SetNodeNetworkRequest {
-                    network: Some(network),
-                })
-                .await
-                .expect("SetNodeNetwork");
-                for pod in pods {
-                    dp.add_pod(AddPodRequest { pod: Some(pod) })
-                        .await
-                        .expect("AddPod");
-                }
-            })
-        })
-        .expect("host netns");
-
-    sim.spawn_with(
-        SpawnSpec::new(
-            "dpu-proxy-n1",
-            node.netns(Place::Dpu).clone(),
-            bin("dpu-proxy").display().to_string(),
-        )
-        .args(["--node", "n1", "--mgmt-addr", &proxy_mgmt, "--workers", "1"])
-        .health(proxy_mgmt.clone()),
-    )
-    .expect("spawn dpu-proxy");
-    wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
+    start_dataplane(&sim, 1, "n1", pods, &[]);
+    let proxy_mgmt = start_proxy(&sim, 1, "n1", &["--workers", "1"]);
     let config = node_config(&node, ip_a, ip_b, &proxy_mgmt);
-    let addr = proxy_mgmt.clone();
-    node.host
-        .run(move || {
-            runtime().block_on(async move {
-                let mut c = dpumesh_api::client::proxy_config(&addr)
-                    .await
-                    .expect("proxy control client");
-                let r = dpumesh_api::client::push_config(&mut c, &config)
-                    .await
-                    .expect("PushConfig");
-                assert!(r.errors.is_empty(), "push refused: {r:?}");
-            })
-        })
-        .expect("host netns");
+    push(&node.host, proxy_mgmt.clone(), config);
 
-    let server = PodServer::start(&pod_b, SERVER_PORT);
+    let server = PodServer::start(&pod_b, "server-b", SERVER_PORT);
     let traffic = Traffic::start(&pod_a);
     // Wait until requests go through end to end.
     let deadline = Instant::now() + Duration::from_secs(20);
