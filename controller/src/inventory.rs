@@ -1,10 +1,13 @@
 //! The node's inventory: the node itself, its pods, the services they can
-//! reach, and what the controller knows of endpoints cluster-wide: `node.yaml`,
-//! `pods.yaml`, `services.yaml` and (optional) `endpoints.yaml`, read from a directory or
-//! streamed by the controller (`crate::inventory_client`); one decoder for both.
+//! reach, what the controller knows of endpoints cluster-wide, and the node's
+//! network beyond `node.yaml` (its DPU's underlay address, the peer nodes):
+//! `node.yaml`, `pods.yaml`, `services.yaml`, (optional) `endpoints.yaml` and
+//! (optional) `network.yaml`, read from a directory or streamed by the
+//! controller (`crate::inventory_client`); one decoder for both.
 //! Format: `docs/adapter.md`.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::Path;
 
 use dpumesh_api::config::{Interception, NodeInfo, Protocol};
@@ -91,6 +94,32 @@ pub struct KnownEndpoint {
     pub meshed: bool,
 }
 
+/// `network.yaml`: what the node's dataplane needs beyond `node.yaml` (which
+/// has the mode, pod CIDR and service CIDRs): this DPU's uplink address, the
+/// VXLAN id and the other nodes. The adapter sends both to the dataplane
+/// (`SetNodeNetwork`, `crate::node_network`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// This node's DPU uplink (underlay) address.
+    pub underlay_ip: IpAddr,
+    /// VXLAN network identifier (overlay); 0 = the dataplane's default.
+    #[serde(default)]
+    pub vni: u32,
+    /// Every other node with an underlay address, sorted by name.
+    #[serde(default)]
+    pub peers: Vec<PeerNodeSpec>,
+}
+
+/// Another node: where its pods are and how its DPU is reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerNodeSpec {
+    pub name: String,
+    pub pod_cidr: String,
+    pub underlay_ip: IpAddr,
+}
+
 /// Everything the adapter knows about the node besides xDS.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inventory {
@@ -100,6 +129,19 @@ pub struct Inventory {
     /// Endpoint IP → what the controller knows of it, cluster-wide (from the
     /// optional `endpoints.yaml`; empty without it).
     pub endpoints: BTreeMap<String, KnownEndpoint>,
+    /// From the optional `network.yaml` (`None` without it).
+    pub network: Option<NetworkSpec>,
+}
+
+impl Inventory {
+    /// Equal apart from `network`: what the proxy config is built from (a
+    /// node joining the cluster changes only the peers).
+    pub fn same_except_network(&self, other: &Inventory) -> bool {
+        self.node == other.node
+            && self.pods == other.pods
+            && self.services == other.services
+            && self.endpoints == other.endpoints
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +225,18 @@ fn parse_yaml<T: for<'de> Deserialize<'de> + Default>(
     })
 }
 
+fn parse_network(text: &str, origin: &str) -> Result<Option<NetworkSpec>, InventoryError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_yaml::from_str(text)
+        .map(Some)
+        .map_err(|e| InventoryError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+}
+
 fn read_text(path: &Path) -> Result<String, InventoryError> {
     std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
         path: path.display().to_string(),
@@ -190,7 +244,7 @@ fn read_text(path: &Path) -> Result<String, InventoryError> {
     })
 }
 
-/// The text of the three inventory documents (files, or one streamed update),
+/// The text of the inventory documents (files, or one streamed update),
 /// each with a name for error messages.
 #[derive(Debug, Clone, Copy)]
 pub struct InventoryTexts<'a> {
@@ -199,6 +253,8 @@ pub struct InventoryTexts<'a> {
     pub services_yaml: (&'a str, &'a str),
     /// Optional: empty text = no endpoint knowledge.
     pub endpoints_yaml: (&'a str, &'a str),
+    /// Optional: empty text = no network document.
+    pub network_yaml: (&'a str, &'a str),
 }
 
 impl Inventory {
@@ -226,11 +282,18 @@ impl Inventory {
         } else {
             String::new()
         };
-        let (np, pp, sp, ep) = (
+        let network_path = dir.join("network.yaml");
+        let network_text = if network_path.exists() {
+            read_text(&network_path)?
+        } else {
+            String::new()
+        };
+        let (np, pp, sp, ep, wp) = (
             node_path.display().to_string(),
             pods_path.display().to_string(),
             services_path.display().to_string(),
             endpoints_path.display().to_string(),
+            network_path.display().to_string(),
         );
         Inventory::parse(
             InventoryTexts {
@@ -238,14 +301,15 @@ impl Inventory {
                 pods_yaml: (&pp, &pods_text),
                 services_yaml: (&sp, &services_text),
                 endpoints_yaml: (&ep, &endpoints_text),
+                network_yaml: (&wp, &network_text),
             },
             node,
         )
     }
 
-    /// Decodes the three documents (the one decoder for files and for the
-    /// controller's stream). An empty pods/services text is an empty list; an
-    /// empty node text is an error.
+    /// Decodes the documents (the one decoder for files and for the
+    /// controller's stream). An empty pods/services text is an empty list, an
+    /// empty endpoints/network text none; an empty node text is an error.
     pub fn parse(
         texts: InventoryTexts<'_>,
         node: Option<&str>,
@@ -280,11 +344,13 @@ impl Inventory {
             texts.endpoints_yaml.1,
             texts.endpoints_yaml.0,
         )?);
+        let network = parse_network(texts.network_yaml.1, texts.network_yaml.0)?;
         Ok(Inventory {
             node: info,
             pods,
             services,
             endpoints,
+            network,
         })
     }
 }

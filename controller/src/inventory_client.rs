@@ -42,11 +42,12 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
 /// Decodes one streamed update for `node`.
 pub fn decode(msg: &NodeInventory, node: &str) -> Result<Inventory, InventoryError> {
     let g = msg.generation;
-    let (n, p, s, e) = (
+    let (n, p, s, e, w) = (
         format!("WatchNode({node}) generation {g}: node.yaml"),
         format!("WatchNode({node}) generation {g}: pods.yaml"),
         format!("WatchNode({node}) generation {g}: services.yaml"),
         format!("WatchNode({node}) generation {g}: endpoints.yaml"),
+        format!("WatchNode({node}) generation {g}: network.yaml"),
     );
     Inventory::parse(
         InventoryTexts {
@@ -54,6 +55,7 @@ pub fn decode(msg: &NodeInventory, node: &str) -> Result<Inventory, InventoryErr
             pods_yaml: (&p, &msg.pods_yaml),
             services_yaml: (&s, &msg.services_yaml),
             endpoints_yaml: (&e, &msg.endpoints_yaml),
+            network_yaml: (&w, &msg.network_yaml),
         },
         Some(node),
     )
@@ -169,6 +171,7 @@ mod tests {
             pods_yaml,
             services_yaml: String::new(),
             endpoints_yaml: String::new(),
+            network_yaml: String::new(),
         };
         Arc::new(Published {
             serving,

@@ -10,6 +10,7 @@ pub mod inventory_client;
 pub mod k8s;
 pub mod leader;
 pub mod local;
+pub mod node_network;
 pub mod push;
 pub mod translate;
 pub mod workload;

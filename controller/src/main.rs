@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use dpumesh_controller::inventory::Inventory;
 use dpumesh_controller::inventory_client::{self, Received};
 use dpumesh_controller::local;
+use dpumesh_controller::node_network::Publisher as NetworkPublisher;
 use dpumesh_controller::push::{Pushed, Pusher};
 use dpumesh_controller::workload::{self, WorkloadSettings, XdsApi};
 use dpumesh_controller::xds::ads::{self, AdsSettings, XdsVariant};
@@ -61,6 +62,9 @@ struct ControllerArgs {
     /// DPU control address for nodes without the dpumesh.io/dpu-mgmt-addr annotation.
     #[arg(long, default_value = "192.168.100.2:15080")]
     dpu_mgmt_addr: String,
+    /// VXLAN network identifier written into every network.yaml (0 = the dataplane's default).
+    #[arg(long, default_value_t = 0)]
+    vni: u32,
     /// Leader election on a Lease: only the leader writes (false: always write).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -101,6 +105,9 @@ struct AdapterArgs {
     /// dpu-proxy's control address.
     #[arg(long, default_value = "192.168.100.2:15080")]
     proxy_addr: String,
+    /// The dataplane's control address, where the node network is set (default: node.yaml's dpuMgmtAddr host, port 15081).
+    #[arg(long)]
+    dataplane_addr: Option<String>,
     /// Local mode: build and push once, then exit (0 = ACKed or unchanged).
     #[arg(long)]
     once: bool,
@@ -211,6 +218,7 @@ async fn controller(c: ControllerArgs) -> ExitCode {
             dns_domain: c.dns_domain,
             trust_domain: c.trust_domain,
             dpu_mgmt_addr: c.dpu_mgmt_addr,
+            vni: c.vni,
         },
         lease: c.leader_elect.then(|| LeaseSettings {
             namespace: c.lease_namespace,
@@ -269,8 +277,9 @@ async fn adapter(a: AdapterArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let network = NetworkPublisher::spawn(a.dataplane_addr.clone());
     if let Some(dir) = a.local_dir.clone() {
-        return local_mode(dir, a, stream).await;
+        return local_mode(dir, a, stream, network).await;
     }
     let Some(xds_addr) = a.xds_addr.clone() else {
         eprintln!("adapter: give --local-dir DIR, or --xds-addr URL with --inventory-dir DIR or --inventory-addr URL");
@@ -293,7 +302,7 @@ async fn adapter(a: AdapterArgs) -> ExitCode {
         }),
     };
     if let Some(rx) = stream {
-        return ads_streamed(settings, rx).await;
+        return ads_streamed(settings, rx, network).await;
     }
     let Some(dir) = a.inventory_dir.clone() else {
         eprintln!("adapter: --xds-addr needs --inventory-dir DIR or --inventory-addr URL");
@@ -306,6 +315,7 @@ async fn adapter(a: AdapterArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    network.publish(&inventory);
     tokio::select! {
         () = settings.run(inventory) => ExitCode::SUCCESS,
         _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
@@ -363,9 +373,15 @@ impl Drop for AdsSession {
 }
 
 /// ADS mode with the streamed inventory: a new ADS session (streams for exactly
-/// the inventory's meshed pods) whenever the inventory changes.
-async fn ads_streamed(settings: XdsClient, mut rx: InventoryRx) -> ExitCode {
+/// the inventory's meshed pods) whenever the inventory changes (apart from its
+/// network, which only goes to the dataplane).
+async fn ads_streamed(
+    settings: XdsClient,
+    mut rx: InventoryRx,
+    network: NetworkPublisher,
+) -> ExitCode {
     let mut session = None;
+    let mut current: Option<Inventory> = None;
     loop {
         let received = tokio::select! {
             r = first_inventory(&mut rx) => r,
@@ -376,18 +392,25 @@ async fn ads_streamed(settings: XdsClient, mut rx: InventoryRx) -> ExitCode {
             return ExitCode::FAILURE;
         };
         rx.mark_unchanged();
-        drop(session.take()); // closes the previous session's streams first
-        tracing::info!(
-            generation = received.generation,
-            pods = received.inventory.pods.len(),
-            "starting an ADS session for this inventory"
-        );
-        match AdsSession::start(settings.clone(), received.inventory.clone()) {
-            Ok(s) => session = Some(s),
-            Err(e) => {
-                tracing::error!("cannot start an ADS session: {e}");
-                return ExitCode::FAILURE;
+        network.publish(&received.inventory);
+        if !current
+            .as_ref()
+            .is_some_and(|c| c.same_except_network(&received.inventory))
+        {
+            drop(session.take()); // closes the previous session's streams first
+            tracing::info!(
+                generation = received.generation,
+                pods = received.inventory.pods.len(),
+                "starting an ADS session for this inventory"
+            );
+            match AdsSession::start(settings.clone(), received.inventory.clone()) {
+                Ok(s) => session = Some(s),
+                Err(e) => {
+                    tracing::error!("cannot start an ADS session: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
+            current = Some(received.inventory.clone());
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() {
@@ -399,7 +422,12 @@ async fn ads_streamed(settings: XdsClient, mut rx: InventoryRx) -> ExitCode {
     }
 }
 
-async fn local_mode(dir: PathBuf, a: AdapterArgs, mut stream: Option<InventoryRx>) -> ExitCode {
+async fn local_mode(
+    dir: PathBuf,
+    a: AdapterArgs,
+    mut stream: Option<InventoryRx>,
+    network: NetworkPublisher,
+) -> ExitCode {
     let mut pusher = Pusher::new(&a.proxy_addr);
     let mut seen = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(a.poll_ms.max(10)));
@@ -450,6 +478,17 @@ async fn local_mode(dir: PathBuf, a: AdapterArgs, mut stream: Option<InventoryRx
             continue;
         }
         seen = mtime;
+        // --once pushes the proxy config only (it would exit before the dataplane answers).
+        if !a.once {
+            match &inventory {
+                Some(r) => network.publish(&r.inventory),
+                None => {
+                    if let Ok(inv) = Inventory::load(&dir, Some(&a.node)) {
+                        network.publish(&inv);
+                    }
+                }
+            }
+        }
         let built = match &inventory {
             Some(r) => {
                 tracing::info!(

@@ -1,6 +1,7 @@
 //! Cluster state → one inventory per node (pure; no I/O).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use dpumesh_api::config::{Interception, Locality, NetworkMode, NodeInfo, Protocol};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -10,7 +11,7 @@ use serde::Serialize;
 
 use super::annotations;
 use super::state::ClusterState;
-use crate::inventory::{Inventory, PodSpec, PortSpec, ServiceSpec};
+use crate::inventory::{Inventory, NetworkSpec, PeerNodeSpec, PodSpec, PortSpec, ServiceSpec};
 
 /// Cluster-wide settings that are not in any Kubernetes object.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct ClusterSettings {
     pub trust_domain: String,
     /// Default DPU control address for nodes without the annotation.
     pub dpu_mgmt_addr: String,
+    /// VXLAN network identifier in every `network.yaml` (0 = the dataplane's default).
+    pub vni: u32,
 }
 
 impl Default for ClusterSettings {
@@ -29,6 +32,7 @@ impl Default for ClusterSettings {
             dns_domain: "cluster.local".to_string(),
             trust_domain: "cluster.local".to_string(),
             dpu_mgmt_addr: "192.168.100.2:15080".to_string(),
+            vni: 0,
         }
     }
 }
@@ -149,10 +153,19 @@ pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
         ep.meshed = dpumesh_pods.get(&ep.pod).copied().unwrap_or(false);
     }
     let mut nodes = BTreeMap::new();
+    let mut underlays: BTreeMap<String, IpAddr> = BTreeMap::new();
     for node in state.nodes.iter() {
         let name = node.name_any();
         match node_info(node, settings) {
             Ok(info) => {
+                match underlay_ip(node) {
+                    Ok(ip) => {
+                        underlays.insert(name.clone(), ip);
+                    }
+                    Err(why) => skipped.push(format!(
+                        "node {name}: {why}: no network.yaml, and not a peer of the other nodes"
+                    )),
+                }
                 let mut pods = pods_by_node.remove(&name).unwrap_or_default();
                 pods.sort_by_key(PodSpec::key);
                 nodes.insert(
@@ -163,6 +176,7 @@ pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
                             pods,
                             services: services.clone(),
                             endpoints: BTreeMap::new(),
+                            network: None,
                         },
                         endpoints: endpoints.clone(),
                     },
@@ -176,8 +190,67 @@ pub fn build(state: &ClusterState, settings: &ClusterSettings) -> Built {
             skipped.push(format!("pod {}: its node {node:?} is unknown", pod.key()));
         }
     }
+    add_networks(&mut nodes, &underlays, settings);
     skipped.sort();
     Built { nodes, skipped }
+}
+
+/// The node's DPU uplink address: annotation `dpumesh.io/dpu-underlay-ip`,
+/// else the Node's InternalIP (IPv4 first). An annotation that is not an IP is
+/// an error, not a reason to fall back.
+fn underlay_ip(node: &Node) -> Result<IpAddr, String> {
+    if let Some(v) = node.annotations().get(annotations::DPU_UNDERLAY_IP) {
+        return v.trim().parse().map_err(|_| {
+            format!(
+                "annotation {}: {v:?} is not an IP address",
+                annotations::DPU_UNDERLAY_IP
+            )
+        });
+    }
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.clone())
+        .unwrap_or_default();
+    addresses
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.trim().parse::<IpAddr>().ok())
+        .min_by_key(|ip| !ip.is_ipv4())
+        .ok_or_else(|| {
+            format!(
+                "no underlay address (no annotation {}, no InternalIP in status.addresses)",
+                annotations::DPU_UNDERLAY_IP
+            )
+        })
+}
+
+/// Every node with an underlay address gets its network: that address, the
+/// VNI and every other such node as a peer.
+fn add_networks(
+    nodes: &mut BTreeMap<String, NodeInventory>,
+    underlays: &BTreeMap<String, IpAddr>,
+    settings: &ClusterSettings,
+) {
+    let peers: Vec<PeerNodeSpec> = nodes
+        .iter()
+        .filter_map(|(name, n)| {
+            underlays.get(name).map(|ip| PeerNodeSpec {
+                name: name.clone(),
+                pod_cidr: n.inventory.node.pod_cidr.clone(),
+                underlay_ip: *ip,
+            })
+        })
+        .collect();
+    for (name, node) in nodes.iter_mut() {
+        if let Some(ip) = underlays.get(name) {
+            node.inventory.network = Some(NetworkSpec {
+                underlay_ip: *ip,
+                vni: settings.vni,
+                peers: peers.iter().filter(|p| &p.name != name).cloned().collect(),
+            });
+        }
+    }
 }
 
 fn node_info(node: &Node, settings: &ClusterSettings) -> Result<NodeInfo, String> {
@@ -621,6 +694,8 @@ mod tests {
             built.skipped,
             [
                 "node bad-mode: annotation dpumesh.io/network-mode: \"mesh\" is neither \"underlay\" nor \"overlay\"",
+                "node n1: no underlay address (no annotation dpumesh.io/dpu-underlay-ip, \
+                 no InternalIP in status.addresses): no network.yaml, and not a peer of the other nodes",
                 "node no-cidr: spec.podCIDR is not set yet",
                 "pod default/bad-mac: annotation dpumesh.io/mac: \"02:aa\" is not a MAC address",
                 "pod default/no-mac: annotation dpumesh.io/mac is missing",
@@ -659,6 +734,8 @@ mod tests {
         assert_eq!(
             built.skipped,
             [
+                "node n1: no underlay address (no annotation dpumesh.io/dpu-underlay-ip, \
+                 no InternalIP in status.addresses): no network.yaml, and not a peer of the other nodes",
                 "service a/ext: ExternalName services are not in the mesh inventory",
                 "service a/headless: port 53 (UDP) is not TCP",
             ]
@@ -700,6 +777,8 @@ mod tests {
         assert_eq!(
             built.skipped,
             [
+                "node n1: no underlay address (no annotation dpumesh.io/dpu-underlay-ip, \
+                 no InternalIP in status.addresses): no network.yaml, and not a peer of the other nodes",
                 "pod default/a: VF 2 also claimed by default/b; \
                  representor pf0vf2 also claimed by default/b",
                 "pod default/b: VF 2 also claimed by default/a; \
@@ -763,14 +842,16 @@ mod tests {
             ]
         );
         // The adapter decodes what the controller renders (files or stream).
-        let [node_yaml, pods_yaml, services_yaml, endpoints_yaml] =
+        let [node_yaml, pods_yaml, services_yaml, endpoints_yaml, network_yaml] =
             crate::k8s::output::render(&built.nodes["n1"]).expect("render");
+        assert_eq!(network_yaml, "", "n1 has no underlay address");
         let inv = Inventory::parse(
             crate::inventory::InventoryTexts {
                 node_yaml: ("node.yaml", &node_yaml),
                 pods_yaml: ("pods.yaml", &pods_yaml),
                 services_yaml: ("services.yaml", &services_yaml),
                 endpoints_yaml: ("endpoints.yaml", &endpoints_yaml),
+                network_yaml: ("network.yaml", &network_yaml),
             },
             Some("n1"),
         )
@@ -786,6 +867,123 @@ mod tests {
         );
         assert!(!inv.endpoints["10.244.2.8"].meshed);
         assert_eq!(inv.endpoints["10.0.0.1"].node, "");
+    }
+
+    #[test]
+    fn every_node_with_an_underlay_address_gets_the_others_as_peers() {
+        let node = |name: &str, cidr: &str, ann: serde_json::Value, addrs: serde_json::Value| {
+            json!({"metadata": {"name": name, "annotations": ann},
+                   "spec": {"podCIDR": cidr},
+                   "status": {"addresses": addrs}})
+        };
+        let internal = |ip: &str| json!({"type": "InternalIP", "address": ip});
+        let hostname = |h: &str| json!({"type": "Hostname", "address": h});
+        let s = state(json!({
+            "nodes": [
+                // The annotation wins over the InternalIP.
+                node("n1", "10.244.1.0/24",
+                     json!({"dpumesh.io/dpu-underlay-ip": "192.0.2.11"}),
+                     json!([internal("172.18.0.1")])),
+                // No annotation: the InternalIP, IPv4 before IPv6.
+                node("n2", "10.244.2.0/24", json!({"dpumesh.io/network-mode": "overlay"}),
+                     json!([hostname("n2"), internal("fd00::12"), internal("172.18.0.2")])),
+                // Neither: no network, no peer.
+                node("n3", "10.244.3.0/24", json!({}), json!([hostname("n3")])),
+                // A broken annotation is not replaced by the InternalIP.
+                node("n4", "10.244.4.0/24",
+                     json!({"dpumesh.io/dpu-underlay-ip": "dpu-4"}),
+                     json!([internal("172.18.0.4")])),
+                // No pod CIDR: not a node of the inventory, so no peer either.
+                node("n5", "", json!({"dpumesh.io/dpu-underlay-ip": "192.0.2.15"}), json!([])),
+            ],
+        }));
+        let settings = ClusterSettings {
+            vni: 77,
+            ..ClusterSettings::default()
+        };
+        let built = build(&s, &settings);
+        let n1 = built.nodes["n1"]
+            .inventory
+            .network
+            .clone()
+            .expect("n1 network");
+        assert_eq!(n1.underlay_ip.to_string(), "192.0.2.11");
+        assert_eq!(n1.vni, 77);
+        assert_eq!(
+            n1.peers,
+            [PeerNodeSpec {
+                name: "n2".into(),
+                pod_cidr: "10.244.2.0/24".into(),
+                underlay_ip: "172.18.0.2".parse().expect("ip"),
+            }]
+        );
+        let n2 = built.nodes["n2"]
+            .inventory
+            .network
+            .clone()
+            .expect("n2 network");
+        assert_eq!(n2.underlay_ip.to_string(), "172.18.0.2");
+        assert_eq!(
+            n2.peers
+                .iter()
+                .map(|p| (
+                    p.name.as_str(),
+                    p.pod_cidr.as_str(),
+                    p.underlay_ip.to_string()
+                ))
+                .collect::<Vec<_>>(),
+            [("n1", "10.244.1.0/24", "192.0.2.11".to_string())]
+        );
+        assert_eq!(built.nodes["n3"].inventory.network, None);
+        assert_eq!(built.nodes["n4"].inventory.network, None);
+        assert!(!built.nodes.contains_key("n5"));
+        assert_eq!(
+            built.skipped,
+            [
+                "node n3: no underlay address (no annotation dpumesh.io/dpu-underlay-ip, \
+                 no InternalIP in status.addresses): no network.yaml, and not a peer of the other nodes",
+                "node n4: annotation dpumesh.io/dpu-underlay-ip: \"dpu-4\" is not an IP address: \
+                 no network.yaml, and not a peer of the other nodes",
+                "node n5: spec.podCIDR is not set yet",
+            ]
+        );
+        // network.yaml as written and streamed, and the adapter's decoder of it.
+        let files = crate::k8s::output::render(&built.nodes["n2"]).expect("render");
+        assert_eq!(
+            files[4],
+            "underlayIp: 172.18.0.2\nvni: 77\npeers:\n- name: n1\n  podCidr: 10.244.1.0/24\n  underlayIp: 192.0.2.11\n"
+        );
+        assert_eq!(
+            crate::k8s::output::render(&built.nodes["n3"]).expect("render")[4],
+            ""
+        );
+        let inv = Inventory::parse(
+            crate::inventory::InventoryTexts {
+                node_yaml: ("node.yaml", &files[0]),
+                pods_yaml: ("pods.yaml", &files[1]),
+                services_yaml: ("services.yaml", &files[2]),
+                endpoints_yaml: ("endpoints.yaml", &files[3]),
+                network_yaml: ("network.yaml", &files[4]),
+            },
+            Some("n2"),
+        )
+        .expect("the adapter decodes network.yaml");
+        assert_eq!(inv.network, Some(n2));
+        // What the adapter sets on n2's dataplane.
+        let want = crate::node_network::desired(&inv, None)
+            .expect("desired")
+            .expect("a network");
+        assert_eq!(want.addr, "192.168.100.2:15081");
+        assert_eq!(
+            want.network.mode,
+            dpumesh_api::proto::v1::NetworkMode::Overlay as i32
+        );
+        assert_eq!(want.network.pod_cidr, "10.244.2.0/24");
+        assert_eq!(want.network.service_cidrs, ["10.96.0.0/16"]);
+        assert_eq!(want.network.underlay_ip, "172.18.0.2");
+        assert_eq!(want.network.vni, 77);
+        assert_eq!(want.network.peers.len(), 1);
+        assert_eq!(want.network.peers[0].underlay_ip, "192.0.2.11");
     }
 
     #[test]

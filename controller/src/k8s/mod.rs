@@ -27,4 +27,7 @@ pub mod annotations {
     /// Node annotation: the DPU's control address (`ip:port`); default the
     /// controller's `--dpu-mgmt-addr`.
     pub const DPU_MGMT_ADDR: &str = "dpumesh.io/dpu-mgmt-addr";
+    /// Node annotation: the DPU's uplink (underlay) address; default the
+    /// Node's InternalIP.
+    pub const DPU_UNDERLAY_IP: &str = "dpumesh.io/dpu-underlay-ip";
 }

@@ -1,6 +1,7 @@
 //! Writes each node's inventory to `<dir>/<node>/` — `node.yaml`, `pods.yaml`,
 //! `services.yaml` (what `Inventory::load` and the adapter's `--inventory-dir` /
-//! `--local-dir` read) and `endpoints.yaml`.
+//! `--local-dir` read), `endpoints.yaml` and, for a node with an underlay
+//! address, `network.yaml`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,7 +13,13 @@ use super::build::{NodeInventory, ServiceEndpoints};
 use crate::inventory::{PodSpec, ServiceSpec};
 
 /// The files of one node directory.
-pub const FILES: [&str; 4] = ["node.yaml", "pods.yaml", "services.yaml", "endpoints.yaml"];
+pub const FILES: [&str; 5] = [
+    "node.yaml",
+    "pods.yaml",
+    "services.yaml",
+    "endpoints.yaml",
+    "network.yaml",
+];
 
 #[derive(Serialize)]
 struct PodsFile<'a> {
@@ -48,8 +55,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
     }
 }
 
-/// The four files' contents for one node, in [`FILES`] order.
-pub fn render(node: &NodeInventory) -> Result<[String; 4], OutputError> {
+/// The files' contents for one node, in [`FILES`] order; an empty text is a
+/// file that is not there (`network.yaml` of a node without an underlay address).
+pub fn render(node: &NodeInventory) -> Result<[String; 5], OutputError> {
     let yaml = |what: &str, v: Result<String, serde_yaml::Error>| {
         v.map_err(|e| OutputError::Render {
             what: format!("{what} of node {}", node.inventory.node.name),
@@ -75,6 +83,10 @@ pub fn render(node: &NodeInventory) -> Result<[String; 4], OutputError> {
                 endpoints: &node.endpoints,
             }),
         )?,
+        match &inv.network {
+            Some(network) => yaml("network.yaml", serde_yaml::to_string(network))?,
+            None => String::new(),
+        },
     ])
 }
 
@@ -110,6 +122,13 @@ pub fn write_all(
         std::fs::create_dir_all(&node_dir).map_err(io_err(&node_dir))?;
         for (file, content) in FILES.iter().zip(render(node)?) {
             let path = node_dir.join(file);
+            if content.is_empty() {
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                    summary.written.push(format!("{name}/{file} (removed)"));
+                }
+                continue;
+            }
             if std::fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
                 continue;
             }

@@ -167,7 +167,7 @@ pub async fn run(
                     continue;
                 }
             };
-            let [node_yaml, pods_yaml, services_yaml, endpoints_yaml] = files;
+            let [node_yaml, pods_yaml, services_yaml, endpoints_yaml, network_yaml] = files;
             let mut inv = NodeInventory {
                 node: name.clone(),
                 generation: 0,
@@ -175,6 +175,7 @@ pub async fn run(
                 pods_yaml,
                 services_yaml,
                 endpoints_yaml,
+                network_yaml,
             };
             inv.generation = match rendered.get(name) {
                 Some(old)
