@@ -61,6 +61,9 @@ const TCP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 24);
 const TCP_PORT: u16 = 9090;
 /// `grpc`: one pod (reviews-v2) on a port named `grpc` (HTTP/2 upstream).
 const GRPC_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 25);
+/// `fo`: reviews-v1 in the node's zone (priority 0), ratings-v1 in the
+/// failover region (priority 1).
+const FO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 26);
 const PORT: u16 = 9080;
 
 /// The client and Envoy pods: name, VF, IP.
@@ -553,6 +556,8 @@ fn vip_of(host: &str) -> SocketAddr {
         POOL_VIP
     } else if host.starts_with("grpc") {
         GRPC_VIP
+    } else if host.starts_with("fo") {
+        FO_VIP
     } else if host.starts_with("tcp") {
         return SocketAddr::from((TCP_VIP, TCP_PORT));
     } else {
@@ -1819,6 +1824,52 @@ fn grpc(sides: &[Side], f: &mut Findings) {
     }
 }
 
+/// Locality failover (service `fo`): all traffic to the local priority
+/// while it is healthy; once outlier detection ejects it (3 failures), all
+/// to the failover region.
+fn failover(sides: &[Side], f: &mut Findings) {
+    let mut views = Vec::new();
+    for side in sides {
+        let calm = side.send(
+            "fo-calm",
+            repeat(Req::get("fo", "/"), 20),
+            1,
+            Duration::ZERO,
+        );
+        let failing = side.send(
+            "fo-fail",
+            repeat(
+                Req::get("fo", "/").header("x-behave", "fail-on=reviews-v1"),
+                20,
+            ),
+            1,
+            Duration::ZERO,
+        );
+        let by = |got: &[Got], pod: &str| {
+            got.iter()
+                .filter(|g| g.served_by.as_deref() == Some(pod))
+                .count()
+        };
+        let view = format!(
+            "calm: reviews-v1 {} ratings-v1 {}; failing: reviews-v1 {} ratings-v1 {} (last 10: {})",
+            by(&calm, "reviews-v1"),
+            by(&calm, "ratings-v1"),
+            by(&failing, "reviews-v1"),
+            by(&failing, "ratings-v1"),
+            by(&failing[10..], "ratings-v1"),
+        );
+        f.note(format!("{:<14} {:<9} {view}", "failover", side.name));
+        f.check(
+            view == "calm: reviews-v1 20 ratings-v1 0; failing: reviews-v1 3 ratings-v1 17 (last 10: 10)",
+            format!("failover: {}: {view} (want all local, then 3 failures and the rest in the failover region)", side.name),
+        );
+        views.push(view);
+    }
+    if let [a, b] = &views[..] {
+        f.check(a == b, format!("failover: Envoy {a}; dpu-proxy {b}"));
+    }
+}
+
 #[test]
 fn envoy_and_dpu_proxy_balance_and_protect_the_same_way() {
     let h = Harness::up("difflb");
@@ -1842,6 +1893,7 @@ fn envoy_and_dpu_proxy_balance_and_protect_the_same_way() {
     hashing(&sides, &mut f);
     mirrors_and_faults(&sides, &mut f);
     grpc(&sides, &mut f);
+    failover(&sides, &mut f);
     assert!(
         f.problems.is_empty(),
         "{} differences or departures from the configuration:\n{}\n\nmeasured:\n{}",
