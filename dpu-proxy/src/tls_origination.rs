@@ -17,14 +17,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::client::verify_server_name;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -32,7 +28,7 @@ use tokio_rustls::TlsConnector;
 use dpumesh_api::config::{Cluster, Secret, TlsMode};
 
 use crate::compiled::ClusterRt;
-use crate::identity::tls::provider;
+use crate::identity::tls::{provider, verify_chain, ServerCertCheck, ServerVerifier};
 use crate::proxy::upstream;
 use crate::proxy::Io;
 
@@ -123,11 +119,11 @@ impl TlsOrigin {
             }
             None => system_roots(),
         };
-        let verifier = Arc::new(OriginVerifier {
+        let verifier = Arc::new(ServerVerifier(OriginVerifier {
             roots,
             sans,
             skip: settings.insecure_skip_verify,
-        });
+        }));
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS versions: {e}"))?
@@ -255,26 +251,18 @@ struct OriginVerifier {
     skip: bool,
 }
 
-impl ServerCertVerifier for OriginVerifier {
-    fn verify_server_cert(
+impl ServerCertCheck for OriginVerifier {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         if self.skip {
-            return Ok(ServerCertVerified::assertion());
+            return Ok(());
         }
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            provider().signature_verification_algorithms.all,
-        )?;
+        let parsed = verify_chain(end_entity, intermediates, &self.roots, now)?;
         let valid = if self.sans.is_empty() {
             verify_server_name(&parsed, server_name).is_ok()
         } else {
@@ -283,45 +271,11 @@ impl ServerCertVerifier for OriginVerifier {
                 .any(|n| verify_server_name(&parsed, n).is_ok())
         };
         if valid {
-            Ok(ServerCertVerified::assertion())
+            Ok(())
         } else {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName,
             ))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }

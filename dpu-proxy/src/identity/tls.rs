@@ -163,43 +163,36 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Verifies the HBONE server holds the identity the endpoint should have.
+/// What a server certificate must show, for [`ServerVerifier`].
+pub trait ServerCertCheck: std::fmt::Debug + Send + Sync {
+    /// `Ok` if `end_entity` (with `intermediates`), presented for
+    /// `server_name`, is acceptable at `now`.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error>;
+}
+
+/// A rustls server certificate verifier: `C` decides on the certificate
+/// (typically with [`verify_chain`]); handshake signatures are verified with
+/// [`provider`]'s algorithms. Serves HBONE ([`SpiffeServerVerifier`]) and
+/// TLS origination.
 #[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: SpiffeId,
-}
+pub struct ServerVerifier<C>(pub C);
 
-impl SpiffeServerVerifier {
-    pub fn new(roots: Arc<RootCertStore>, expected: SpiffeId) -> Self {
-        Self { roots, expected }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl<C: ServerCertCheck> ServerCertVerifier for ServerVerifier<C> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            provider().signature_verification_algorithms.all,
-        )?;
-        let info = leaf_info(end_entity).map_err(|e| reject(format!("server certificate: {e}")))?;
-        if info.spiffe_id != self.expected {
-            return Err(reject(format!(
-                "server identity {} is not the expected {}",
-                info.spiffe_id, self.expected
-            )));
-        }
+        self.0.check(end_entity, intermediates, server_name, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -235,6 +228,63 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// Parses `end_entity` and verifies that its chain (through `intermediates`)
+/// leads to `roots` and is valid at `now`, with [`provider`]'s algorithms.
+/// Names are not checked.
+pub fn verify_chain<'a>(
+    end_entity: &'a CertificateDer<'a>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &RootCertStore,
+    now: UnixTime,
+) -> Result<ParsedCertificate<'a>, rustls::Error> {
+    let parsed = ParsedCertificate::try_from(end_entity)?;
+    verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        roots,
+        intermediates,
+        now,
+        provider().signature_verification_algorithms.all,
+    )?;
+    Ok(parsed)
+}
+
+/// The HBONE server's chain must lead to `roots` and its SPIFFE ID must be
+/// `expected`.
+#[derive(Debug)]
+pub struct ExpectedServerId {
+    roots: Arc<RootCertStore>,
+    expected: SpiffeId,
+}
+
+impl ServerCertCheck for ExpectedServerId {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        verify_chain(end_entity, intermediates, &self.roots, now)?;
+        let info = leaf_info(end_entity).map_err(|e| reject(format!("server certificate: {e}")))?;
+        if info.spiffe_id != self.expected {
+            return Err(reject(format!(
+                "server identity {} is not the expected {}",
+                info.spiffe_id, self.expected
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Verifies the HBONE server holds the identity the endpoint should have.
+pub type SpiffeServerVerifier = ServerVerifier<ExpectedServerId>;
+
+impl SpiffeServerVerifier {
+    pub fn new(roots: Arc<RootCertStore>, expected: SpiffeId) -> Self {
+        ServerVerifier(ExpectedServerId { roots, expected })
     }
 }
 
