@@ -17,6 +17,7 @@ use dpumesh_controller::local;
 use dpumesh_controller::xds::{
     ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
 };
+use dpumesh_testkit::copy_dir;
 use envoy_types::pb::google::protobuf::Any;
 use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS, SERVICES, SLICES};
 use serde_json::{json, Value};
@@ -37,19 +38,6 @@ fn service(name: &str, vip: &str, port: u16, port_name: &str) -> Value {
     json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-svc-{name}")},
            "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip],
                     "ports": [{"name": port_name, "port": port, "protocol": "TCP", "targetPort": port}]}})
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
 }
 
 fn pod_names(c: &NodeConfig) -> Vec<String> {

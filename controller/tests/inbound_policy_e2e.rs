@@ -26,7 +26,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use dpumesh_sim::{unique_cluster, Netns, Node, SimConfig, SimGuard};
-use dpumesh_testkit::{self as kit, admin, counter_sum, write_inventory, PodServer, SimPod};
+use dpumesh_testkit::{
+    self as kit, admin, copy_dir, counter_sum, write_inventory, PodServer, SimPod,
+};
 use http::{Method, StatusCode};
 use support::workspace_binary;
 
@@ -79,19 +81,6 @@ const LEGACY: SimPod = SimPod {
     meshed: false,
 };
 const PODS: [&SimPod; 5] = [&PRODUCTPAGE, &REVIEWS_V1, &REVIEWS_V2, &RATINGS, &LEGACY];
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
-}
 
 /// The adapter's directory: the fixture's services and xds, this node and its pods.
 fn local_dir(dir: &Path, node: &Node, proxy_mgmt: &str) {

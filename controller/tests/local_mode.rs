@@ -8,20 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dpumesh_testkit::copy_dir;
 use support::{workspace_binary, DpuProxy, Reaped};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
-}
 
 fn adapter(dir: &Path, proxy: &DpuProxy, once: bool) -> Command {
     let mut cmd = Command::new(workspace_binary("dpumesh-controller"));

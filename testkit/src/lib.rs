@@ -24,7 +24,7 @@ pub mod pod;
 pub mod server;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dpumesh_sim::Netns;
@@ -94,5 +94,20 @@ pub fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
         }
         assert!(Instant::now() < deadline, "{what} never listened on {addr}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Copies the directory tree `from` into `to` (created if missing), e.g. a
+/// fixture into a test's temporary directory; panics on any error.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
     }
 }

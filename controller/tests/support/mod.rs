@@ -5,39 +5,20 @@
 pub mod ads;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpumesh_api::proto::v1::{proxy_config_client::ProxyConfigClient, GetConfigRequest};
 use dpumesh_api::NodeConfig;
 
+/// `target/<profile>/<name>`, next to this test's `deps/` directory.
+pub use dpumesh_testkit::workspace_binary;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-/// `target/<profile>/<name>`, next to this test's `deps/` directory.
-pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo build -p {}` first (the workspace build does)",
-        path.display(),
-        if name == "dpu-proxy" {
-            "dpu-proxy"
-        } else {
-            "dpumesh-controller"
-        }
-    );
-    path
 }
 
 /// A running dpu-proxy, killed (by PID) on drop.
