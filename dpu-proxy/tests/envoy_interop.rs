@@ -62,9 +62,7 @@ fn envoy_counter(ns: &Netns, name: &str) -> u64 {
 
 /// The last lines of a simulator process's log, for failure messages.
 fn log_tail(sim: &SimGuard, name: &str) -> String {
-    let text = std::fs::read_to_string(sim.log_path(name)).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    dpumesh_testkit::log_tail(&sim.log_path(name))
 }
 
 /// Node 1's config: client-a and server-b (meshed); the Envoy pod's app as

@@ -82,7 +82,19 @@ pub fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
 /// Waits (up to 20 s) until something accepts TCP on `addr` from inside
 /// `ns`; panics naming `what` otherwise.
 pub fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_for_listener(ns, addr, what, Duration::from_secs(20), None);
+}
+
+/// Waits (up to `timeout`) until something accepts TCP on `addr` from inside
+/// `ns`; panics naming `what`, with the tail of `log` if given, otherwise.
+pub fn wait_for_listener(
+    ns: &Netns,
+    addr: SocketAddr,
+    what: &str,
+    timeout: Duration,
+    log: Option<&Path>,
+) {
+    let deadline = Instant::now() + timeout;
     loop {
         let up = ns
             .run(move || {
@@ -92,9 +104,22 @@ pub fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str) {
         if up {
             return;
         }
-        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} never listened on {addr}{}",
+            log.map(log_tail).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The last 40 lines of a process log (e.g. [`dpumesh_sim::Sim::log_path`]),
+/// under a line naming the file, for failure messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(40);
+    format!("\n--- {} ---\n{}", path.display(), lines[from..].join("\n"))
 }
 
 /// Copies the directory tree `from` into `to` (created if missing), e.g. a

@@ -2,6 +2,7 @@
 //! dataplane (eBPF) and dpu-proxy in the DPU netns, configs pushed to the proxy.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use dpumesh_api::proto::v1::{
     AddPodRequest, Interception, NetworkMode, NodeNetwork, PeerNode, PodSteering,
@@ -10,7 +11,10 @@ use dpumesh_api::proto::v1::{
 use dpumesh_api::NodeConfig;
 use dpumesh_sim::{Netns, Node, Place, SimGuard, SpawnSpec};
 
-use crate::{exec, runtime, wait_listening, workspace_binary};
+use crate::{exec, runtime, wait_for_listener, workspace_binary};
+
+/// How long a spawned dataplane or dpu-proxy may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the CNI does: VF `vf` of `node` into a new pod netns named `pod` (see
 /// [`SimGuard::pod_add`]) as eth0, with `ip`/24 and a default route via the
@@ -104,8 +108,8 @@ pub fn register(host: &Netns, mgmt: String, network: NodeNetwork, pods: Vec<PodS
 
 /// Starts node `i`'s dataplane (`dataplane-n<i>`, eBPF backend, node id
 /// `<cluster>-n<i>`, control API on `<mgmt ip>:15081`, then `extra` flags) in
-/// its DPU netns, waits for it, and registers [`underlay_network`] and
-/// `pods`; returns the dataplane's control address.
+/// its DPU netns, waits for it (30 s; a failure shows its log), and registers
+/// [`underlay_network`] and `pods`; returns the dataplane's control address.
 pub fn start_dataplane(
     sim: &SimGuard,
     i: usize,
@@ -137,7 +141,13 @@ pub fn start_dataplane(
         .health(dp_mgmt.clone()),
     )
     .expect("spawn the dataplane");
-    wait_listening(&node.host, dp_mgmt.parse().expect("addr"), "the dataplane");
+    wait_for_listener(
+        &node.host,
+        dp_mgmt.parse().expect("addr"),
+        "the dataplane",
+        START_TIMEOUT,
+        Some(&sim.log_path(&format!("dataplane-n{i}"))),
+    );
     register(
         &node.host,
         dp_mgmt.clone(),
@@ -148,8 +158,8 @@ pub fn start_dataplane(
 }
 
 /// Starts node `i`'s dpu-proxy (`dpu-proxy-n<i>`, control API on
-/// `<mgmt ip>:15080`, then `extra` flags) in its DPU netns and waits for it;
-/// returns the proxy's control address.
+/// `<mgmt ip>:15080`, then `extra` flags) in its DPU netns and waits for it
+/// (30 s; a failure shows its log); returns the proxy's control address.
 pub fn start_proxy(sim: &SimGuard, i: usize, node_name: &str, extra: &[&str]) -> String {
     let node = sim.node(i).expect("node").clone();
     let proxy_mgmt = format!("{}:15080", node.mgmt_dpu.addr());
@@ -164,7 +174,13 @@ pub fn start_proxy(sim: &SimGuard, i: usize, node_name: &str, extra: &[&str]) ->
         .health(proxy_mgmt.clone()),
     )
     .expect("spawn dpu-proxy");
-    wait_listening(&node.host, proxy_mgmt.parse().expect("addr"), "dpu-proxy");
+    wait_for_listener(
+        &node.host,
+        proxy_mgmt.parse().expect("addr"),
+        "dpu-proxy",
+        START_TIMEOUT,
+        Some(&sim.log_path(&format!("dpu-proxy-n{i}"))),
+    );
     proxy_mgmt
 }
 
