@@ -16,9 +16,9 @@ use crate::{exec, runtime, wait_for_listener, workspace_binary};
 /// How long a spawned dataplane or dpu-proxy may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the CNI does: VF `vf` of `node` into a new pod netns named `pod` (see
-/// [`SimGuard::pod_add`]) as eth0, with `ip`/24 and a default route via the
-/// node's pod gateway (answered by the dataplane).
+/// What the CNI does: VF `vf` of `node` into a new pod netns named `pod`
+/// (see [`dpumesh_sim::Sim::pod_add`]) as eth0, with `ip`/24 and a default
+/// route via the node's pod gateway (answered by the dataplane).
 pub fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Netns {
     let ns = sim.pod_add(pod).expect("pod netns");
     let vf_name = &node.vf(vf).expect("vf").host_ifname;
