@@ -148,6 +148,9 @@ def dpu_mode():
     if ds:
         adapter = containers(ds)["adapter"]
         check("--proxy-addr=192.168.100.2:15080" in adapter["args"], "dpu: adapter pushes to the DPU's mgmt address")
+        check("--dataplane-addr=192.168.100.2:15081" in adapter["args"], "dpu: adapter sets the node network on the DPU's dataplane")
+        check("--inventory-addr=http://mesh-dpumesh-controller.dpumesh-system.svc:15085" in adapter["args"],
+              "dpu: adapter streams its inventory from the controller Service")
         ctl = containers(find(objects, "Deployment", "mesh-dpumesh-controller"))["controller"]
         check("--dpu-mgmt-addr=192.168.100.2:15080" in ctl["args"], "dpu: controller's node DPU address")
         check(set(containers(ds)) == {"adapter"}, "dpu: no dataplane/proxy on the host")
@@ -201,6 +204,7 @@ def host_mode():
         cs = containers(ds)
         check(set(cs) == {"adapter", "dataplane", "dpu-proxy"}, f"host: node containers {sorted(cs)}")
         check("--proxy-addr=127.0.0.1:15080" in cs["adapter"]["args"], "host: adapter pushes to 127.0.0.1")
+        check("--dataplane-addr=127.0.0.1:15081" in cs["adapter"]["args"], "host: adapter sets the node network on 127.0.0.1")
         ctl = containers(find(objects, "Deployment", "mesh-dpumesh-controller"))["controller"]
         check("--dpu-mgmt-addr=127.0.0.1:15080" in ctl["args"], "host: controller's node proxy address")
         check("--uplink=eth0" in cs["dataplane"]["args"], "host: dataplane uplink from values")
