@@ -4,7 +4,8 @@
 //! from the other Nodes' annotation or InternalIP); the real adapter binary
 //! (`--inventory-addr`, local mode with Bookinfo's xDS) sets it on the real
 //! dataplane binary (`--backend memory`). A node joining or leaving the
-//! cluster changes the peers the dataplane has.
+//! cluster changes the peers the dataplane has. In ADS mode such a change
+//! (only the network differs) does not start a new ADS session.
 
 mod k8s_support;
 mod support;
@@ -14,8 +15,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpumesh_api::proto::v1::{GetNodeNetworkRequest, NetworkMode, NodeNetwork};
-use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES};
+use dpumesh_controller::local;
+use dpumesh_controller::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS};
 use serde_json::{json, Value};
+use support::ads::{anys, FakeAds};
 use support::{workspace_binary, DpuProxy, Reaped};
 
 fn node(name: &str, cidr: &str, annotations: Value, internal_ip: Option<&str>) -> Value {
@@ -189,4 +193,110 @@ async fn the_clusters_nodes_reach_the_dataplane_as_peers() {
     // A node leaves.
     server.delete(NODES, "node-2");
     wait_peers(&dp_addr, &[peer("node-3", "10.244.3.0/24", "192.0.2.13")]).await;
+}
+
+fn start_dataplane(addr: &str) -> Reaped {
+    Reaped(
+        Command::new(workspace_binary("dpumesh-dataplane"))
+            .args(["--backend", "memory", "--node", "node-1"])
+            .args(["--mgmt-addr", addr])
+            .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dpumesh-dataplane (cargo build -p dpumesh-dataplane)"),
+    )
+}
+
+/// ADS mode: the network reaches the dataplane, and a node joining (a new
+/// inventory that differs only in its network) keeps the pod's xDS stream:
+/// no new subscription reaches the ADS server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_mode_sets_the_network_without_a_new_ads_session() {
+    let server = ApiServer::start().await;
+    server.batch(|b| {
+        b.apply(NAMESPACES, json!({"metadata": {"name": "default"}}));
+        b.apply(
+            NODES,
+            node("node-1", "10.244.1.0/24", json!({}), Some("172.18.0.1")),
+        );
+        b.apply(
+            NODES,
+            node("node-2", "10.244.2.0/24", json!({}), Some("172.18.0.2")),
+        );
+        b.apply(
+            PODS,
+            json!({"metadata": {"name": "productpage-v1", "namespace": "default", "uid": "uid-pp",
+                                "labels": {"app": "productpage", "version": "v1"},
+                                "annotations": {"dpumesh.io/vf-index": "1",
+                                                "dpumesh.io/mac": "02:64:6d:01:00:01"}},
+                   "spec": {"nodeName": "node-1", "serviceAccountName": "bookinfo-productpage",
+                            "containers": [{"name": "app", "image": "busybox"}]},
+                   "status": {"phase": "Running", "podIP": "10.244.1.11",
+                              "podIPs": [{"ip": "10.244.1.11"}]}}),
+        );
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = server.kubeconfig(tmp.path());
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let _controller = Controller::start(
+        &kubeconfig,
+        &tmp.path().join("out"),
+        &["--leader-elect=false", "--grpc-addr", &grpc],
+    );
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo");
+    let state = local::load(&fixture, Some("node-1")).expect("fixture");
+    let common = &state.proxies["default/productpage-v1-7d6cfb7dfd-x2x7k"];
+    let ads = FakeAds::new();
+    let id = "sidecar~10.244.1.11~productpage-v1.default~default.svc.cluster.local";
+    for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
+        ads.set(id, t, anys(common, t));
+    }
+    let xds_addr = ads.serve().await;
+    let proxy = DpuProxy::start().await;
+    let dp_addr = format!("127.0.0.1:{}", free_port());
+    let _dataplane = start_dataplane(&dp_addr);
+    let _adapter = Reaped(
+        Command::new(workspace_binary("dpumesh-controller"))
+            .args(["adapter", "--xds-addr", &xds_addr, "--node", "node-1"])
+            .args(["--proxy-addr", &proxy.mgmt_addr])
+            .args(["--inventory-addr", &format!("http://{grpc}")])
+            .args(["--dataplane-addr", &dp_addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn adapter"),
+    );
+    let n = wait_peers(&dp_addr, &[peer("node-2", "10.244.2.0/24", "172.18.0.2")]).await;
+    assert_eq!(n.underlay_ip, "172.18.0.1", "node-1's InternalIP");
+    let config = proxy.wait_version(1).await;
+    assert_eq!(config.pods.len(), 1);
+    // A new stream's first CDS request carries no nonce.
+    let opened = || {
+        ads.log()
+            .iter()
+            .filter(|r| {
+                r.node_id == id && r.type_url == CLUSTER_TYPE && r.response_nonce.is_empty()
+            })
+            .count()
+    };
+    assert_eq!(opened(), 1);
+
+    server.apply(
+        NODES,
+        node("node-3", "10.244.3.0/24", json!({}), Some("172.18.0.3")),
+    );
+    wait_peers(
+        &dp_addr,
+        &[
+            peer("node-2", "10.244.2.0/24", "172.18.0.2"),
+            peer("node-3", "10.244.3.0/24", "172.18.0.3"),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(opened(), 1, "the ADS session was not restarted");
+    assert_eq!(proxy.config().await.0, 1, "nothing new for dpu-proxy");
 }
