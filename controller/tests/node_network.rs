@@ -15,20 +15,8 @@ use std::time::{Duration, Instant};
 use dpumesh_api::proto::v1::{
     AddPodRequest, GetNodeNetworkRequest, NetworkMode, NodeNetwork, PodSteering, RemovePodRequest,
 };
+use dpumesh_testkit::copy_dir;
 use support::{free_port, workspace_binary, DpuProxy, Reaped};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
-}
 
 /// The real dataplane binary with the memory backend (the control API and the
 /// registry are the real ones; nothing is forwarded). Killed on drop.

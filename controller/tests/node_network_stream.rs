@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use dpumesh_api::proto::v1::{GetNodeNetworkRequest, NetworkMode, NodeNetwork};
 use dpumesh_controller::local;
 use dpumesh_controller::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use dpumesh_testkit::copy_dir;
 use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS};
 use serde_json::{json, Value};
 use support::ads::{anys, FakeAds};
@@ -31,19 +32,6 @@ fn node(name: &str, cidr: &str, annotations: Value, internal_ip: Option<&str>) -
     json!({"metadata": {"name": name, "uid": format!("uid-{name}"), "annotations": annotations},
            "spec": {"podCIDR": cidr},
            "status": {"addresses": addresses}})
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
 }
 
 async fn node_network(addr: &str) -> Option<NodeNetwork> {
