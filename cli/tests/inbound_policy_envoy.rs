@@ -19,27 +19,52 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dpu_proxy::authz::{authorize, AuthzRequest, HttpAttrs};
+use dpumesh_testkit::envoy_bin;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-fn envoy_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DPUMESH_ENVOY") {
-        return PathBuf::from(p);
+/// Envoy with `bootstrap` (written to `<dir>/<name>.json`, its log to
+/// `<dir>/<name>.log`), once it listens on 127.0.0.1:`port`.
+fn run_envoy(dir: &Path, name: &str, bootstrap: &Value, port: u16) -> Envoy {
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(bootstrap).expect("json"),
+    )
+    .expect("write");
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("log");
+    let child = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(&path)
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn envoy");
+    let mut envoy = Envoy(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = envoy.0.try_wait() {
+            panic!(
+                "envoy exited ({status}): {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "envoy never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|dir| {
-        dir.flatten()
-            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-            .find(|p| p.exists())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "Envoy not found under {}: run scripts/setup.sh or set DPUMESH_ENVOY",
-            lib.display()
-        )
-    })
+    envoy
 }
 
 /// A scratch directory removed on drop.
@@ -217,42 +242,7 @@ fn start_envoy(dir: &Path, port: u16) -> Envoy {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
             "filter_chains": [{"filters": [hcm(rbac_filters(port))]}]}]}
     });
-    let path = dir.join("envoy.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&bootstrap).expect("json"),
-    )
-    .expect("write");
-    let log = std::fs::File::create(dir.join("envoy.log")).expect("log");
-    let child = Command::new(envoy_bin())
-        .arg("-c")
-        .arg(&path)
-        .args([
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "-l",
-            "warning",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn envoy");
-    let mut envoy = Envoy(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if let Ok(Some(status)) = envoy.0.try_wait() {
-            panic!(
-                "envoy exited ({status}): {}",
-                std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "envoy never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    envoy
+    run_envoy(dir, "envoy", &bootstrap, port)
 }
 
 /// One request to Envoy; its status.
@@ -504,42 +494,7 @@ fn start_mtls_envoy(dir: &Path, port: u16, pki: &Pki) -> Envoy {
                                               "private_key": file("key.pem")}],
                         "validation_context": {"trusted_ca": file("ca.pem")}}}}}]}]}
     });
-    let path = dir.join("envoy-mtls.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&bootstrap).expect("json"),
-    )
-    .expect("write");
-    let log = std::fs::File::create(dir.join("envoy-mtls.log")).expect("log");
-    let child = Command::new(envoy_bin())
-        .arg("-c")
-        .arg(&path)
-        .args([
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "-l",
-            "warning",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn envoy");
-    let mut envoy = Envoy(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if let Ok(Some(status)) = envoy.0.try_wait() {
-            panic!(
-                "envoy exited ({status}): {}",
-                std::fs::read_to_string(dir.join("envoy-mtls.log")).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "envoy never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    envoy
+    run_envoy(dir, "envoy-mtls", &bootstrap, port)
 }
 
 /// Requests over one mTLS connection presenting `id`; their statuses.
