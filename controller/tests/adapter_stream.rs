@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 
 use dpumesh_api::NodeConfig;
 use dpumesh_controller::local;
-use dpumesh_controller::xds::{
-    ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
-};
 use dpumesh_testkit::copy_dir;
-use envoy_types::pb::google::protobuf::Any;
 use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS, SERVICES, SLICES};
 use serde_json::{json, Value};
 use support::ads::FakeAds;
@@ -88,33 +84,6 @@ fn cluster_setup(server: &ApiServer) {
     });
 }
 
-fn anys(px: &ProxyResources, type_url: &str) -> Vec<(String, Any)> {
-    let list: Vec<Resource> = match type_url {
-        CLUSTER_TYPE => px
-            .clusters
-            .values()
-            .cloned()
-            .map(Resource::Cluster)
-            .collect(),
-        ENDPOINT_TYPE => px
-            .endpoints
-            .values()
-            .cloned()
-            .map(Resource::Endpoints)
-            .collect(),
-        LISTENER_TYPE => px
-            .listeners
-            .values()
-            .cloned()
-            .map(Resource::Listener)
-            .collect(),
-        _ => px.routes.values().cloned().map(Resource::Route).collect(),
-    };
-    list.iter()
-        .map(|r| (r.name().to_string(), r.to_any()))
-        .collect()
-}
-
 /// ADS mode: a pod added to the streamed inventory gets its own xDS stream
 /// (its sidecar node id subscribes at the ADS server) and reaches dpu-proxy;
 /// removed, it leaves dpu-proxy's config.
@@ -138,9 +107,7 @@ async fn ads_mode_opens_a_stream_for_an_added_pod() {
     let productpage_id = "sidecar~10.244.1.11~productpage-v1.default~default.svc.cluster.local";
     let ratings_id = "sidecar~10.244.1.15~ratings-v1.default~default.svc.cluster.local";
     for id in [productpage_id, ratings_id] {
-        for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
-            ads.set(id, t, anys(common, t));
-        }
+        ads.set_proxy(id, common);
     }
     let xds_addr = ads.serve().await;
     let proxy = DpuProxy::start().await;

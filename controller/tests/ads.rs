@@ -37,17 +37,7 @@ async fn wait_for(ads: &FakeAds, what: &str, pred: impl Fn(&[Recorded]) -> bool)
 async fn acks_good_config_nacks_a_broken_resource_and_keeps_the_last_good() {
     let state = local::load(&fixture(), Some("node-1")).expect("fixture");
     let ads = FakeAds::new();
-    let node_ids: Vec<(String, String)> = state
-        .inventory
-        .pods
-        .iter()
-        .map(|p| (p.key(), p.proxy_node_id("cluster.local")))
-        .collect();
-    for (pod, node_id) in &node_ids {
-        for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
-            ads.set(node_id, t, anys(&state.proxies[pod], t));
-        }
-    }
+    let node_ids = ads.set_pods(&state);
     let xds_addr = ads.serve().await;
     let proxy = DpuProxy::start().await;
     let settings = AdsSettings {

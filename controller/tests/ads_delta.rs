@@ -45,17 +45,7 @@ impl Mesh {
     async fn start(variant: XdsVariant) -> Mesh {
         let state = local::load(&fixture(), Some("node-1")).expect("fixture");
         let ads = FakeAds::new();
-        let pods: Vec<(String, String)> = state
-            .inventory
-            .pods
-            .iter()
-            .map(|p| (p.key(), p.proxy_node_id("cluster.local")))
-            .collect();
-        for (pod, node_id) in &pods {
-            for t in TYPES {
-                ads.set(node_id, t, anys(&state.proxies[pod], t));
-            }
-        }
+        let pods = ads.set_pods(&state);
         let xds_addr = ads.serve().await;
         let proxy = DpuProxy::start().await;
         let settings = AdsSettings {

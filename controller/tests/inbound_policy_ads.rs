@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use dpumesh_controller::local;
 use dpumesh_controller::xds::ads::{self, AdsSettings, XdsVariant};
-use dpumesh_controller::xds::{Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use dpumesh_controller::xds::{Resource, LISTENER_TYPE};
 use envoy_types::pb::envoy::config::listener::v3::{filter::ConfigType, Listener};
 use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
@@ -74,17 +74,7 @@ async fn inbound_listeners_over_ads_reach_dpu_proxy_and_a_bad_one_is_nacked() {
     let state = local::load(&fixture(), Some("node-1")).expect("fixture");
     let expected = local::build(&fixture(), Some("node-1")).expect("local build");
     let ads = FakeAds::new();
-    let node_ids: Vec<(String, String)> = state
-        .inventory
-        .pods
-        .iter()
-        .map(|p| (p.key(), p.proxy_node_id("cluster.local")))
-        .collect();
-    for (pod, node_id) in &node_ids {
-        for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
-            ads.set(node_id, t, anys(&state.proxies[pod], t));
-        }
-    }
+    let node_ids = ads.set_pods(&state);
     let xds_addr = ads.serve().await;
     let proxy = DpuProxy::start().await;
     let settings = AdsSettings {

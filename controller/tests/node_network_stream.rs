@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use dpumesh_api::proto::v1::{GetNodeNetworkRequest, NetworkMode, NodeNetwork};
 use dpumesh_controller::local;
-use dpumesh_controller::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use dpumesh_controller::xds::CLUSTER_TYPE;
 use dpumesh_testkit::copy_dir;
 use k8s_support::{free_port, ApiServer, Controller, NAMESPACES, NODES, PODS};
 use serde_json::{json, Value};
-use support::ads::{anys, FakeAds};
+use support::ads::FakeAds;
 use support::{workspace_binary, DpuProxy, Reaped};
 
 fn node(name: &str, cidr: &str, annotations: Value, internal_ip: Option<&str>) -> Value {
@@ -238,9 +238,7 @@ async fn ads_mode_sets_the_network_without_a_new_ads_session() {
     let common = &state.proxies["default/productpage-v1-7d6cfb7dfd-x2x7k"];
     let ads = FakeAds::new();
     let id = "sidecar~10.244.1.11~productpage-v1.default~default.svc.cluster.local";
-    for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
-        ads.set(id, t, anys(common, t));
-    }
+    ads.set_proxy(id, common);
     let xds_addr = ads.serve().await;
     let proxy = DpuProxy::start().await;
     let dp_addr = format!("127.0.0.1:{}", free_port());

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use dpumesh_controller::local::LocalState;
 use dpumesh_controller::xds::{
-    ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, SECRET_TYPE,
+    ProxyResources, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE,
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -252,6 +253,28 @@ impl FakeAds {
             s.version
         };
         self.changed.send_replace(version);
+    }
+
+    /// Serves `px`'s clusters, endpoints, listeners and routes to `node_id`.
+    pub fn set_proxy(&self, node_id: &str, px: &ProxyResources) {
+        for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
+            self.set(node_id, t, anys(px, t));
+        }
+    }
+
+    /// Serves every pod of `state` its own resources under its sidecar node
+    /// id, as istiod would; returns `(pod key, node id)` of each.
+    pub fn set_pods(&self, state: &LocalState) -> Vec<(String, String)> {
+        let ids: Vec<(String, String)> = state
+            .inventory
+            .pods
+            .iter()
+            .map(|p| (p.key(), p.proxy_node_id("cluster.local")))
+            .collect();
+        for (pod, node_id) in &ids {
+            self.set_proxy(node_id, &state.proxies[pod]);
+        }
+        ids
     }
 
     pub fn version(&self) -> String {
