@@ -99,6 +99,32 @@ fn wait_log(path: &PathBuf, needle: &str) -> String {
 const NETWORK_ONE_PEER: &str = "underlayIp: 192.0.2.11\npeers:\n- {name: node-2, podCidr: 10.244.2.0/24, underlayIp: 192.0.2.12}\n";
 const NETWORK_TWO_PEERS: &str = "underlayIp: 192.0.2.11\nvni: 7\npeers:\n- {name: node-2, podCidr: 10.244.2.0/24, underlayIp: 192.0.2.12}\n- {name: node-3, podCidr: 10.244.3.0/24, underlayIp: 192.0.2.13}\n";
 
+/// The adapter in local mode on `dir` (polling every 100 ms), pushing to the
+/// proxy at `proxy_addr` and setting the network on the dataplane at `dp_addr`;
+/// its stderr goes to `log`.
+fn start_adapter(dir: &Path, proxy_addr: &str, dp_addr: &str, log: &Path) -> Reaped {
+    Reaped(
+        Command::new(workspace_binary("dpumesh-controller"))
+            .args(["adapter", "--local-dir"])
+            .arg(dir)
+            .args([
+                "--node",
+                "node-1",
+                "--proxy-addr",
+                proxy_addr,
+                "--dataplane-addr",
+                dp_addr,
+                "--poll-ms",
+                "100",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("adapter log"))
+            .spawn()
+            .expect("spawn adapter"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adapter_sets_the_node_network_on_the_dataplane() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -113,26 +139,7 @@ async fn the_adapter_sets_the_node_network_on_the_dataplane() {
     let adapter_log = tmp.path().join("adapter.log");
 
     // The adapter first, the dataplane not up yet.
-    let _adapter = Reaped(
-        Command::new(workspace_binary("dpumesh-controller"))
-            .args(["adapter", "--local-dir"])
-            .arg(&dir)
-            .args([
-                "--node",
-                "node-1",
-                "--proxy-addr",
-                &proxy.mgmt_addr,
-                "--dataplane-addr",
-                &dp_addr,
-                "--poll-ms",
-                "100",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&adapter_log).expect("adapter log"))
-            .spawn()
-            .expect("spawn adapter"),
-    );
+    let _adapter = start_adapter(&dir, &proxy.mgmt_addr, &dp_addr, &adapter_log);
     // dpu-proxy gets its config while the dataplane is unreachable.
     let config = proxy.wait_version(1).await;
     assert_eq!(config.node.name, "node-1");
@@ -246,26 +253,7 @@ async fn a_broken_network_document_is_reported_and_not_set() {
     let dp_addr = format!("127.0.0.1:{}", free_port());
     let _dataplane = start_dataplane(&dp_addr, &tmp.path().join("dataplane.log"));
     let adapter_log = tmp.path().join("adapter.log");
-    let _adapter = Reaped(
-        Command::new(workspace_binary("dpumesh-controller"))
-            .args(["adapter", "--local-dir"])
-            .arg(&dir)
-            .args([
-                "--node",
-                "node-1",
-                "--proxy-addr",
-                &proxy.mgmt_addr,
-                "--dataplane-addr",
-                &dp_addr,
-                "--poll-ms",
-                "100",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&adapter_log).expect("adapter log"))
-            .spawn()
-            .expect("spawn adapter"),
-    );
+    let _adapter = start_adapter(&dir, &proxy.mgmt_addr, &dp_addr, &adapter_log);
     let log = wait_log(&adapter_log, "network.yaml");
     assert!(log.contains("underlayIp"), "the field is named:\n{log}");
     // Wait until the dataplane answers, then check that nothing was set.
