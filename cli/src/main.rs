@@ -5,7 +5,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = dpumesh_cli::Cli::parse();
-    match dpumesh_cli::run(cli) {
+    let result = dpumesh_cli::run(cli);
+    dpumesh_cli::interrupt::wait_if_interrupted();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
