@@ -65,5 +65,35 @@ fn quick_mesh_bench_measures_the_three_ways_and_ends_with_json() {
         .expect("dpumesh");
     assert!(mesh["goals"].is_object(), "{mesh}");
     assert!(mesh["proxy_rss_kb_by_pods"].is_object(), "{mesh}");
+    assert_eq!(mesh["dpumesh_layer"], "l7", "{mesh}");
+    assert!(leftovers(&cluster).expect("leftovers").is_empty());
+}
+
+/// `--l4` declares the service `tcp` for the dpumesh way: the bench only
+/// succeeds if node 2's dpu-proxy counted the inbound TCP connections under
+/// mutual_tls (and no HTTP requests), and it says the comparison is not the
+/// issue's.
+#[test]
+fn l4_mode_relays_the_dpumesh_way_at_l4_and_says_so() {
+    let cluster = unique_cluster("bml4");
+    let _down = Down(cluster.clone());
+    let run = quick_bench("mesh", &["--l4", "--cluster", &cluster]);
+    let v = &run.summary;
+    assert!(
+        v["command"].as_str().is_some_and(|c| c.contains(" --l4")),
+        "{v}"
+    );
+    let cases = v["cases"].as_array().expect("cases");
+    let mesh = cases
+        .iter()
+        .find(|c| c["name"] == "dpumesh")
+        .expect("dpumesh");
+    assert_eq!(mesh["dpumesh_layer"], "l4", "{mesh}");
+    assert!(mesh["rps"].as_f64().is_some_and(|r| r > 0.0), "{mesh}");
+    assert!(
+        run.stdout.contains("not the issue's comparison"),
+        "{}",
+        run.stdout
+    );
     assert!(leftovers(&cluster).expect("leftovers").is_empty());
 }

@@ -106,6 +106,13 @@ pub struct MeshArgs {
     /// the DPUs, with certificates from one root.
     #[arg(long)]
     pub plaintext: bool,
+    /// Declare the service's port `tcp` for the dpumesh way, so both
+    /// dpu-proxies relay it at L4 (HBONE mTLS, L4 authorization, TCP
+    /// metrics; Istio ambient without a waypoint). The sidecars stay L7.
+    /// This is not the issue's comparison: it shows what the two DPU-side
+    /// HTTP passes cost.
+    #[arg(long)]
+    pub l4: bool,
 }
 
 /// How the traffic is carried.
@@ -241,15 +248,20 @@ pub fn run(args: MeshArgs) -> Result<()> {
     .context("starting the simulator cluster")?;
     crate::interrupt::tear_down_on_signal(sim.cluster().to_string());
     let mtls = !args.plaintext;
-    let bench = Bench::setup(&sim, programs, mtls)?;
+    let bench = Bench::setup(&sim, programs, mtls, args.l4)?;
     eprintln!(
-        "cluster {}: clients on node 1, servers on node 2; ways: {}; {}",
+        "cluster {}: clients on node 1, servers on node 2; ways: {}; {}{}",
         sim.cluster(),
         Way::ALL.map(Way::name).join(", "),
         if mtls {
             "mTLS on (Istio mTLS between the sidecars, HBONE between the DPUs)"
         } else {
             "plaintext"
+        },
+        if args.l4 {
+            "; --l4: dpumesh relays the service at L4, the sidecars at L7"
+        } else {
+            ""
         }
     );
 
@@ -289,11 +301,18 @@ pub fn run(args: MeshArgs) -> Result<()> {
     for c in cases.iter_mut().filter(|c| c.name != Way::Direct.name()) {
         c.extra.insert("mtls".into(), json!(mtls));
     }
+    for c in cases.iter_mut().filter(|c| c.name == Way::Dpumesh.name()) {
+        c.extra.insert(
+            "dpumesh_layer".into(),
+            json!(if args.l4 { "l4" } else { "l7" }),
+        );
+    }
     let command = format!(
-        "dpumesh bench mesh{}{}{}{}{}{}",
+        "dpumesh bench mesh{}{}{}{}{}{}{}",
         if args.json { " --json" } else { "" },
         if args.quick { " --quick" } else { "" },
         if args.plaintext { " --plaintext" } else { "" },
+        if args.l4 { " --l4" } else { "" },
         args.duration
             .map(|d| format!(" --duration {d}"))
             .unwrap_or_default(),
@@ -325,6 +344,12 @@ pub fn run(args: MeshArgs) -> Result<()> {
     );
     for line in goals(&summary.cases) {
         println!("{line}");
+    }
+    if args.l4 {
+        println!(
+            "(--l4: dpumesh carried the service at L4 and the sidecars at L7, so these goal \
+             lines are not the issue's comparison; run without --l4 for that)"
+        );
     }
     drop(bench);
     drop(sim);
@@ -596,6 +621,8 @@ struct Bench<'a> {
     version: std::cell::Cell<u64>,
     /// Sidecars and DPU proxies talk mTLS (certificates from `ca_root`).
     mtls: bool,
+    /// The dpumesh way's service port is declared `tcp` (`--l4`).
+    l4: bool,
     /// The cluster's CA root (key + certificate), shared by both dpu-proxies
     /// and used to sign the sidecars' certificates.
     ca_root: PathBuf,
@@ -610,7 +637,7 @@ pub(crate) fn mgmt(node: &Node, port: u16) -> String {
 }
 
 impl<'a> Bench<'a> {
-    fn setup(sim: &'a Sim, programs: Programs, mtls: bool) -> Result<Bench<'a>> {
+    fn setup(sim: &'a Sim, programs: Programs, mtls: bool, l4: bool) -> Result<Bench<'a>> {
         let nodes = [sim.node(1)?.clone(), sim.node(2)?.clone()];
         let work = sim.state_dir().join("bench-mesh");
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -650,6 +677,7 @@ impl<'a> Bench<'a> {
             work,
             version: std::cell::Cell::new(0),
             mtls,
+            l4,
         };
         bench.start_sidecars(&programs.envoy)?;
         bench.start_proxies(&programs.dpu_proxy)?;
@@ -733,7 +761,8 @@ impl<'a> Bench<'a> {
         let version = self.version.get() + 1;
         self.version.set(version);
         for (i, node) in self.nodes.iter().enumerate() {
-            let config = mesh_config(node, i, version, if i == 0 { extra } else { 0 }, self.mtls)?;
+            let extra = if i == 0 { extra } else { 0 };
+            let config = mesh_config(node, i, version, extra, self.mtls, self.l4)?;
             push_config(&node.host, &mgmt(node, PROXY_CONTROL_PORT), config)
                 .with_context(|| format!("pushing the NodeConfig to node {}", node.index))?;
         }
@@ -911,8 +940,9 @@ impl<'a> Bench<'a> {
     }
 
     /// The dpumesh way went the configured way: node 2's dpu-proxy counted
-    /// inbound requests under `connection_security_policy="mutual_tls"`
-    /// (HBONE) with mTLS on, `"none"` without, and none under the other.
+    /// inbound requests (TCP connections with `--l4`) under
+    /// `connection_security_policy="mutual_tls"` (HBONE) with mTLS on,
+    /// `"none"` without, and none under the other.
     fn check_dpumesh_security(&self) -> Result<()> {
         let metrics = http_body(
             self.nodes[1].netns(Place::Dpu),
@@ -925,10 +955,15 @@ impl<'a> Bench<'a> {
         } else {
             ("none", "mutual_tls")
         };
-        let count = |policy: &str| super::mtls::inbound_requests(&metrics, policy);
+        let (metric, what) = if self.l4 {
+            ("istio_tcp_connections_opened_total", "TCP connection(s)")
+        } else {
+            ("istio_requests_total", "request(s)")
+        };
+        let count = |policy: &str| super::mtls::inbound_count(&metrics, metric, policy);
         if count(want) <= 0.0 || count(other) > 0.0 {
             bail!(
-                "dpumesh: node 2 counted {} inbound request(s) as {want} and {} as {other}",
+                "dpumesh: node 2 counted {} inbound {what} as {want} and {} as {other}",
                 count(want),
                 count(other)
             );
@@ -1145,6 +1180,7 @@ fn mesh_config(
     version: u64,
     extra: usize,
     mtls: bool,
+    l4: bool,
 ) -> Result<NodeConfig> {
     let way = Way::Dpumesh;
     let (pod, ip) = if i == 0 {
@@ -1177,7 +1213,8 @@ fn mesh_config(
         "pods": pods,
         "services": [{
             "hostname": SERVICE, "namespace": NAMESPACE, "vips": [VIP.to_string()],
-            "ports": [{"port": APP_PORT, "name": "http", "targetPort": APP_PORT}],
+            "ports": [{"port": APP_PORT, "name": if l4 { "tcp" } else { "http" },
+                       "targetPort": APP_PORT}],
             "endpoints": [{"address": way.server_ip().to_string(), "node": "n2",
                            "labels": {"app": way.server_pod()},
                            "serviceAccount": way.server_pod()}],

@@ -613,10 +613,17 @@ fn check_path(t: Transport, tunnels: u64, total: u64, mine: f64, others: f64) ->
 /// Sum of node 2's `istio_requests_total` with `reporter="destination"` and
 /// the given `connection_security_policy`, from Prometheus text.
 pub(crate) fn inbound_requests(metrics: &str, policy: &str) -> f64 {
+    inbound_count(metrics, "istio_requests_total", policy)
+}
+
+/// The sum of counter `metric` over its destination-reported series with
+/// `connection_security_policy` = `policy`, in a Prometheus text page.
+pub(crate) fn inbound_count(metrics: &str, metric: &str, policy: &str) -> f64 {
     let want = format!("connection_security_policy=\"{policy}\"");
+    let series = format!("{metric}{{");
     metrics
         .lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter(|l| l.starts_with(&series))
         .filter(|l| l.contains("reporter=\"destination\"") && l.contains(&want))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
