@@ -89,6 +89,10 @@ fn l4_mode_relays_the_dpumesh_way_at_l4_and_says_so() {
         .find(|c| c["name"] == "dpumesh")
         .expect("dpumesh");
     assert_eq!(mesh["dpumesh_layer"], "l4", "{mesh}");
+    assert!(
+        mesh["goals"].is_null(),
+        "no goal verdicts for L4 vs L7: {mesh}"
+    );
     assert!(mesh["rps"].as_f64().is_some_and(|r| r > 0.0), "{mesh}");
     assert!(
         run.stdout.contains("not the issue's comparison"),

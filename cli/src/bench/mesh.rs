@@ -306,6 +306,12 @@ pub fn run(args: MeshArgs) -> Result<()> {
             "dpumesh_layer".into(),
             json!(if args.l4 { "l4" } else { "l7" }),
         );
+        if args.l4 {
+            // L4 against L7 is not the issue's comparison: no goal verdicts.
+            if let Some(g) = c.extra.remove("goals") {
+                c.extra.insert("goals_l4_vs_l7_not_the_issues".into(), g);
+            }
+        }
     }
     let command = format!(
         "dpumesh bench mesh{}{}{}{}{}{}{}",
