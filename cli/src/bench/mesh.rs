@@ -948,7 +948,8 @@ impl<'a> Bench<'a> {
     /// The dpumesh way went the configured way: node 2's dpu-proxy counted
     /// inbound requests (TCP connections with `--l4`) under
     /// `connection_security_policy="mutual_tls"` (HBONE) with mTLS on,
-    /// `"none"` without, and none under the other.
+    /// `"none"` without, and none under the other; with `--l4`, no inbound
+    /// HTTP requests at all.
     fn check_dpumesh_security(&self) -> Result<()> {
         let metrics = http_body(
             self.nodes[1].netns(Place::Dpu),
@@ -972,6 +973,12 @@ impl<'a> Bench<'a> {
                 "dpumesh: node 2 counted {} inbound {what} as {want} and {} as {other}",
                 count(want),
                 count(other)
+            );
+        }
+        let http = super::mtls::inbound_count(&metrics, "istio_requests_total", want);
+        if self.l4 && http > 0.0 {
+            bail!(
+                "dpumesh --l4: node 2 parsed {http} inbound HTTP request(s); it should relay at L4"
             );
         }
         Ok(())
