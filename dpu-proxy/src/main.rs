@@ -10,18 +10,18 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use dpu_proxy::access_log::{AccessLog, Sink};
 use dpu_proxy::admin::{self, Admin};
-
-/// mimalloc instead of glibc malloc: the proxy's per-request buffers (hyper's
-/// read buffers, TLS records, h2 frames) are larger than glibc's per-thread
-/// cache and went through its arena bins (docs/decisions.md §11).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use dpu_proxy::config_store::{ConfigStore, Offer};
 use dpu_proxy::control::{self, ControlState};
 use dpu_proxy::identity::{CertIssuer, IstiodCa, IstiodCaConfig, SpiffeId};
 use dpu_proxy::metrics::Metrics;
 use dpu_proxy::proxy::{self, ConfigSource, Proxy, ProxySettings};
 use dpumesh_api::NodeConfig;
+
+/// mimalloc instead of glibc malloc: the proxy's per-request buffers (hyper's
+/// read buffers, TLS records, h2 frames) are larger than glibc's per-thread
+/// cache and went through its arena bins (docs/decisions.md §11).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
