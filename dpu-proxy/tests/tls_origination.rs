@@ -8,7 +8,8 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -80,10 +81,12 @@ fn key(pem: &str) -> PrivateKeyDer<'static> {
 
 /// The external service: TLS with `leaf`, HTTP/1.1 or h2 by ALPN; with
 /// `client_ca`, a client certificate signed by it is required. Each answer
-/// carries `x-sni`, `x-alpn` and `x-client` (the client certificate's CN).
+/// carries `x-sni`, `x-alpn` and `x-client` (the client certificate's CN);
+/// `seen` records each request's authority and ALPN.
 struct TlsServer {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Drop for TlsServer {
@@ -117,12 +120,15 @@ impl TlsServer {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 let acceptor = acceptor.clone();
+                let log = log.clone();
                 tokio::spawn(async move {
                     // A failed handshake (the test's wrong-CA cases) just ends here.
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -140,7 +146,17 @@ impl TlsServer {
                         .map(|c| common_name(c))
                         .unwrap_or_else(|| "none".into());
                     let h2 = alpn == "h2";
-                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let authority = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .or_else(|| {
+                                let h = req.headers().get(http::header::HOST)?;
+                                Some(String::from_utf8_lossy(h.as_bytes()).into_owned())
+                            })
+                            .unwrap_or_default();
+                        log.lock().expect("log").push((authority, alpn.clone()));
                         let r = Response::builder()
                             .header("x-sni", sni.clone())
                             .header("x-alpn", alpn.clone())
@@ -162,7 +178,7 @@ impl TlsServer {
                 });
             }
         });
-        TlsServer { addr, task }
+        TlsServer { addr, task, seen }
     }
 }
 
@@ -394,6 +410,66 @@ async fn a_secret_not_provided_fails_closed() {
     let r = get(p.addr(VIP), HOST, "/", &[]).await;
     assert_eq!(r.status.as_u16(), 503, "never plaintext: {}", r.text());
     assert_eq!(handshake_failures(&p, 80), 1);
+}
+
+/// A mirror (VirtualService `mirror`) to a `SIMPLE` cluster originates TLS
+/// with that cluster's settings, as Envoy's shadow does; it used to fail,
+/// never in plaintext but never delivered either.
+#[tokio::test]
+async fn mirrored_requests_to_a_tls_cluster_originate_tls_with_its_settings() {
+    let ca = Ca::new("external CA");
+    let server = TlsServer::start(&ca.leaf(HOST, &[HOST]), None).await;
+    let secrets = json!([{"name": "kubernetes://default/api-cacert", "caCertificates": ca.pem}]);
+    let origination = json!({"caCertificates": "kubernetes://default/api-cacert"});
+    let mut cfg = config(
+        server.addr,
+        json!([
+            cluster(80, "SIMPLE", origination.clone()),
+            cluster(81, "SIMPLE", origination)
+        ]),
+        secrets,
+    );
+    // Port 80 routes to its own cluster and mirrors everything to port 81's
+    // (HTTP/2: the mirror also offers ALPN h2).
+    cfg["services"][0]["ports"][0]["routeTable"] = json!("80");
+    cfg["routeTables"] = json!([{"name": "80", "virtualHosts": [{
+        "name": "api", "domains": ["*"],
+        "routes": [{
+            "action": {"forward": {"destinations": [{"cluster": format!("outbound|80||{HOST}")}]}},
+            "mirror": {"cluster": format!("outbound|81||{HOST}"), "percent": 100.0}
+        }]
+    }]}]);
+    let p = TestProxy::start(cfg, &[VIP]).await;
+
+    for _ in 0..3 {
+        let r = get(p.addr(VIP), HOST, "/", &[]).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+        assert_eq!(r.text(), "hello over TLS");
+    }
+    let shadow = format!("{HOST}-shadow");
+    let mut mirrored = 0;
+    for _ in 0..200 {
+        mirrored = server
+            .seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .filter(|(authority, alpn)| authority == &shadow && alpn == "h2")
+            .count();
+        if mirrored >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = server.seen.lock().expect("seen").clone();
+    assert_eq!(mirrored, 3, "three mirrors over TLS + h2: {seen:?}");
+    assert_eq!(
+        seen.iter().filter(|(a, _)| a == HOST).count(),
+        3,
+        "{seen:?}"
+    );
+    assert_eq!(p.proxy.stats.mirrored.load(Ordering::Relaxed), 3);
+    assert_eq!(handshake_failures(&p, 80) + handshake_failures(&p, 81), 0);
 }
 
 #[test]

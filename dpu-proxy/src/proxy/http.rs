@@ -944,8 +944,16 @@ impl Proxy {
         self.stats.mirrored.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let active = ActiveRequest::new(ep, None);
+            // Through the mirror cluster's own settings, as Envoy's shadow:
+            // its pool limits, and its TLS origination (never plaintext).
             if let Ok(resp) = pool
-                .send(key, req, cluster.connect_timeout, Some(active), None)
+                .send(
+                    key,
+                    req,
+                    cluster.connect_timeout,
+                    Some(active),
+                    Some(&cluster),
+                )
                 .await
             {
                 let _ = resp.into_body().collect().await;
