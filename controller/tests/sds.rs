@@ -63,13 +63,21 @@ fn tls_contexts_and_secrets_map_to_tls_origination() {
                 ca_certificates: Some(CA.into()),
                 client_certificate: Some(CERT.into()),
                 insecure_skip_verify: false,
+                auto_sni: false,
             })
         )
     );
-    // SIMPLE without a CA (file-root:system): the system roots, verified.
+    // SIMPLE without a CA (file-root:system): the system roots, verified;
+    // no sni, so the request's host (istiod's auto_sni).
     assert_eq!(
         origination(&config, "outbound|8443||api.example.com"),
-        (TlsMode::Simple, Some(TlsOrigination::default()))
+        (
+            TlsMode::Simple,
+            Some(TlsOrigination {
+                auto_sni: true,
+                ..TlsOrigination::default()
+            })
+        )
     );
     // insecureSkipVerify: an empty validation context.
     let (mode, skip) = origination(&config, "outbound|9443||api.example.com");

@@ -38,6 +38,8 @@ pub struct TlsOrigin {
     /// (a hash of everything below; equal settings share connections).
     pub key: u64,
     server_name: ServerName<'static>,
+    /// SNI from each request's host (Envoy's `auto_sni`).
+    auto_sni: bool,
     /// Client configs without ALPN (HTTP/1.1 and TCP upstreams) and with
     /// `h2` (HTTP/2 upstreams); or why there are none: a secret the control
     /// plane has not provided (every handshake fails, never plaintext).
@@ -96,6 +98,7 @@ impl TlsOrigin {
             return Ok(Some(TlsOrigin {
                 key: key.finish(),
                 server_name,
+                auto_sni: settings.auto_sni,
                 configs: Err(format!("secret {name:?} is not available")),
             }));
         }
@@ -158,13 +161,43 @@ impl TlsOrigin {
         Ok(Some(TlsOrigin {
             key: key.finish(),
             server_name,
+            auto_sni: settings.auto_sni,
             configs: Ok((plain, Arc::new(config))),
         }))
     }
 
-    /// The TLS handshake over `io`; `h2` offers ALPN `h2`. Failures read
+    /// The pool key part for a request to `authority`: with `auto_sni`, a
+    /// connection serves one SNI only, so the host is part of the key.
+    pub fn key_for(&self, authority: &str) -> u64 {
+        if !self.auto_sni {
+            return self.key;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        self.key.hash(&mut h);
+        sni_host(authority).hash(&mut h);
+        h.finish()
+    }
+
+    /// The server name a request to `authority` is sent with: the host with
+    /// `auto_sni` (when it is a valid name), else the configured one.
+    fn server_name_for(&self, authority: Option<&str>) -> ServerName<'static> {
+        match authority.filter(|_| self.auto_sni).map(sni_host) {
+            Some(host) if !host.is_empty() => {
+                ServerName::try_from(host.to_string()).unwrap_or_else(|_| self.server_name.clone())
+            }
+            _ => self.server_name.clone(),
+        }
+    }
+
+    /// The TLS handshake over `io` for a request to `authority` (its host
+    /// is the SNI with `auto_sni`); `h2` offers ALPN `h2`. Failures read
     /// `TLS error: <reason>` (Envoy's transport failure reason).
-    pub async fn connect<IO>(&self, io: IO, h2: bool) -> io::Result<TlsStream<IO>>
+    pub async fn connect<IO>(
+        &self,
+        io: IO,
+        h2: bool,
+        authority: Option<&str>,
+    ) -> io::Result<TlsStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -173,7 +206,7 @@ impl TlsOrigin {
         })?;
         let config = if h2 { with_h2 } else { plain };
         TlsConnector::from(config.clone())
-            .connect(self.server_name.clone(), io)
+            .connect(self.server_name_for(authority), io)
             .await
             .map_err(|e| {
                 io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS error: {e}"))
@@ -181,14 +214,27 @@ impl TlsOrigin {
     }
 }
 
+/// The host of an authority (`host[:port]`, `[v6]:port`), the SNI of
+/// `auto_sni`.
+fn sni_host(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
 /// Connects to `dst` (from `src` when given) and originates TLS with the
-/// cluster's settings, within `timeout` for both. A failed handshake is
-/// counted on the cluster and logged.
+/// cluster's settings for a request to `authority`, within `timeout` for
+/// both. A failed handshake is counted on the cluster and logged.
 pub(crate) async fn connect(
     cluster: &ClusterRt,
     src: Option<IpAddr>,
     dst: SocketAddr,
     h2: bool,
+    authority: Option<&str>,
     timeout: Duration,
 ) -> io::Result<Io> {
     let Some(origin) = &cluster.tls_origin else {
@@ -196,7 +242,7 @@ pub(crate) async fn connect(
     };
     let deadline = tokio::time::Instant::now() + timeout;
     let tcp = upstream::connect(src, dst, timeout).await?;
-    let result = match tokio::time::timeout_at(deadline, origin.connect(tcp, h2)).await {
+    let result = match tokio::time::timeout_at(deadline, origin.connect(tcp, h2, authority)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

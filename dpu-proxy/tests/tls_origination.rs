@@ -412,6 +412,39 @@ async fn a_secret_not_provided_fails_closed() {
     assert_eq!(handshake_failures(&p, 80), 1);
 }
 
+/// `autoSni` (istiod's `auto_sni` when a DestinationRule names no `sni`):
+/// the SNI is each request's host without its port, connections are pooled
+/// per SNI, and the server must be valid for that host.
+#[tokio::test]
+async fn auto_sni_sends_each_requests_host_and_checks_the_server_for_it() {
+    let ca = Ca::new("external CA");
+    let other = "other.example.com";
+    let server = TlsServer::start(&ca.leaf(HOST, &[HOST, other]), None).await;
+    let secrets = json!([{"name": "kubernetes://default/api-cacert", "caCertificates": ca.pem}]);
+    let origination = json!({"caCertificates": "kubernetes://default/api-cacert", "autoSni": true});
+    let cfg = config(
+        server.addr,
+        json!([cluster(80, "SIMPLE", origination)]),
+        secrets,
+    );
+    let p = TestProxy::start(cfg, &[VIP]).await;
+
+    // Alternating hosts on one downstream connection: each answer saw its own SNI.
+    let mut c = Client::connect(p.addr(VIP), false).await.expect("connect");
+    for host in [HOST, other, HOST, "other.example.com:80"] {
+        let r = c.get(host, "/", &[]).await;
+        assert_eq!(r.status.as_u16(), 200, "{host}: {}", r.text());
+        let want = host.split(':').next().unwrap_or(host);
+        assert_eq!(r.headers["x-sni"], want, "{host}");
+    }
+    assert_eq!(handshake_failures(&p, 80), 0);
+
+    // A host the server's certificate is not valid for: 503 UF, counted.
+    let r = get(p.addr(VIP), "evil.example.com", "/", &[]).await;
+    assert_eq!(r.status.as_u16(), 503, "{}", r.text());
+    assert_eq!(handshake_failures(&p, 80), 1);
+}
+
 /// A mirror (VirtualService `mirror`) to a `SIMPLE` cluster originates TLS
 /// with that cluster's settings, as Envoy's shadow does; it used to fail,
 /// never in plaintext but never delivered either.

@@ -504,10 +504,16 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsOrigination {
-    /// SNI sent; empty = the cluster's service hostname (Envoy's `auto_sni`
-    /// takes the request's host, which for an external service is that name).
+    /// SNI sent; empty = the cluster's service hostname. With `autoSni`, the
+    /// fallback for a request without a host.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sni: String,
+    /// SNI from each request's host, without its port (Envoy's `auto_sni`,
+    /// which istiod sets when a DestinationRule names no `sni`); connections
+    /// are pooled per SNI. With no `subjectAltNames`, the server certificate
+    /// must then be valid for that host (`auto_san_validation`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_sni: bool,
     /// The server certificate must carry one of these DNS/IP SANs; empty = it
     /// must be valid for the SNI (Envoy's `auto_san_validation`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

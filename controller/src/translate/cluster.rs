@@ -33,6 +33,20 @@ pub fn parse_name(name: &str) -> Option<(u16, Option<&str>, &str)> {
     Some((port, (!subset.is_empty()).then_some(subset), host))
 }
 
+/// Whether the cluster takes its upstream SNI from each request's host:
+/// Envoy's `auto_sni` in the `HttpProtocolOptions` extension, which istiod
+/// sets for TLS origination when the DestinationRule names no `sni`.
+pub fn auto_sni(c: &Cluster) -> Result<bool, String> {
+    let Some(any) = c.typed_extension_protocol_options.get(HTTP_OPTIONS_KEY) else {
+        return Ok(false);
+    };
+    let options: HttpProtocolOptions = unpack(any)
+        .map_err(|e| format!("typed_extension_protocol_options[{HTTP_OPTIONS_KEY:?}]: {e}"))?;
+    Ok(options
+        .upstream_http_protocol_options
+        .is_some_and(|u| u.auto_sni))
+}
+
 /// The cluster's traffic policy; `service`, `port`, `subset` from its name.
 /// `subsetLabels` and the consistent-hash key are filled in by the caller.
 pub fn cluster(

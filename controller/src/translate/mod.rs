@@ -172,6 +172,10 @@ pub fn translate<P: Borrow<ProxyResources>>(
                         format!("{message} (named by cluster {name:?})"),
                     ),
                 })?;
+            let mut origination = origination;
+            if let Some(o) = origination.as_mut() {
+                o.auto_sni = cluster::auto_sni(c).map_err(|m| error(CLUSTER_TYPE, name, pod, m))?;
+            }
             (config.tls, config.tls_origination) = (mode, origination);
             for s in named {
                 // Stored once; a secret with content wins over a pod still waiting for it.

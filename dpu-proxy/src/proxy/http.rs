@@ -937,7 +937,10 @@ impl Proxy {
             hbone: self
                 .snapshot()
                 .and_then(|cfg| HboneTarget::for_endpoint(&cfg, cluster, &ep, ctx.peer.ip())),
-            tls: cluster.tls_origin.as_ref().map(|t| t.key),
+            tls: cluster
+                .tls_origin
+                .as_ref()
+                .map(|t| t.key_for(&shadow_authority(&msg.authority))),
         };
         let pool = self.pool.clone();
         let cluster = cluster.clone();
@@ -1016,7 +1019,10 @@ impl Proxy {
                     .cfg
                     .as_deref()
                     .and_then(|cfg| HboneTarget::for_endpoint(cfg, cluster, ep, ctx.peer.ip())),
-                tls: cluster.tls_origin.as_ref().map(|t| t.key),
+                tls: cluster
+                    .tls_origin
+                    .as_ref()
+                    .map(|t| t.key_for(&msg.authority)),
             };
             // The last try takes the headers; earlier ones get a copy.
             let req = if n + 1 >= tries {

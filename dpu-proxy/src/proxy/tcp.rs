@@ -90,7 +90,7 @@ impl Proxy {
                 src,
                 addr,
                 hbone.as_ref(),
-                cluster.map(|c| (c, false)),
+                cluster.map(|c| (c, false, None)),
                 connect_timeout,
             )
             .await

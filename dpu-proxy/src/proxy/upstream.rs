@@ -291,18 +291,19 @@ impl Default for Pool {
 impl Pool {
     /// Connects to `dst`: through an HBONE tunnel when `hbone` is set and
     /// the client is enabled, else TCP (from `src` when given), with TLS
-    /// originated when `tls` is given (offering ALPN h2 when its flag is set).
+    /// originated when `tls` is given (offering ALPN h2 when its flag is set;
+    /// the authority is the SNI's source for `auto_sni`).
     pub(crate) async fn connect_io(
         &self,
         src: Option<IpAddr>,
         dst: SocketAddr,
         hbone: Option<&HboneTarget>,
-        tls: Option<(&ClusterRt, bool)>,
+        tls: Option<(&ClusterRt, bool, Option<&str>)>,
         timeout: Duration,
     ) -> io::Result<Io> {
-        if let Some((cluster, h2)) = tls.filter(|(c, _)| c.tls_origin.is_some()) {
+        if let Some((cluster, h2, authority)) = tls.filter(|(c, _, _)| c.tls_origin.is_some()) {
             return Box::pin(crate::tls_origination::connect(
-                cluster, src, dst, h2, timeout,
+                cluster, src, dst, h2, authority, timeout,
             ))
             .await;
         }
@@ -477,6 +478,8 @@ impl Pool {
                     let slot = Slot(state.clone());
                     // Boxed, as below: the connect (HBONE: TLS) and handshake
                     // futures would otherwise sit in every request's future.
+                    let authority = tls.and_then(|_| request_authority(&req));
+                    let tls = tls.map(|(c, h2)| (c, h2, authority.as_deref()));
                     let stream = Box::pin(self.connect_io(
                         key.src,
                         key.dst,
@@ -534,6 +537,8 @@ impl Pool {
         let slot = Slot(state);
         // A new connection is the rare path: its futures are boxed so that
         // the future of every request (moved by hyper per request) stays small.
+        let authority = tls.and_then(|_| request_authority(&req));
+        let tls = tls.map(|(c, h2)| (c, h2, authority.as_deref()));
         let stream =
             Box::pin(self.connect_io(key.src, key.dst, key.hbone.as_ref(), tls, connect_timeout))
                 .await
@@ -598,6 +603,18 @@ impl Drop for Pending<'_> {
 
 /// An Upgrade request on a connection of its own (never pooled): the
 /// response, whose upgrade half carries the tunnel after a 101.
+/// The authority a request is for: its URI's (HTTP/2) or its `Host` (HTTP/1.1).
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str().to_string()),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    }
+}
+
 pub async fn send_upgrade(
     src: Option<IpAddr>,
     dst: SocketAddr,
