@@ -601,8 +601,6 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// An Upgrade request on a connection of its own (never pooled): the
-/// response, whose upgrade half carries the tunnel after a 101.
 /// The authority a request is for: its URI's (HTTP/2) or its `Host` (HTTP/1.1).
 fn request_authority<B>(req: &Request<B>) -> Option<String> {
     match req.uri().authority() {
@@ -615,6 +613,8 @@ fn request_authority<B>(req: &Request<B>) -> Option<String> {
     }
 }
 
+/// An Upgrade request on a connection of its own (never pooled): the
+/// response, whose upgrade half carries the tunnel after a 101.
 pub async fn send_upgrade(
     src: Option<IpAddr>,
     dst: SocketAddr,
