@@ -325,3 +325,20 @@ impl ServerCertCheck for OriginVerifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sni_host;
+
+    #[test]
+    fn the_sni_of_an_authority_is_its_host_without_the_port() {
+        assert_eq!(sni_host("api.example.com"), "api.example.com");
+        assert_eq!(sni_host("api.example.com:8443"), "api.example.com");
+        assert_eq!(sni_host("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(sni_host("[2001:db8::1]"), "2001:db8::1");
+        assert_eq!(sni_host("10.0.0.1:80"), "10.0.0.1");
+        // Not a port: left as it is (the handshake then fails on the name).
+        assert_eq!(sni_host("odd:name"), "odd:name");
+        assert_eq!(sni_host(""), "");
+    }
+}
