@@ -337,7 +337,8 @@ mod tests {
         assert_eq!(sni_host("[2001:db8::1]:443"), "2001:db8::1");
         assert_eq!(sni_host("[2001:db8::1]"), "2001:db8::1");
         assert_eq!(sni_host("10.0.0.1:80"), "10.0.0.1");
-        // Not a port: left as it is (the handshake then fails on the name).
+        // Not a port: left as it is (not a valid server name, so the
+        // configured SNI is sent instead).
         assert_eq!(sni_host("odd:name"), "odd:name");
         assert_eq!(sni_host(""), "");
     }
