@@ -905,13 +905,10 @@ impl Proxy {
             return;
         };
         let h2 = upstream_h2(cluster.protocol, msg.h2);
-        let mut req = msg.build_for(
-            ReqBody::Buffered { data, trailers },
-            &shadow_authority(&msg.authority),
-        );
+        let authority = shadow_authority(&msg.authority);
+        let mut req = msg.build_for(ReqBody::Buffered { data, trailers }, &authority);
         if h2 != msg.h2 {
             // Rebuild the target form for the mirror's protocol.
-            let authority = shadow_authority(&msg.authority);
             let uri = if h2 {
                 req.headers_mut().remove(header::HOST);
                 Uri::builder()
@@ -937,10 +934,7 @@ impl Proxy {
             hbone: self
                 .snapshot()
                 .and_then(|cfg| HboneTarget::for_endpoint(&cfg, cluster, &ep, ctx.peer.ip())),
-            tls: cluster
-                .tls_origin
-                .as_ref()
-                .map(|t| t.key_for(&shadow_authority(&msg.authority))),
+            tls: cluster.tls_origin.as_ref().map(|t| t.key_for(&authority)),
         };
         let pool = self.pool.clone();
         let cluster = cluster.clone();
